@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// ResNetKit: conversion, transfer learning and batch inference of ResNet-18 classifiers.
+// Layout: C bridges (system libraries) → ResNetModel (math, no I/O) → ResNetFormats (checkpoints,
+// importers) and ResNetData (images, CSV, loaders) → the `resnetkit` command.
+let package = Package(
+    name: "ResNetKit",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "resnetkit", targets: ["resnetkit"]),
+        .library(name: "ResNetModel", targets: ["ResNetModel"]),
+        .library(name: "ResNetFormats", targets: ["ResNetFormats"]),
+        .library(name: "ResNetData", targets: ["ResNetData"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+    ],
+    targets: [
+        // C bridges to Debian's -dev packages.
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CTIFF", pkgConfig: "libtiff-4", providers: [.apt(["libtiff-dev"])]),
+        .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+
+        // Small shared pieces of file handling: atomic writes, one-line file errors.
+        .target(name: "ResNetSupport"),
+        // The network: layers, the fused inference plan, training. Pure computation, no I/O.
+        .target(name: "ResNetModel", dependencies: ["COpenBLAS"]),
+        // Checkpoints (safetensors) and importers/exporters.
+        .target(name: "ResNetFormats", dependencies: [
+            "ResNetModel", "ResNetSupport", "CHDF5", "CProtobufC",
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // Images (libtiff), preprocessing, CSV, the prefetching loader.
+        .target(name: "ResNetData", dependencies: ["ResNetModel", "ResNetSupport", "CTIFF"]),
+        .executableTarget(name: "resnetkit", dependencies: [
+            "ResNetModel", "ResNetFormats", "ResNetData", "ResNetSupport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "resnetkit-bench", dependencies: ["ResNetModel", "ResNetFormats"],
+                          path: "tools/bench"),
+
+        .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats"]),
+        .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel"]),
+        .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData"]),
+        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

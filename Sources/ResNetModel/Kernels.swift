@@ -1,0 +1,194 @@
+import COpenBLAS
+import Dispatch
+
+// Low-level kernels over NHWC activations. An activation is a row-major matrix [pixels, channels],
+// pixels = N·H·W, so a convolution is one GEMM over the whole batch: out[P, Cout] = col[P, k·k·Cin] · Wᵀ.
+
+/// c[m, n] = alpha · a[m, k] · b[n, k]ᵀ + beta · c (row-major; b is stored as [n, k] rows).
+@inline(__always)
+func gemmABt(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
+             _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+             alpha: Float = 1, beta: Float = 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
+                alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// c[m, n] = alpha · a[m, k] · b[k, n] + beta · c (row-major).
+@inline(__always)
+func gemmAB(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
+            _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+            alpha: Float = 1, beta: Float = 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// c[m, n] = alpha · a[k, m]ᵀ · b[k, n] + beta · c (row-major): the weight-gradient product.
+@inline(__always)
+func gemmAtB(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
+             _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+             alpha: Float = 1, beta: Float = 0) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// Worker threads for the memory-bound passes between GEMMs (im2col, epilogues).
+public enum Parallelism {
+    nonisolated(unsafe) public static var threads = 2
+
+    /// Runs `body` over `0..<count` split into at most `threads` contiguous ranges; serial when small.
+    @inline(__always)
+    static func forEachRange(_ count: Int, minimumPerThread: Int, _ body: (Range<Int>) -> Void) {
+        let parts = max(1, min(threads, count / max(1, minimumPerThread)))
+        if parts == 1 { body(0..<count); return }
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            body(count * part / parts ..< count * (part + 1) / parts)
+        }
+    }
+}
+
+/// torchvision [out, in, kh, kw] → patch-major [out, kh, kw, in], matching im2col's column order.
+public func patchMajorWeight(_ weight: [Float], _ s: ConvShape) -> [Float] {
+    var out = [Float](repeating: 0, count: weight.count)
+    let k = s.kernel, cin = s.inChannels
+    for o in 0..<s.outChannels {
+        for c in 0..<cin {
+            for kh in 0..<k {
+                for kw in 0..<k {
+                    out[((o * k + kh) * k + kw) * cin + c] = weight[((o * cin + c) * k + kh) * k + kw]
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// Patch-major [out, kh, kw, in] → torchvision [out, in, kh, kw].
+public func torchWeight(_ patchMajor: [Float], _ s: ConvShape) -> [Float] {
+    var out = [Float](repeating: 0, count: patchMajor.count)
+    let k = s.kernel, cin = s.inChannels
+    for o in 0..<s.outChannels {
+        for c in 0..<cin {
+            for kh in 0..<k {
+                for kw in 0..<k {
+                    out[((o * cin + c) * k + kh) * k + kw] = patchMajor[((o * k + kh) * k + kw) * cin + c]
+                }
+            }
+        }
+    }
+    return out
+}
+
+/// Spatial extent of an NHWC activation.
+public struct Geometry: Equatable, Sendable {
+    public var batch: Int, height: Int, width: Int
+    public init(batch: Int, height: Int, width: Int) { self.batch = batch; self.height = height; self.width = width }
+    public var pixels: Int { batch * height * width }
+    public func output(of s: ConvShape) -> Geometry {
+        Geometry(batch: batch, height: s.outputSide(height), width: s.outputSide(width))
+    }
+}
+
+/// im2col over NHWC: writes rows `firstRow ..< firstRow + rows` of col[P, kh·kw·Cin] for the output pixels
+/// of convolution `s`. For a fixed kernel row the kw-run of input pixels is contiguous in NHWC, so each
+/// (pixel, kh) is one copy plus zero fill at the borders.
+func im2col(_ s: ConvShape, _ input: UnsafePointer<Float>, _ g: Geometry, firstRow: Int, rows: Int,
+            _ col: UnsafeMutablePointer<Float>) {
+    let out = g.output(of: s)
+    let k = s.kernel, cin = s.inChannels, patch = s.patchSize
+    Parallelism.forEachRange(rows, minimumPerThread: max(1, 16_384 / patch)) { range in
+        for r in range {
+            let p = firstRow + r
+            let wo = p % out.width, ho = (p / out.width) % out.height, n = p / (out.width * out.height)
+            let dst = col + r * patch
+            let iw0 = wo * s.stride - s.padding
+            let kwFirst = max(0, -iw0), kwEnd = min(k, g.width - iw0)
+            for kh in 0..<k {
+                let ih = ho * s.stride - s.padding + kh
+                let rowDst = dst + kh * k * cin
+                guard ih >= 0, ih < g.height, kwEnd > kwFirst else {
+                    rowDst.update(repeating: 0, count: k * cin)
+                    continue
+                }
+                if kwFirst > 0 { rowDst.update(repeating: 0, count: kwFirst * cin) }
+                let src = input + ((n * g.height + ih) * g.width + iw0 + kwFirst) * cin
+                (rowDst + kwFirst * cin).update(from: src, count: (kwEnd - kwFirst) * cin)
+                if kwEnd < k { (rowDst + kwEnd * cin).update(repeating: 0, count: (k - kwEnd) * cin) }
+            }
+        }
+    }
+}
+
+/// out[p, c] = max(0?, out[p, c] + bias[c] + residual[p, c]) over `rows` rows: the fused conv epilogue.
+func biasResidualReLU(_ out: UnsafeMutablePointer<Float>, rows: Int, channels: Int,
+                      bias: UnsafePointer<Float>, residual: UnsafePointer<Float>?, relu: Bool) {
+    Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / channels)) { range in
+        for r in range {
+            let o = out + r * channels
+            if let residual {
+                let res = residual + r * channels
+                if relu {
+                    for c in 0..<channels { o[c] = max(0, o[c] + bias[c] + res[c]) }
+                } else {
+                    for c in 0..<channels { o[c] = o[c] + bias[c] + res[c] }
+                }
+            } else if relu {
+                for c in 0..<channels { o[c] = max(0, o[c] + bias[c]) }
+            } else {
+                for c in 0..<channels { o[c] = o[c] + bias[c] }
+            }
+        }
+    }
+}
+
+/// Max pool 3x3 / 2, padding 1 (padding never wins, as in PyTorch) over NHWC. Returns the output geometry.
+/// `argmax`, when given, receives the flat input index of each output's maximum (for the backward pass).
+@discardableResult
+func maxPool3x3s2(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
+                  _ output: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>? = nil) -> Geometry {
+    let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
+    let oh = (g.height + 2 * pad - k) / s + 1, ow = (g.width + 2 * pad - k) / s + 1
+    let outG = Geometry(batch: g.batch, height: oh, width: ow)
+    Parallelism.forEachRange(outG.pixels, minimumPerThread: 256) { range in
+        for p in range {
+            let x = p % ow, y = (p / ow) % oh, n = p / (ow * oh)
+            let dst = output + p * channels
+            dst.update(repeating: -.infinity, count: channels)
+            argmax?.advanced(by: p * channels).update(repeating: -1, count: channels)
+            for ky in 0..<k {
+                let iy = y * s - pad + ky
+                guard iy >= 0, iy < g.height else { continue }
+                for kx in 0..<k {
+                    let ix = x * s - pad + kx
+                    guard ix >= 0, ix < g.width else { continue }
+                    let pixel = (n * g.height + iy) * g.width + ix
+                    let src = input + pixel * channels
+                    if let argmax {
+                        let am = argmax + p * channels
+                        for c in 0..<channels where src[c] > dst[c] || am[c] < 0 {
+                            dst[c] = src[c]; am[c] = Int32(pixel * channels + c)
+                        }
+                    } else {
+                        for c in 0..<channels { dst[c] = max(dst[c], src[c]) }
+                    }
+                }
+            }
+        }
+    }
+    return outG
+}
+
+/// Global average pool over NHWC: [N, H·W, C] → [N, C].
+func globalAveragePool(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
+                       _ output: UnsafeMutablePointer<Float>) {
+    let area = g.height * g.width
+    let scale = 1 / Float(area)
+    for n in 0..<g.batch {
+        let dst = output + n * channels
+        dst.update(repeating: 0, count: channels)
+        for i in 0..<area {
+            let src = input + (n * area + i) * channels
+            for c in 0..<channels { dst[c] += src[c] }
+        }
+        for c in 0..<channels { dst[c] *= scale }
+    }
+}
