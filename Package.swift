@@ -25,7 +25,7 @@ let package = Package(
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
 
         // Small shared pieces of file handling: atomic writes, one-line file errors.
-        .target(name: "ResNetSupport"),
+        .target(name: "ResNetSupport", dependencies: ["COpenBLAS"]),
         // The network: layers, the fused inference plan, training. Pure computation, no I/O.
         .target(name: "ResNetModel", dependencies: ["COpenBLAS"]),
         // Checkpoints (safetensors) and importers/exporters.
@@ -39,13 +39,13 @@ let package = Package(
             "ResNetModel", "ResNetFormats", "ResNetData", "ResNetSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "resnetkit-bench", dependencies: ["ResNetModel", "ResNetFormats"],
+        .executableTarget(name: "resnetkit-bench", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport"],
                           path: "tools/bench"),
 
         .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel"]),
         .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData"]),
-        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel"]),
+        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

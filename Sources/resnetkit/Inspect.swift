@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import ResNetFormats
+import ResNetModel
+
+/// `resnetkit inspect FILE`: what a model file holds and a torchinfo-like table of the network.
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a model file's contents and a layer table (output shapes, parameters, mult-adds).",
+        discussion: "Reads native checkpoints, ONNX and HDF5 files (told apart by content, not extension).")
+
+    @Argument(help: "A checkpoint (.safetensors), an ONNX model or an HDF5 weights file.")
+    var file: String
+
+    @Option(name: .customLong("input-size"), help: ArgumentHelp("Input shape for the table, NxCxHxW.", valueName: "NxCxHxW"))
+    var inputSize: String?
+
+    func run() throws {
+        let imported = try ModelImporter.load(path: file)
+        let checkpoint = imported.checkpoint
+        let config = checkpoint.config
+        let pre = checkpoint.preprocessing
+        var shape = [1, 3, pre.crop > 0 ? pre.crop : 224, pre.crop > 0 ? pre.crop : 224]
+        if let inputSize {
+            let parts = inputSize.lowercased().split(separator: "x").compactMap { Int($0) }
+            guard parts.count == 4, parts[0] > 0, parts[1] == 3, parts[2] >= ModelConfig.minimumInputSide,
+                  parts[3] >= ModelConfig.minimumInputSide else {
+                throw ValidationError("--input-size must look like 16x3x49x49 (3 channels, sides of at least \(ModelConfig.minimumInputSide))")
+            }
+            shape = parts
+        }
+        print("File:          \(file)")
+        let producer = imported.producer.flatMap { $0.isEmpty ? nil : ", produced by \($0)" } ?? ""
+        print("Format:        \(imported.sourceFormat)\(producer)")
+        print("Architecture:  ResNet-18, base width \(config.baseWidth), \(config.head.rawValue) head, \(config.numClasses) classes")
+        let names = checkpoint.classNames
+        print("Classes:       \(names.count <= 10 ? names.joined(separator: ", ") : names.prefix(10).joined(separator: ", ") + ", …")")
+        print("Preprocessing: crop \(pre.crop == 0 ? "none" : String(pre.crop)), normalize \(pre.normalization.rawValue), \(pre.channelOrder.rawValue)")
+        if imported.batchNormFolded { print("BatchNorm:     folded into the convolutions in the file") }
+        for note in imported.notes { print("Note:          \(note)") }
+        if !checkpoint.provenance.sourceSHA256.isEmpty && imported.sourceFormat == "safetensors" {
+            print("Provenance:    \(checkpoint.provenance.producer) from \(checkpoint.provenance.source) (sha256 \(checkpoint.provenance.sourceSHA256.prefix(16))…)")
+        }
+        print("")
+        print(Self.table(checkpoint.architecture.summary(batch: shape[0], height: shape[2], width: shape[3]),
+                         architecture: checkpoint.architecture))
+    }
+
+    static func table(_ rows: [LayerSummary], architecture: Architecture) -> String {
+        func grouped(_ n: Int) -> String {
+            let digits = String(n)
+            var out = ""
+            for (i, ch) in digits.enumerated() {
+                if i > 0 && (digits.count - i) % 3 == 0 { out += "," }
+                out.append(ch)
+            }
+            return out
+        }
+        func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count) }
+        let rule = String(repeating: "=", count: 86)
+        var lines = [rule, pad("Layer (type)", 44) + pad("Output Shape", 26) + "Param #", rule]
+        for row in rows {
+            let label = String(repeating: "  ", count: row.depth) + "\(row.name) (\(row.type))"
+            let params = row.parameters == 0 ? "--" : grouped(row.parameters)
+            lines.append(pad(label, 44) + pad(describe(shape: row.outputShape), 26) + params)
+        }
+        let total = architecture.parameterSpecs.filter { $0.role.isTrainable }.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let multAdds = rows.filter { $0.depth == 0 }.reduce(0) { $0 + $1.multAdds }
+        lines += [rule, "Total params: \(grouped(total))", "Trainable params: \(grouped(total))",
+                  "Non-trainable params: 0", String(format: "Total mult-adds (G): %.2f", Double(multAdds) / 1e9), rule]
+        return lines.joined(separator: "\n")
+    }
+}
