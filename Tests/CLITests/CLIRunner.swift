@@ -1,0 +1,75 @@
+import Foundation
+import XCTest
+
+/// Runs the built `resnetkit` binary (from the same build folder as the tests) and captures its output.
+enum CLI {
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// The products folder: the test bundle sits beside the executables (e.g. `.build/release`).
+    static let productsDirectory: URL = {
+        var url = URL(fileURLWithPath: CommandLine.arguments.first ?? "")
+        while url.path != "/" && !FileManager.default.fileExists(atPath: url.appendingPathComponent("resnetkit").path) {
+            url.deleteLastPathComponent()
+        }
+        return url
+    }()
+
+    static var executable: URL { productsDirectory.appendingPathComponent("resnetkit") }
+
+    /// The repository root (for fixtures) and `../shared/reference`.
+    static let repository: URL = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url
+    }()
+    static let reference = repository.deletingLastPathComponent().appendingPathComponent("shared/reference")
+
+    /// Runs `resnetkit arguments…` (or the binary under another name, through a symlink, when `programName` is set).
+    @discardableResult
+    static func run(_ arguments: [String], programName: String? = nil, environment: [String: String] = [:],
+                    currentDirectory: URL? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> Result {
+        let process = Process()
+        var binary = executable
+        if let programName {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-links-\(getpid())")
+            try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            binary = dir.appendingPathComponent(programName)
+            try? FileManager.default.removeItem(at: binary)
+            try FileManager.default.createSymbolicLink(at: binary, withDestinationURL: executable)
+        }
+        process.executableURL = binary
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        if let currentDirectory { process.currentDirectoryURL = currentDirectory }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        // Read both pipes before waiting so a chatty process cannot block on a full pipe.
+        final class Box: @unchecked Sendable { var data = Data() }
+        let outBox = Box()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { outBox.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        group.wait()
+        let outData = outBox.data
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                      stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    /// A fresh temporary folder, removed when the test ends.
+    static func temporaryDirectory(_ test: XCTestCase) throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        test.addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+}
