@@ -31,7 +31,7 @@ enum CLI {
     /// Runs `resnetkit arguments…` (or the binary under another name, through a symlink, when `programName` is set).
     @discardableResult
     static func run(_ arguments: [String], programName: String? = nil, environment: [String: String] = [:],
-                    currentDirectory: URL? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> Result {
+                    unsetting: [String] = [], currentDirectory: URL? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> Result {
         let process = Process()
         var binary = executable
         if let programName {
@@ -45,6 +45,7 @@ enum CLI {
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
+        for key in unsetting { env[key] = nil }
         process.environment = env
         if let currentDirectory { process.currentDirectoryURL = currentDirectory }
         let out = Pipe(), err = Pipe()

@@ -1,1 +1,96 @@
-print("bench")
+import Foundation
+import ResNetFormats
+import ResNetModel
+import ResNetSupport
+
+// resnetkit-bench: throughput figures printed as a table (never a timed unit test).
+//   resnetkit-bench infer [--model CKPT] [--batches 16,64] [--sides 49,96] [--seconds S] [--threads N]
+// Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
+
+BLASRuntime.ensureOptimizedKernel()
+
+struct Options {
+    var mode = "infer"
+    var model = "../shared/reference/resnet18.safetensors"
+    var batches = [16, 64]
+    var sides = [49, 96]
+    var seconds = 3.0
+    var threads = 2
+
+    init(_ args: [String]) {
+        var rest = args[...]
+        if let first = rest.first, !first.hasPrefix("-") { mode = first; rest = rest.dropFirst() }
+        while let flag = rest.popFirst() {
+            let value = rest.popFirst() ?? ""
+            switch flag {
+            case "--model": model = value
+            case "--batches": batches = value.split(separator: ",").compactMap { Int($0) }
+            case "--sides": sides = value.split(separator: ",").compactMap { Int($0) }
+            case "--seconds": seconds = Double(value) ?? seconds
+            case "--threads": threads = Int(value) ?? threads
+            default:
+                FileHandle.standardError.write(Data("unknown option \(flag)\n".utf8))
+                exit(2)
+            }
+        }
+    }
+}
+
+func now() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+}
+
+/// Peak resident set size of this process so far, in MB (VmHWM).
+func peakRSSMegabytes() -> Double {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM") }) else { return 0 }
+    return Double(line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) / 1024
+}
+
+func benchmarkInference(_ options: Options) throws {
+    let checkpoint = try Checkpoint.load(path: options.model)
+    BLASRuntime.setThreads(options.threads)
+    Parallelism.threads = options.threads
+    print("ResNetKit inference, OpenBLAS core \(BLASRuntime.coreName), \(options.threads) threads, model \(options.model)")
+    print("batch  side   img/s    ms/batch  peak RSS MB")
+    for side in options.sides {
+        for batch in options.batches {
+            let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+            var images = [Float](repeating: 0, count: batch * side * side * 3)
+            for i in images.indices { images[i] = Float.random(in: 0..<1) }
+            var logits = [Float](repeating: 0, count: batch * plan.numClasses)
+            let run = {
+                images.withUnsafeBufferPointer { img in
+                    logits.withUnsafeMutableBufferPointer { out in
+                        plan.run(images: img.baseAddress!, count: batch, height: side, width: side, logits: out.baseAddress!)
+                    }
+                }
+            }
+            run()  // warm-up: buffers, OpenBLAS threads
+            var iterations = 0
+            let start = now()
+            while now() - start < options.seconds || iterations < 3 {
+                run()
+                iterations += 1
+            }
+            let elapsed = now() - start
+            let rate = Double(iterations * batch) / elapsed
+            print(String(format: "%5d  %4d  %7.1f  %9.1f  %8.0f", batch, side, rate, 1000 * elapsed / Double(iterations), peakRSSMegabytes()))
+        }
+    }
+}
+
+let options = Options(Array(CommandLine.arguments.dropFirst()))
+do {
+    switch options.mode {
+    case "infer": try benchmarkInference(options)
+    default:
+        FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer)\n".utf8))
+        exit(2)
+    }
+} catch {
+    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    exit(1)
+}
