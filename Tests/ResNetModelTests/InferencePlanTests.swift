@@ -3,9 +3,10 @@ import ResNetModel
 import XCTest
 
 final class InferencePlanTests: XCTestCase {
-    func referenceLogits(side: Int) throws -> (got: [Float], expected: [Float]) {
+    func referenceLogits(side: Int, columnBudget: Int? = nil) throws -> (got: [Float], expected: [Float]) {
         let checkpoint = try Reference.checkpoint()
         let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        if let columnBudget { plan.columnBudget = columnBudget }
         let nchw = try Reference.floats("input_4x3x\(side)x\(side).f32")
         let input = nhwc(fromNCHW: nchw, batch: 4, channels: 3, height: side, width: side)
         return (plan.run(images: input, count: 4, height: side, width: side),
@@ -21,5 +22,35 @@ final class InferencePlanTests: XCTestCase {
     func testLogitsMatchPyTorchAt49() throws {
         let (got, expected) = try referenceLogits(side: 49)
         XCTAssertLessThan(relativeError(got, expected), 1e-5)
+    }
+
+    /// A tiny im2col budget forces many row chunks per convolution; results must not change.
+    func testChunkedColumnsGiveTheSameLogits() throws {
+        let (got, expected) = try referenceLogits(side: 49, columnBudget: 5_000)
+        XCTAssertLessThan(relativeError(got, expected), 1e-5)
+    }
+
+    /// One image at a time, reusing the plan's buffers across batch sizes, gives PyTorch's logits.
+    func testSingleImagesReuseBuffers() throws {
+        let checkpoint = try Reference.checkpoint()
+        let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        let nchw = try Reference.floats("input_4x3x96x96.f32")
+        let expected = try Reference.floats("logits_4x1000_from_96.f32")
+        let input = nhwc(fromNCHW: nchw, batch: 4, channels: 3, height: 96, width: 96)
+        _ = plan.run(images: input, count: 4, height: 96, width: 96)
+        for i in [3, 0] {
+            let one = Array(input[(i * 96 * 96 * 3)..<((i + 1) * 96 * 96 * 3)])
+            let got = plan.run(images: one, count: 1, height: 96, width: 96)
+            XCTAssertLessThan(relativeError(got, Array(expected[(i * 1000)..<((i + 1) * 1000)])), 1e-5)
+        }
+    }
+
+    func testRefusesStateDictOfAnotherShape() throws {
+        var state = try Reference.checkpoint().state
+        state["layer2.0.downsample.0.weight"] = Tensor(zeros: [128, 64, 3, 3])
+        state["fc.extra"] = Tensor(zeros: [1])
+        XCTAssertThrowsError(try InferencePlan(architecture: Architecture(ModelConfig()), state: state)) { error in
+            XCTAssertEqual("\(error)", "layer2.0.downsample.0.weight: expected [128, 64, 1, 1], got [128, 64, 3, 3]; fc.extra: unexpected tensor")
+        }
     }
 }
