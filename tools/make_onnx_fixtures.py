@@ -58,6 +58,7 @@ def write_f32(name, array):
 
 def fixture(name, path, x, net=None):
     logits = ort_logits(path, x)
+    assert np.isfinite(logits).all() and np.abs(logits).max() > 0
     if net is not None:  # the export itself must agree with PyTorch
         with torch.no_grad():
             assert np.abs(net(x).numpy() - logits).max() < 1e-4 * np.abs(logits).max()
@@ -114,7 +115,8 @@ for i, t in enumerate(inits):
         new_nodes.append(helper.make_node("Constant", [], [t.name], name=f"const_{i}", value=numpy_helper.from_array(a, t.name)))
     elif kind == 2:  # float16 in int32_data, cast to float
         h = a.astype(np.float16)
-        ht = helper.make_tensor(t.name + "_f16", TensorProto.FLOAT16, a.shape, h.view(np.uint16).flatten().tolist(), raw=False)
+        ht = helper.make_tensor(t.name + "_f16", TensorProto.FLOAT16, a.shape, h.astype(np.float32).flatten().tolist())
+        assert len(ht.int32_data) == a.size and not ht.raw_data  # the helper stores the half bits in int32_data
         g.initializer.append(ht)
         new_nodes.append(helper.make_node("Cast", [t.name + "_f16"], [t.name], name=f"cast_{i}", to=TensorProto.FLOAT))
     else:            # float64 in double_data, cast to float
@@ -233,6 +235,8 @@ with torch.no_grad():
         bn.weight.copy_(torch.sqrt(var + eps)); bn.bias.add_(mean)
         bn.running_mean.copy_(mean); bn.running_var.copy_(var)
 for h in hooks: h.remove()
+# Snapshot before the train-mode forward below moves the running statistics.
+rebuilt_state = {"rebuilt/" + k: v.numpy().copy() for k, v in rebuilt.state_dict().items() if "num_batches" not in k}
 loss_fn = nn.CrossEntropyLoss()
 def train_forward(net):
     net.train()
@@ -243,7 +247,7 @@ rebuilt_logits, rebuilt_loss = train_forward(rebuilt)
 with torch.no_grad():
     eval_logits = ort_logits(os.path.join(OUT, "ts_folded.onnx"), calib)
 print("rebuilt train-mode vs folded eval logits:", np.abs(rebuilt_logits - eval_logits).max())
-save_file({**stats, "labels": labels.numpy().astype(np.int64), "train/original/logits": orig_logits,
+save_file({**stats, **rebuilt_state, "labels": labels.numpy().astype(np.int64), "train/original/logits": orig_logits,
            "train/original/loss": orig_loss, "train/rebuilt/logits": rebuilt_logits, "train/rebuilt/loss": rebuilt_loss,
            "eval/folded/logits": eval_logits}, os.path.join(OUT, "calibration_expected.safetensors"))
 print("sizes:", sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT)))
