@@ -75,4 +75,34 @@ final class ONNXRefusalTests: XCTestCase {
         try data.prefix(1000).write(to: folder.appendingPathComponent("dynamo.onnx.data"))
         assertRefused(path, "external data file 'dynamo.onnx.data' has 1000 bytes, too short for")
     }
+
+    /// Damaged copies of a good file (bytes overwritten at random places, fixed seed): each either imports or
+    /// is refused with a one-line message naming the file; none may crash the process.
+    func testDamagedFilesNeverCrash() throws {
+        let original = [UInt8](try Data(contentsOf: URL(fileURLWithPath: ONNXFixtures.path("ts_unfolded.onnx"))))
+        let path = try temporaryDirectory().appendingPathComponent("damaged.onnx").path
+        var state: UInt64 = 42
+        func random(_ bound: Int) -> Int {  // xorshift64*: reproducible damage
+            state ^= state >> 12; state ^= state << 25; state ^= state >> 27
+            return Int((state &* 2_685_821_657_736_338_717) >> 33) % bound
+        }
+        var refused = 0
+        for _ in 0..<60 {
+            var bytes = original
+            for _ in 0..<(1 + random(4)) {
+                // Mostly the structure at the front (graph, nodes, tensor headers), sometimes anywhere.
+                let position = random(4) == 0 ? random(bytes.count) : random(min(bytes.count, 4096))
+                bytes[position] = UInt8(random(256))
+            }
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            do {
+                _ = try ONNXImporter.importModel(path: path, options: ImportOptions())
+            } catch {
+                let message = String(describing: error)
+                XCTAssertTrue(message.hasPrefix(path + ": ") && !message.contains("\n"), message)
+                refused += 1
+            }
+        }
+        XCTAssertGreaterThan(refused, 0)
+    }
 }

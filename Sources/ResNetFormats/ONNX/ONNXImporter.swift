@@ -15,6 +15,15 @@ public enum ONNXImporter {
         var network = try ONNXNetworkMatcher(graph: graph, path: path).match()
         let config = ModelConfig(numClasses: network.numClasses, head: .linear, baseWidth: network.baseWidth,
                                  batchNormEpsilon: network.epsilon)
+        do { try Architecture(config).validate(network.state) } catch let error as StateDictError {
+            throw FileError(path, "not a ResNet-18 of the shape its stem implies: \(error)")
+        }
+        for (name, tensor) in network.state.sorted(by: { $0.key < $1.key }) where !tensor.data.allSatisfy(\.isFinite) {
+            throw FileError(path, "\(name) holds NaN or infinite values")
+        }
+        guard network.epsilon.isFinite, network.epsilon > 0 else {
+            throw FileError(path, "BatchNormalization epsilon \(network.epsilon) is not a positive number")
+        }
         var notes: [String] = []
         if network.foldedCount > 0 {
             notes += try rebuildFoldedBatchNorms(&network, config: config, calibration: options.calibration, path: path)
@@ -30,9 +39,6 @@ public enum ONNXImporter {
             provenance: Provenance(source: path, sourceSHA256: digest,
                                    producer: "import-weights (\(format)\(graph.producer.isEmpty ? "" : ", " + graph.producer))",
                                    notes: notes))
-        do { try checkpoint.architecture.validate(checkpoint.state) } catch let error as StateDictError {
-            throw FileError(path, "not a ResNet-18 of the shape its stem implies: \(error)")
-        }
         return ImportedModel(checkpoint: checkpoint, sourceFormat: format,
                              producer: graph.producer.isEmpty ? nil : graph.producer,
                              batchNormFolded: network.foldedCount > 0, notes: notes)
@@ -170,12 +176,14 @@ struct ONNXNetworkMatcher {
 
     private func notResNet(_ problem: String) -> FileError { FileError(path, "not a ResNet-18: \(problem)") }
 
-    /// Nodes reading `value`, looking through Identity/Dropout.
-    private func readers(of value: String) -> [ONNXGraph.Node] {
+    /// Nodes reading `value`, looking through Identity/Dropout (a chain no longer than the graph: a file
+    /// whose Identity nodes form a cycle cannot send this into endless recursion).
+    private func readers(of value: String, depth: Int = 0) -> [ONNXGraph.Node] {
         (consumers[value] ?? []).flatMap { index -> [ONNXGraph.Node] in
             let node = computing[index]
-            if Self.passThrough.contains(node.opType), let output = node.outputs.first, node.inputs.first == value {
-                return readers(of: output)
+            if Self.passThrough.contains(node.opType), let output = node.outputs.first, node.inputs.first == value,
+               depth < computing.count {
+                return readers(of: output, depth: depth + 1)
             }
             return [node]
         }
@@ -393,7 +401,7 @@ struct ONNXNetworkMatcher {
         let pool = try next(x, after: "the last block", expected: ["GlobalAveragePool", "ReduceMean", "AveragePool"])
         if pool.opType == "ReduceMean" {
             var axes = pool.ints("axes") ?? []
-            if axes.isEmpty, pool.inputs.count > 1 { axes = try constant(pool, input: 1, "axes").values.map { Int($0) } }
+            if axes.isEmpty, pool.inputs.count > 1 { axes = try constant(pool, input: 1, "axes").values.compactMap { Int(exactly: $0) } }
             guard Set(axes.map { $0 < 0 ? $0 + 4 : $0 }) == [2, 3] else { throw notResNet("\(pool.label) averages over axes \(axes), expected the spatial axes") }
         }
         var value = pool.outputs.first ?? ""
