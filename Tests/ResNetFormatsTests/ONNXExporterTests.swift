@@ -24,7 +24,7 @@ final class ONNXExporterTests: XCTestCase {
             XCTAssertEqual(back.producer, "resnetkit 0.1.0")
             XCTAssertTrue(back.batchNormFolded)
             XCTAssertEqual(back.checkpoint.config.numClasses, 3)
-            let error = relativeError(try ONNXFixtures.logits(back.checkpoint), expected)
+            let error = ONNXFixtures.relativeError(try ONNXFixtures.logits(back.checkpoint), expected)
             print("export-onnx round trip, opset \(opset): relative error vs ONNX Runtime \(error)")
             XCTAssertLessThan(error, 1e-4)
         }
@@ -33,7 +33,7 @@ final class ONNXExporterTests: XCTestCase {
     func testRefusesUnsupportedOpsetWithoutWriting() throws {
         let source = try ONNXImporter.importModel(path: ONNXFixtures.path("ts_unfolded.onnx"), options: ImportOptions())
         let path = try temporaryFile("model.onnx")
-        assertFileError(path, contains: "opset 8 is not supported (use 9…21)") {
+        ONNXFixtures.assertFileError(path, contains: "opset 8 is not supported (use 9…21)") {
             try ONNXExporter.export(source.checkpoint, to: path, opset: 8)
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: path))

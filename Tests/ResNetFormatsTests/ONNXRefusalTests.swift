@@ -5,7 +5,7 @@ import XCTest
 /// Bad ONNX files: each refused with a one-line `path: problem` message, never a crash.
 final class ONNXRefusalTests: XCTestCase {
     func assertRefused(_ path: String, _ fragment: String, file: StaticString = #filePath, line: UInt = #line) {
-        assertFileError(path, contains: fragment, file: file, line: line) {
+        ONNXFixtures.assertFileError(path, contains: fragment, file: file, line: line) {
             _ = try ONNXImporter.importModel(path: path, options: ImportOptions())
         }
     }
