@@ -163,7 +163,32 @@ onnx.checker.check_model(model)
 onnx.save(model, p)
 fixture("mxnet_style", p, x, net)
 
-# 6. Bad files.
+# 6. Other heads: ReduceMean (axes attribute) instead of GlobalAveragePool, an Identity, and MatMul + Add
+#    instead of Gemm (on ts_unfolded's weights, so its logits apply).
+model = onnx.load(os.path.join(OUT, "ts_unfolded.onnx"))
+g = model.graph
+nodes = []
+for n in g.node:
+    if n.op_type == "GlobalAveragePool":
+        nodes.append(helper.make_node("ReduceMean", list(n.input), [n.output[0] + "_pre"], name="pool_mean", axes=[2, 3], keepdims=1))
+        nodes.append(helper.make_node("Identity", [n.output[0] + "_pre"], list(n.output), name="pool_identity"))
+    elif n.op_type == "Gemm":
+        w = {t.name: t for t in g.initializer}[n.input[1]]
+        g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(w).T.copy(), "fc_weight_t"))
+        nodes.append(helper.make_node("MatMul", [n.input[0], "fc_weight_t"], ["fc_matmul"], name="fc_matmul"))
+        nodes.append(helper.make_node("Add", ["fc_matmul", n.input[2]], list(n.output), name="fc_add"))
+    else:
+        nodes.append(n)
+del g.node[:]
+g.node.extend(nodes)
+weights = [t for t in g.initializer if t.name == "fc.weight"]
+g.initializer.remove(weights[0])
+onnx.checker.check_model(model)
+p = os.path.join(OUT, "head_variants.onnx")
+onnx.save(model, p)
+fixture("head_variants", p, x)
+
+# 7. Bad files.
 class Bottlenecks(nn.Module):  # a ResNet-50-like stem and bottleneck blocks at width 4
     def __init__(self):
         super().__init__()
@@ -203,7 +228,7 @@ for t in model.graph.initializer:
         if e.key == "location": e.value = "../escape.data"
 onnx.save(model, os.path.join(OUT, "bad_external_escape.onnx"))
 
-# 7. Folded BatchNorm rebuilt from calibration statistics (the importer's calibration), for ts_folded.onnx:
+# 8. Folded BatchNorm rebuilt from calibration statistics (the importer's calibration), for ts_folded.onnx:
 #    the original (unfolded) state dict, a calibration batch, the expected per-BN statistics (mean and
 #    biased variance of each folded conv's output z = W'x on the batch, as BatchNorm's train mode computes
 #    them) and PyTorch's train-mode logits/loss of the original and of the rebuilt model.
@@ -236,7 +261,9 @@ with torch.no_grad():
         bn.running_mean.copy_(mean); bn.running_var.copy_(var)
 for h in hooks: h.remove()
 # Snapshot before the train-mode forward below moves the running statistics.
-rebuilt_state = {"rebuilt/" + k: v.numpy().copy() for k, v in rebuilt.state_dict().items() if "num_batches" not in k}
+# (conv weights are the file's W' as they are: left out to keep the fixture small)
+rebuilt_state = {"rebuilt/" + k: v.numpy().copy() for k, v in rebuilt.state_dict().items()
+                 if "num_batches" not in k and not ("conv" in k or "downsample.0" in k)}
 loss_fn = nn.CrossEntropyLoss()
 def train_forward(net):
     net.train()

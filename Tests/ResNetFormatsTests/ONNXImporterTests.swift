@@ -49,6 +49,10 @@ final class ONNXImporterTests: XCTestCase {
         XCTAssertEqual(imported.producer, "MXNet-style fixture 1.0")
     }
 
+    func testReduceMeanIdentityAndMatMulAddHead() throws {
+        _ = try importVariant("head_variants", classes: 3, width: 4, folded: false)
+    }
+
     /// The full-size reference export against PyTorch's logits.
     func testReferenceResNet18MatchesPyTorch() throws {
         let path = ONNXFixtures.reference.appendingPathComponent("resnet18.onnx").path
