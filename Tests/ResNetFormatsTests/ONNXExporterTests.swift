@@ -30,6 +30,18 @@ final class ONNXExporterTests: XCTestCase {
         }
     }
 
+    /// Class names and preprocessing travel in metadata_props and come back on import.
+    func testClassNamesAndPreprocessingSurviveTheRoundTrip() throws {
+        var checkpoint = try ONNXImporter.importModel(path: ONNXFixtures.path("ts_unfolded.onnx"), options: ImportOptions()).checkpoint
+        checkpoint.classNames = ["normal", "tumour, \"suspect\"", "other"]
+        checkpoint.preprocessing = Preprocessing(crop: 49, normalization: .none, channelOrder: .bgr)
+        let path = try temporaryFile("model.onnx")
+        try ONNXExporter.export(checkpoint, to: path)
+        let back = try ONNXImporter.importModel(path: path, options: ImportOptions()).checkpoint
+        XCTAssertEqual(back.classNames, ["normal", "tumour, \"suspect\"", "other"])
+        XCTAssertEqual(back.preprocessing, Preprocessing(crop: 49, normalization: .none, channelOrder: .bgr))
+    }
+
     func testRefusesUnsupportedOpsetWithoutWriting() throws {
         let source = try ONNXImporter.importModel(path: ONNXFixtures.path("ts_unfolded.onnx"), options: ImportOptions())
         let path = try temporaryFile("model.onnx")

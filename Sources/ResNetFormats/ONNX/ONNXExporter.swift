@@ -24,6 +24,12 @@ public enum ONNXExporter {
     }
 }
 
+/// `metadata_props` keys written by the exporter and read back by the importer (JSON values).
+enum ONNXMetadataKey {
+    static let classes = "resnetkit.classes"
+    static let preprocessing = "resnetkit.preprocessing"
+}
+
 /// Builds a `ModelProto` out of C structs allocated with malloc and freed together at the end.
 final class ONNXModelBuilder {
     private var allocations: [UnsafeMutableRawPointer] = []
@@ -246,6 +252,22 @@ final class ONNXModelBuilder {
         m.pointee.n_opset_import = 1
         m.pointee.opset_import = array([Optional(opsetID)])
         m.pointee.graph = graph
+        // What the model expects and what its outputs mean, for people and for a later import.
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let properties: [(String, String)] = [
+            (ONNXMetadataKey.classes, String(decoding: (try? encoder.encode(checkpoint.classNames)) ?? Data(), as: UTF8.self)),
+            (ONNXMetadataKey.preprocessing, String(decoding: (try? encoder.encode(checkpoint.preprocessing)) ?? Data(), as: UTF8.self)),
+        ]
+        let entries: [UnsafeMutablePointer<Onnx__StringStringEntryProto>?] = properties.map { key, value in
+            let entry = allocate(Onnx__StringStringEntryProto.self)
+            onnx__string_string_entry_proto__init(entry)
+            entry.pointee.key = string(key)
+            entry.pointee.value = string(value)
+            return entry
+        }
+        m.pointee.n_metadata_props = entries.count
+        m.pointee.metadata_props = array(entries)
         model = m
     }
 

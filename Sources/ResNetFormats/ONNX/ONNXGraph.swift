@@ -36,6 +36,8 @@ struct ONNXGraph {
 
     var producer: String
     var opset: Int
+    /// The model's `metadata_props`.
+    var metadata: [String: String]
     var nodes: [Node]
     /// Initializers by name (Constant nodes are added by the importer as it meets them).
     var initializers: [String: ONNXTensor]
@@ -73,6 +75,12 @@ struct ONNXGraph {
         let producer = [string(model.pointee.producer_name), string(model.pointee.producer_version)]
             .filter { !$0.isEmpty }.joined(separator: " ")
 
+        var metadata: [String: String] = [:]
+        for i in 0..<model.pointee.n_metadata_props {
+            guard let entry = model.pointee.metadata_props[i]?.pointee else { continue }
+            metadata[string(entry.key)] = string(entry.value)
+        }
+
         let g = graph.pointee
         var initializers: [String: ONNXTensor] = [:]
         for i in 0..<g.n_initializer {
@@ -100,7 +108,7 @@ struct ONNXGraph {
                               inputs: (0..<n.n_input).map { string(n.input[$0]) },
                               outputs: (0..<n.n_output).map { string(n.output[$0]) }, attributes: attributes))
         }
-        return ONNXGraph(producer: producer, opset: opset, nodes: nodes, initializers: initializers,
+        return ONNXGraph(producer: producer, opset: opset, metadata: metadata, nodes: nodes, initializers: initializers,
                          inputs: (0..<g.n_input).compactMap { g.input[$0].map(value) },
                          outputs: (0..<g.n_output).compactMap { g.output[$0].map(value) })
     }

@@ -31,11 +31,18 @@ public enum ONNXImporter {
         if let names = options.classNames, names.count != config.numClasses {
             throw FileError(path, "\(names.count) class names given for a model with \(config.numClasses) classes")
         }
+        // Files written by export-onnx carry class names and preprocessing; others get the defaults.
+        let decoder = JSONDecoder()
+        let storedNames = graph.metadata[ONNXMetadataKey.classes]
+            .flatMap { try? decoder.decode([String].self, from: Data($0.utf8)) }
+            .flatMap { $0.count == config.numClasses ? $0 : nil }
+        let preprocessing = graph.metadata[ONNXMetadataKey.preprocessing]
+            .flatMap { try? decoder.decode(Preprocessing.self, from: Data($0.utf8)) } ?? Preprocessing()
         let digest = (try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped))
             .map { SHA256.hash(data: $0).map { String(format: "%02x", $0) }.joined() } ?? ""
         let format = "ONNX (opset \(graph.opset))"
         let checkpoint = Checkpoint(
-            config: config, state: network.state, classNames: options.classNames,
+            config: config, state: network.state, classNames: options.classNames ?? storedNames, preprocessing: preprocessing,
             provenance: Provenance(source: path, sourceSHA256: digest,
                                    producer: "import-weights (\(format)\(graph.producer.isEmpty ? "" : ", " + graph.producer))",
                                    notes: notes))
@@ -339,12 +346,12 @@ struct ONNXNetworkMatcher {
 
     /// One residual block starting at activation `x`: returns the blocks so far plus this one, and its output.
     private func block(from x: String, readers convs: [ONNXGraph.Node], blocks: [Block]) throws -> ([Block], String) {
-        let where_ = "block \(blocks.count + 1)"
+        let position = "block \(blocks.count + 1)"
         for n in convs where !Self.supported.contains(n.opType) { throw fail("unsupported operator \(n.opType) (node '\(n.name)')") }
         // x feeds the main path's first conv, the downsample conv (if any) and the Add (identity shortcut).
         let convNodes = convs.filter { $0.opType == "Conv" }
         guard !convNodes.isEmpty, convs.count <= 3 else {
-            throw notResNet("expected a residual block at \(where_), found \(convs.map(\.label).joined(separator: ", "))")
+            throw notResNet("expected a residual block at \(position), found \(convs.map(\.label).joined(separator: ", "))")
         }
         var main: [ConvUnit] = [], shortcut: ConvUnit?
         var mainOutput = ""
@@ -364,14 +371,14 @@ struct ONNXNetworkMatcher {
                 let conv = try next(following.outputs.first ?? "", after: following.label, expected: ["Conv"])
                 current = try convUnit(conv)
                 main.append(current)
-                guard main.count <= 3 else { throw notResNet("a residual block of more than 3 convolutions at \(where_)") }
+                guard main.count <= 3 else { throw notResNet("a residual block of more than 3 convolutions at \(position)") }
             }
         }
         if main.count == 3 && main[0].kernel == 1 && main[2].kernel == 1 {
             throw fail("Bottleneck blocks: not ResNet-18 (1x1-3x3-1x1 residual blocks, as in ResNet-50)")
         }
         guard main.count == 2, main.allSatisfy({ $0.kernel == 3 }) else {
-            throw notResNet("the residual block at \(where_) has \(main.count) convolutions of \(main.map { "\($0.kernel)x\($0.kernel)" }.joined(separator: ", ")), expected two 3x3")
+            throw notResNet("the residual block at \(position) has \(main.count) convolutions of \(main.map { "\($0.kernel)x\($0.kernel)" }.joined(separator: ", ")), expected two 3x3")
         }
         let add = try next(mainOutput, after: main[1].node.label, expected: ["Add"])
         let expectedShortcut = shortcut?.output ?? x
