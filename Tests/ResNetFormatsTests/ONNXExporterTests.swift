@@ -25,8 +25,7 @@ final class ONNXExporterTests: XCTestCase {
             XCTAssertTrue(back.batchNormFolded)
             XCTAssertEqual(back.checkpoint.config.numClasses, 3)
             let error = ONNXFixtures.relativeError(try ONNXFixtures.logits(back.checkpoint), expected)
-            print("export-onnx round trip, opset \(opset): relative error vs ONNX Runtime \(error)")
-            XCTAssertLessThan(error, 1e-4)
+            XCTAssertLessThan(error, 1e-4, "opset \(opset): relative error vs ONNX Runtime \(error)")
         }
     }
 

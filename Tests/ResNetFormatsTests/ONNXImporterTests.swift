@@ -15,7 +15,6 @@ final class ONNXImporterTests: XCTestCase {
         let expected = try ONNXFixtures.floats("\(name).logits.f32")
         let error = ONNXFixtures.relativeError(got, expected)
         XCTAssertLessThan(error, 1e-4, "\(name): relative error \(error)", file: file, line: line)
-        print("\(name): relative error vs ONNX Runtime \(error)")
         return imported
     }
 
@@ -65,7 +64,6 @@ final class ONNXImporterTests: XCTestCase {
         let got = plan.run(images: input, count: 4, height: 96, width: 96)
         let expected = try ONNXFixtures.floats(ONNXFixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
         let error = ONNXFixtures.relativeError(got, expected)
-        print("reference resnet18.onnx: relative error vs PyTorch \(error)")
-        XCTAssertLessThan(error, 1e-4)
+        XCTAssertLessThan(error, 1e-4, "relative error vs PyTorch \(error)")
     }
 }

@@ -24,12 +24,12 @@ public enum ONNXImporter {
         guard network.epsilon.isFinite, network.epsilon > 0 else {
             throw FileError(path, "BatchNormalization epsilon \(network.epsilon) is not a positive number")
         }
+        if let names = options.classNames, names.count != config.numClasses {
+            throw FileError(path, "\(names.count) class names given for a model with \(config.numClasses) classes")
+        }
         var notes: [String] = []
         if network.foldedCount > 0 {
             notes += try rebuildFoldedBatchNorms(&network, config: config, calibration: options.calibration, path: path)
-        }
-        if let names = options.classNames, names.count != config.numClasses {
-            throw FileError(path, "\(names.count) class names given for a model with \(config.numClasses) classes")
         }
         // Files written by export-onnx carry class names and preprocessing; others get the defaults.
         let decoder = JSONDecoder()
