@@ -13,17 +13,18 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures",
 os.makedirs(OUT, exist_ok=True)
 
 
-def resnet18(width, classes, seed):
-    """torchvision's ResNet-18 at a reduced base width, BatchNorm statistics made non-trivial."""
+def resnet18(width, classes, seed, blocks=(2, 2, 2, 2)):
+    """torchvision's ResNet-18 (or another BasicBlock ResNet) at a reduced base width, BatchNorm statistics
+    made non-trivial."""
     torch.manual_seed(seed)
-    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=classes)
+    net = ResNet(BasicBlock, list(blocks), num_classes=classes)
     net.inplanes = width
     net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
     net.bn1 = nn.BatchNorm2d(width)
-    net.layer1 = net._make_layer(BasicBlock, width, 2)
-    net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
-    net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
-    net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    net.layer1 = net._make_layer(BasicBlock, width, blocks[0])
+    net.layer2 = net._make_layer(BasicBlock, 2 * width, blocks[1], stride=2)
+    net.layer3 = net._make_layer(BasicBlock, 4 * width, blocks[2], stride=2)
+    net.layer4 = net._make_layer(BasicBlock, 8 * width, blocks[3], stride=2)
     net.fc = nn.Linear(8 * width, classes)
     randomize_bn(net)
     return net.eval()
@@ -209,6 +210,12 @@ class TinyMobileNet(nn.Module):  # MobileNet-style stem: 3x3/2 conv, ReLU6, dept
                                       nn.ReLU6(), nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
     def forward(self, v): return self.features(v)
 export(TinyMobileNet().eval(), os.path.join(OUT, "bad_mobilenet.onnx"), x, opset_version=17)
+
+export(resnet18(2, 2, seed=6, blocks=(3, 4, 6, 3)), os.path.join(OUT, "bad_resnet34.onnx"), x, opset_version=17)
+
+p = os.path.join(OUT, "bad_softmax.onnx")  # a Softmax after the classifier (width 2)
+export(nn.Sequential(resnet18(2, 2, seed=7), nn.Softmax(dim=1)).eval(), p, x, opset_version=17)
+print("softmax node:", [n.name for n in onnx.load(p).graph.node if n.op_type == "Softmax"])
 
 model = onnx.load(os.path.join(OUT, "ts_unfolded.onnx"))  # one ReLU replaced by LeakyRelu
 relu = [n for n in model.graph.node if n.op_type == "Relu"][3]

@@ -26,6 +26,14 @@ final class ONNXRefusalTests: XCTestCase {
                       "not a ResNet-18: the first convolution is 3x3 stride 2 pad 1 over 3 channels; ResNet's stem is 7x7 stride 2 pad 3")
     }
 
+    func testResNet34HasTooManyBlocks() {
+        assertRefused(ONNXFixtures.path("bad_resnet34.onnx"), "not a ResNet-18: more than 8 residual blocks (ResNet-18 has 2 per stage)")
+    }
+
+    func testSoftmaxAfterTheClassifierIsNamed() {
+        assertRefused(ONNXFixtures.path("bad_softmax.onnx"), "unsupported operator Softmax (node '/1/Softmax')")
+    }
+
     func testUnsupportedOperatorIsNamed() {
         assertRefused(ONNXFixtures.path("bad_unsupported_op.onnx"), "unsupported operator LeakyRelu (node '/layer1/layer1.1/relu/Relu')")
     }
