@@ -24,13 +24,16 @@ let package = Package(
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
 
+        // C code generated from onnx.proto by protoc-c (tools/generate_onnx_proto.sh).
+        .target(name: "ONNXProto", dependencies: ["CProtobufC"]),
+
         // Small shared pieces of file handling: atomic writes, one-line file errors.
         .target(name: "ResNetSupport", dependencies: ["COpenBLAS"]),
         // The network: layers, the fused inference plan, training. Pure computation, no I/O.
         .target(name: "ResNetModel", dependencies: ["COpenBLAS"]),
         // Checkpoints (safetensors) and importers/exporters.
         .target(name: "ResNetFormats", dependencies: [
-            "ResNetModel", "ResNetSupport", "CHDF5", "CProtobufC",
+            "ResNetModel", "ResNetSupport", "CHDF5", "CProtobufC", "ONNXProto",
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Images (libtiff), preprocessing, CSV, the prefetching loader.

@@ -1,0 +1,62 @@
+import Foundation
+import ResNetFormats
+import ResNetModel
+import XCTest
+
+/// fixtures/onnx (made by tools/make_onnx_fixtures.py) and ../shared/reference, found from this file's path.
+enum ONNXFixtures {
+    static let repository: URL = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }  // Tests/ResNetFormatsTests/ONNXTestSupport.swift → repo
+        return url
+    }()
+    static let directory = repository.appendingPathComponent("fixtures/onnx")
+    static let reference = repository.deletingLastPathComponent().appendingPathComponent("shared/reference")
+
+    static func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    static func floats(_ url: URL) throws -> [Float] {
+        let data = try Data(contentsOf: url)
+        return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+
+    static func floats(_ name: String) throws -> [Float] { try floats(directory.appendingPathComponent(name)) }
+
+    /// The committed input batch, NHWC [2, 64, 64, 3].
+    static func input() throws -> [Float] {
+        nhwc(fromNCHW: try floats("input_2x3x64x64.f32"), batch: 2, channels: 3, height: 64, width: 64)
+    }
+
+    /// Logits of a checkpoint on the committed input, through the fused eval-mode plan.
+    static func logits(_ checkpoint: Checkpoint) throws -> [Float] {
+        let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        return plan.run(images: try input(), count: 2, height: 64, width: 64)
+    }
+
+    /// max |a − b| / max |b|; infinite when either side holds NaN or infinities.
+    static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
+        precondition(a.count == b.count, "\(a.count) values vs \(b.count)")
+        guard (a + b).allSatisfy(\.isFinite) else { return .infinity }
+        var diff: Float = 0, scale: Float = 0
+        for i in 0..<a.count {
+            diff = max(diff, abs(a[i] - b[i]))
+            scale = max(scale, abs(b[i]))
+        }
+        return diff / max(scale, .leastNormalMagnitude)
+    }
+
+    /// Asserts that `body` throws a one-line `path: problem` error (FileError) whose problem contains `fragment`.
+    static func assertFileError(_ path: String, contains fragment: String, file: StaticString = #filePath, line: UInt = #line,
+                         _ body: () throws -> Void) {
+        do {
+            try body()
+            XCTFail("expected an error containing '\(fragment)'", file: file, line: line)
+        } catch {
+            let message = String(describing: error)
+            XCTAssertEqual(String(describing: type(of: error)), "FileError", message, file: file, line: line)
+            XCTAssertTrue(message.hasPrefix(path + ": "), message, file: file, line: line)
+            XCTAssertTrue(message.dropFirst(path.count + 2).contains(fragment), message, file: file, line: line)
+            XCTAssertFalse(message.contains("\n"), "one line: \(message)", file: file, line: line)
+        }
+    }
+}
