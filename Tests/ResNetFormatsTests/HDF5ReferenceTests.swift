@@ -1,0 +1,53 @@
+import CHDF5
+import Foundation
+import ResNetFormats
+import ResNetModel
+import XCTest
+
+/// The full-size reference model, written as h5py would write it (one dataset per state-dict key, int64
+/// counters) with libhdf5 in the test itself, so no 45 MB fixture and no Python are needed.
+final class HDF5ReferenceTests: XCTestCase {
+    /// Writes each tensor as a dataset named by its key: float32, or int64 for the `I64` counters.
+    func writeStateDict(_ entries: [String: SafeTensors.Entry], to path: String) throws {
+        H5open()
+        let file = H5Fcreate(path, 2 /* H5F_ACC_TRUNC */, hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
+        XCTAssertGreaterThanOrEqual(file, 0)
+        defer { H5Fclose(file) }
+        for (name, entry) in entries {
+            var dims = entry.shape.map { hsize_t($0) }
+            let space = dims.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(dims.count), &dims, nil)
+            defer { H5Sclose(space) }
+            let isInteger = entry.dtype == "I64"
+            let dataset = H5Dcreate2(file, name, isInteger ? H5T_STD_I64LE_g : H5T_IEEE_F32LE_g, space,
+                                     hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
+            XCTAssertGreaterThanOrEqual(dataset, 0, name)
+            defer { H5Dclose(dataset) }
+            let status: herr_t
+            if isInteger {
+                let values = entry.data.map { Int64($0) }
+                status = H5Dwrite(dataset, H5T_NATIVE_LLONG_g, hid_t(H5S_ALL), hid_t(H5S_ALL), hid_t(H5P_DEFAULT), values)
+            } else {
+                status = H5Dwrite(dataset, H5T_NATIVE_FLOAT_g, hid_t(H5S_ALL), hid_t(H5S_ALL), hid_t(H5P_DEFAULT), entry.data)
+            }
+            XCTAssertGreaterThanOrEqual(status, 0, name)
+        }
+    }
+
+    func testFullSizeReferenceThroughHDF5MatchesPyTorch() throws {
+        let (entries, _) = try SafeTensors.read(path: HDF5Fixtures.reference.appendingPathComponent("resnet18.safetensors").path)
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-hdf5-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let path = folder.appendingPathComponent("resnet18.h5").path
+        try writeStateDict(entries, to: path)
+
+        let imported = try HDF5Importer.importModel(path: path, options: ImportOptions())
+        XCTAssertEqual(imported.checkpoint.config, ModelConfig())
+        XCTAssertEqual(imported.checkpoint.state["layer4.1.bn2.num_batches_tracked"]?.data, [1000])
+        let input = try HDF5Fixtures.floats(HDF5Fixtures.reference.appendingPathComponent("input_4x3x96x96.f32"))
+        let plan = try InferencePlan(architecture: imported.checkpoint.architecture, state: imported.checkpoint.state)
+        let logits = plan.run(images: nhwc(fromNCHW: input, batch: 4, channels: 3, height: 96, width: 96), count: 4, height: 96, width: 96)
+        let expected = try HDF5Fixtures.floats(HDF5Fixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
+        XCTAssertLessThan(HDF5Fixtures.relativeError(logits, expected), 1e-5)
+    }
+}
