@@ -256,8 +256,19 @@ def main():
             if key != "fc.bias":
                 f.create_dataset(key, data=value.numpy())
         f.create_dataset("fc.bias", data=np.array([b"a", b"b", b"c", b"d", b"e"]))
+    variant("bad_nan.h5", lambda s: s.update({"fc.bias": torch.tensor([0.0, float("nan"), 0.0, 0.0, 0.0])}))
+    with h5py.File(os.path.join(OUT, "bad_too_many_values.h5"), "w") as f:
+        for key, value in state.items():
+            f.create_dataset(key, data=value.numpy())
+        # Each below the per-dataset limit, together far beyond the model: refused before anything is read.
+        for n in range(4):
+            f.create_dataset(f"extra.{n}", shape=(1 << 25,), dtype="f4", chunks=(1 << 16,))
     layers = keras_layers(state)
     write_keras("bad_keras_missing_conv.h5", [l for l in layers if l[0] != "conv2d_5"], model_weights=True)
+    depthwise = [(n, [(w.replace("kernel", "depthwise_kernel"), v) for w, v in ws]) if n == "conv2d_5" else (n, ws) for n, ws in layers]
+    write_keras("bad_keras_depthwise.h5", depthwise, model_weights=True)
+    misshapen = [(n, [(w, np.concatenate([v, v[:1]]) if n == "batch_normalization_3" else v) for w, v in ws]) for n, ws in layers]
+    write_keras("bad_keras_misshapen.h5", misshapen, model_weights=True)
 
 
 if __name__ == "__main__":

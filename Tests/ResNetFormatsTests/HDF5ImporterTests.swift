@@ -147,3 +147,33 @@ final class HDF5ImporterTests: XCTestCase {
         assertRejected("bad_keras_missing_conv.h5", "found 19 Conv2D, 20 BatchNormalization and 1 Dense layers")
     }
 }
+
+final class HDF5BadFileTests: XCTestCase {
+    func assertRejected(_ name: String, _ expected: String, line: UInt = #line) {
+        let path = HDF5Fixtures.path(name)
+        XCTAssertThrowsError(try HDF5Importer.importModel(path: path, options: ImportOptions()), line: line) { error in
+            XCTAssertEqual(error as? FileError, FileError(path, expected), line: line)
+        }
+    }
+
+    func testRejectsNonFiniteWeights() {
+        assertRejected("bad_nan.h5", "tensor fc.bias holds NaN or infinite values")
+    }
+
+    func testRejectsFilesFarLargerThanTheModelBeforeReading() {
+        assertRejected("bad_too_many_values.h5",
+                       "the datasets hold 134229623 values, far more than the 11895 of the ResNet-18 its conv1 and classifier describe")
+    }
+
+    func testKerasLayerOfAnotherKindIsNamed() {
+        assertRejected("bad_keras_depthwise.h5", "Keras layer 'conv2d_5' has weights [\"depthwise_kernel\"]: not Conv2D, Dense or BatchNormalization, which is all a ResNet-18 holds")
+    }
+
+    func testKerasShapeProblemsNameTheKerasLayer() {
+        assertRejected("bad_keras_misshapen.h5", "Keras weights do not fit ResNet-18 at base width 2: "
+                       + "layer1.1.bn1.weight: expected [2], got [3] (Keras layer 'batch_normalization_3'); "
+                       + "layer1.1.bn1.bias: expected [2], got [3] (Keras layer 'batch_normalization_3'); "
+                       + "layer1.1.bn1.running_mean: expected [2], got [3] (Keras layer 'batch_normalization_3'); "
+                       + "layer1.1.bn1.running_var: expected [2], got [3] (Keras layer 'batch_normalization_3')")
+    }
+}

@@ -155,7 +155,7 @@ final class HDF5File {
         var count: UInt64 = 1
         var overflow = false
         for d in dims where !overflow { (count, overflow) = count.multipliedReportingOverflow(by: d) }
-        guard !overflow, count <= UInt64(Self.maxDatasetElements) else {
+        guard !overflow, count <= UInt64(Self.maxDatasetElements), dims.allSatisfy({ $0 <= UInt64(Int32.max) }) else {
             throw FileError(path, "dataset '\(name)' claims shape [\(dims.map(String.init).joined(separator: ", "))], "
                                 + "absurdly large for a weight (limit \(Self.maxDatasetElements) elements)")
         }

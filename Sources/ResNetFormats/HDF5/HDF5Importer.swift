@@ -55,6 +55,7 @@ public enum HDF5Importer {
         }
         try rejectOtherArchitectures(Set(byName.keys), path: file.path)
         let config = try inferConfig(byName, path: file.path)
+        try checkTotalSize(Array(byName.values), config: config, path: file.path)
 
         var state: StateDict = [:]
         var converted: Set<String> = []
@@ -76,6 +77,17 @@ public enum HDF5Importer {
         return ImportedModel(checkpoint: checkpoint,
                              sourceFormat: "HDF5 (PyTorch state_dict, \(nested ? "nested groups" : "flat names"))",
                              producer: nil, batchNormFolded: false, notes: notes)
+    }
+
+    /// Refuses, before reading any data, files whose datasets hold far more values than the network they
+    /// describe (each dataset is bounded on its own; this bounds their sum).
+    static func checkTotalSize(_ datasets: [HDF5File.Dataset], config: ModelConfig, path: String) throws {
+        let expected = Architecture(config).parameterSpecs.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let total = datasets.reduce(0) { $0 + $1.count }
+        guard total <= 2 * expected + (1 << 20) else {
+            throw FileError(path, "the datasets hold \(total) values, far more than the \(expected) of the ResNet-18 "
+                                + "its conv1 and classifier describe")
+        }
     }
 
     /// Deeper ResNets share ResNet-18's names but add blocks (`layer1.2`, ResNet-34) or a third conv per

@@ -51,10 +51,11 @@ enum KerasWeights {
             }
         }
         guard let stem = convs.first, let stemKernel = stem.variables["kernel"], stemKernel.shape[0] == 7,
-              stemKernel.shape[1] == 7, stemKernel.shape[2] == 3 else {
+              stemKernel.shape[1] == 7, stemKernel.shape[2] == 3, stemKernel.shape[3] > 0 else {
             throw FileError(path, "no 7x7 Conv2D stem with 3 input channels as the first convolution: not a ResNet-18")
         }
         let config = try headConfig(path: path, width: stemKernel.shape[3], convs: convs, norms: norms, denses: denses)
+        try HDF5Importer.checkTotalSize(layers.flatMap { $0.variables.values }, config: config, path: path)
         let architecture = Architecture(config)
         let named = architecture.namedConvolutions
         // Keras kernels are [kh, kw, in, out]; the kernel side tells the stem (7), block (3) and projection (1) convolutions apart.
@@ -147,7 +148,8 @@ enum KerasWeights {
                 var components = weightName.split(separator: "/").map(String.init)
                 // `kernel:0` → `kernel`: the suffix is TensorFlow's output index.
                 let kind = String((components.popLast() ?? "").prefix { $0 != ":" })
-                let owner = components.isEmpty ? layerName : "\(layerName)/\(components.joined(separator: "/"))"
+                let inner = components.joined(separator: "/")
+                let owner = inner.isEmpty || inner == layerName ? layerName : "\(layerName)/\(inner)"
                 if layers.last?.name != owner { layers.append(Layer(name: owner)) }
                 var dataset = try file.dataset(weightName, in: layerGroup)
                 guard dataset.isFloat else {
