@@ -114,18 +114,24 @@ def write_nested(path, state):
 
 # ---- Keras layout ----------------------------------------------------------------------------------------------
 
-def keras_layers(state, conv_bias=None):
+def keras_layers(state, conv_bias=None, projection_bn_first=False):
     """The model as Keras layers in a Keras-applications-like forward order: per block conv_1, bn_1, relu, conv_2,
-    the projection conv_0, bn_2, bn_0, add, relu (so BatchNorms keep their convolutions' order)."""
+    the projection conv_0, bn_2, bn_0, add, relu (so BatchNorms keep their convolutions' order), or with
+    `projection_bn_first` bn_0 before bn_2 (a valid topological order in which only the graph tells which
+    BatchNorm follows which convolution). Also returns BatchNorm name → the convolution feeding it."""
     counter = {"conv2d": 0, "batch_normalization": 0, "activation": 0, "add": 0}
+    feeds = {}
 
     def name(kind):
         n = counter[kind]
         counter[kind] += 1
         return kind if n == 0 else f"{kind}_{n}"
 
+    conv_names = {}
+
     def conv(prefix):
         layer = name("conv2d")
+        conv_names[prefix] = layer
         kernel = state[f"{prefix}.weight"].numpy().transpose(2, 3, 1, 0)  # OIHW → HWIO
         weights = [(f"{layer}/kernel:0", kernel)]
         if conv_bias is not None:
@@ -134,6 +140,8 @@ def keras_layers(state, conv_bias=None):
 
     def bn(prefix):
         layer = name("batch_normalization")
+        conv_prefix = prefix.replace("downsample.1", "downsample.0").replace("bn", "conv")
+        feeds[layer] = conv_names[conv_prefix]
         return (layer, [(f"{layer}/gamma:0", state[f"{prefix}.weight"].numpy()),
                         (f"{layer}/beta:0", state[f"{prefix}.bias"].numpy()),
                         (f"{layer}/moving_mean:0", state[f"{prefix}.running_mean"].numpy()),
@@ -147,13 +155,12 @@ def keras_layers(state, conv_bias=None):
             layers += [conv(f"{p}.conv1"), bn(f"{p}.bn1"), (name("activation"), []), conv(f"{p}.conv2")]
             if has_down:
                 layers.append(conv(f"{p}.downsample.0"))
-            layers.append(bn(f"{p}.bn2"))
-            if has_down:
-                layers.append(bn(f"{p}.downsample.1"))
+            norms = [f"{p}.bn2"] + ([f"{p}.downsample.1"] if has_down else [])
+            layers += [bn(n) for n in (reversed(norms) if projection_bn_first else norms)]
             layers += [(name("add"), []), (name("activation"), [])]
     layers.append(("global_average_pooling2d", []))
     layers.append(("dense", [("dense/kernel:0", state["fc.weight"].numpy().T), ("dense/bias:0", state["fc.bias"].numpy())]))
-    return layers
+    return layers, feeds
 
 
 def write_keras(path, layers, model_weights=True, split=False, model_config=None):
@@ -179,11 +186,18 @@ def write_keras(path, layers, model_weights=True, split=False, model_config=None
                 g.create_dataset(weight_name, data=np.asarray(value, dtype=np.float32))
 
 
-def model_config(eps):
-    def bn_layer(n):
-        return {"class_name": "BatchNormalization", "config": {"name": f"batch_normalization_{n}", "axis": [3],
-                                                               "momentum": 0.99, "epsilon": eps}}
-    return {"class_name": "Functional", "config": {"name": "resnet18", "layers": [bn_layer(n) for n in range(20)]}}
+def model_config(layers, feeds, eps):
+    """Keras 2's model_config JSON: every layer with its class, config and inbound nodes (BatchNorms name their
+    convolution; the rest of the graph is not needed by the importer and left empty)."""
+    def describe(layer, weights):
+        if layer in feeds:
+            return {"class_name": "BatchNormalization", "name": layer,
+                    "config": {"name": layer, "axis": [3], "momentum": 0.99, "epsilon": eps},
+                    "inbound_nodes": [[[feeds[layer], 0, 0, {}]]]}
+        kind = "Conv2D" if layer.startswith("conv2d") else "Dense" if layer.startswith("dense") else "Activation"
+        return {"class_name": kind, "name": layer, "config": {"name": layer}, "inbound_nodes": []}
+    return {"class_name": "Functional",
+            "config": {"name": "resnet18", "layers": [describe(n, w) for n, w in layers]}}
 
 
 def main():
@@ -210,7 +224,8 @@ def main():
     write_flat("mlp.h5", mlp.state_dict())
 
     # Keras, model.save layout with model_config naming keras.applications' epsilon 1.001e-5.
-    write_keras("keras.h5", keras_layers(state), model_weights=True, model_config=model_config(1.001e-5))
+    layers, feeds = keras_layers(state, projection_bn_first=True)
+    write_keras("keras.h5", layers, model_weights=True, model_config=model_config(layers, feeds, 1.001e-5))
     save_f32("logits_keras.f32", logits(make_model(classes=5), x, eps=1.001e-5))
 
     # Keras save_weights layout at the root, layer_names split in two, convolution biases, no model_config (eps 1e-3).
@@ -222,7 +237,7 @@ def main():
             b = 0.1 * torch.randn(module.out_channels, generator=generator)
             conv_bias[name] = b.numpy()
             module.bias = nn.Parameter(b)
-    write_keras("keras_split.h5", keras_layers(state, conv_bias), model_weights=False, split=True)
+    write_keras("keras_split.h5", keras_layers(state, conv_bias)[0], model_weights=False, split=True)
     save_f32("logits_keras_split.f32", logits(biased, x, eps=1e-3))
 
     # ---- bad files ----
@@ -263,7 +278,7 @@ def main():
         # Each below the per-dataset limit, together far beyond the model: refused before anything is read.
         for n in range(4):
             f.create_dataset(f"extra.{n}", shape=(1 << 25,), dtype="f4", chunks=(1 << 16,))
-    layers = keras_layers(state)
+    layers = keras_layers(state)[0]
     write_keras("bad_keras_missing_conv.h5", [l for l in layers if l[0] != "conv2d_5"], model_weights=True)
     depthwise = [(n, [(w.replace("kernel", "depthwise_kernel"), v) for w, v in ws]) if n == "conv2d_5" else (n, ws) for n, ws in layers]
     write_keras("bad_keras_depthwise.h5", depthwise, model_weights=True)

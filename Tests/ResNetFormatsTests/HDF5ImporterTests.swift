@@ -86,12 +86,16 @@ final class HDF5ImporterTests: XCTestCase {
         XCTAssertEqual(imported.sourceFormat, "HDF5 (Keras)")
         XCTAssertEqual(imported.producer, "keras 2.13.1 (tensorflow)")
         XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1.001e-5)
-        XCTAssertTrue(imported.notes.contains { $0.hasPrefix("Keras layers mapped by structure, not name") }, "\(imported.notes)")
+        // The file lists each projection's BatchNorm before the block's bn2: only the graph pairs them right.
+        XCTAssertTrue(imported.notes.contains { $0.contains("each paired with the BatchNormalization it feeds in the model_config graph") },
+                      "\(imported.notes)")
     }
 
     func testKerasSplitLayerNamesWithConvBiasesAndDefaultEpsilon() throws {
         let imported = try assertLogits("keras_split.h5", "logits_keras_split.f32")
         XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1e-3)
+        XCTAssertTrue(imported.notes.contains { $0.contains("BatchNormalization at the same position (no usable model_config graph)") },
+                      "\(imported.notes)")
         XCTAssertTrue(imported.notes.contains("20 convolution biases folded into the following BatchNorm's running_mean"), "\(imported.notes)")
     }
 

@@ -59,7 +59,7 @@ enum KerasWeights {
         let architecture = Architecture(config)
         let named = architecture.namedConvolutions
         // Keras kernels are [kh, kw, in, out]; the kernel side tells the stem (7), block (3) and projection (1) convolutions apart.
-        // Positions in `convs` (and so in `norms`) of the block and projection convolutions.
+        // Positions in `convs` of the block and projection convolutions.
         let threeByThree = convs.indices.dropFirst().filter { convs[$0].variables["kernel"]?.shape[0] == 3 }
         let oneByOne = convs.indices.dropFirst().filter { convs[$0].variables["kernel"]?.shape[0] == 1 }
         let expectedThree = named.filter { $0.shape.kernel == 3 }.count, expectedOne = named.filter { $0.shape.kernel == 1 }.count
@@ -74,12 +74,13 @@ enum KerasWeights {
             assignment.append(((entry.conv, entry.batchNorm), position))
         }
 
+        let modelConfig = try readModelConfig(file)
+        let (normOf, pairingNote) = pairBatchNorms(convs: convs, norms: norms, graph: modelConfig.map(batchNormInputs) ?? [:])
         var state: StateDict = [:]
         var kerasNameOf: [String: String] = [:]
         var biasesFolded = 0
         for (torch, position) in assignment {
-            // The BatchNorm after each convolution is the one at the same position in the file's order.
-            let layer = convs[position], norm = norms[position]
+            let layer = convs[position], norm = norms[normOf[position]]
             state["\(torch.conv).weight"] = try convolutionWeight(file, group, layer)
             try addBatchNorm(file, group, norm, as: torch.batchNorm, into: &state)
             if let bias = layer.variables["bias"] {
@@ -99,7 +100,8 @@ enum KerasWeights {
             try addDense(file, group, denses[0], as: "fc", into: &state)
             kerasNameOf["fc"] = denses[0].name
         case .mlp:
-            let headNorms = norms.suffix(2)
+            let used = Set(normOf)
+            let headNorms = norms.indices.filter { !used.contains($0) }.map { norms[$0] }
             for (torch, layer) in zip(["head.bn1", "head.bn2"], headNorms) {
                 try addBatchNorm(file, group, layer, as: torch, into: &state)
                 kerasNameOf[torch] = layer.name
@@ -120,11 +122,11 @@ enum KerasWeights {
             throw FileError(path, "Keras weights do not fit ResNet-18 at base width \(config.baseWidth): \(shown)")
         }
 
-        let (epsilon, epsilonNote) = try batchNormEpsilon(file)
+        let (epsilon, epsilonNote) = try batchNormEpsilon(modelConfig, path: path)
         var finalConfig = config
         finalConfig.batchNormEpsilon = epsilon
         var notes = ["Keras layers mapped by structure, not name: \(convs.count) Conv2D in forward order (7x7 stem, 3x3 block "
-                     + "convolutions, 1x1 downsample projections), each paired with the BatchNormalization at the same position; "
+                     + "convolutions, 1x1 downsample projections), \(pairingNote); "
                      + "\(denses.count) Dense as \(config.head == .linear ? "fc" : "head.fc1, head.fc2")",
                      "kernels transposed: Conv2D HWIO → OIHW, Dense (in, out) → (out, in)",
                      epsilonNote]
@@ -232,32 +234,75 @@ enum KerasWeights {
             ?? Tensor(zeros: channels)
     }
 
-    /// The BatchNormalization epsilon from the `model_config` JSON stored by `model.save`, else Keras' default.
-    static func batchNormEpsilon(_ file: HDF5File) throws -> (Float, String) {
-        guard let text = try file.strings(attribute: "model_config", of: file.id)?.first else {
-            return (kerasDefaultEpsilon, "no model_config in the file: BatchNorm epsilon set to Keras' default 1e-3")
-        }
+    /// The `model_config` JSON that `model.save` stores at the root (absent for `save_weights` files).
+    static func readModelConfig(_ file: HDF5File) throws -> Any? {
+        guard let text = try file.strings(attribute: "model_config", of: file.id)?.first else { return nil }
         guard let json = try? JSONSerialization.jsonObject(with: Data(text.utf8)) else {
             throw FileError(file.path, "attribute 'model_config' is not valid JSON")
         }
-        var epsilons: Set<Double> = []
-        func collect(_ node: Any) {
-            if let object = node as? [String: Any] {
-                if object["class_name"] as? String == "BatchNormalization",
-                   let epsilon = (object["config"] as? [String: Any])?["epsilon"] as? NSNumber {
-                    epsilons.insert(epsilon.doubleValue)
-                }
-                object.values.forEach(collect)
-            } else if let array = node as? [Any] {
-                array.forEach(collect)
-            }
+        return json
+    }
+
+    /// Every layer description (`class_name` + `config`) in the model config, nested models included.
+    static func layerDescriptions(_ node: Any) -> [[String: Any]] {
+        if let object = node as? [String: Any] {
+            let own = object["class_name"] is String && object["config"] is [String: Any] ? [object] : []
+            return own + object.values.flatMap(layerDescriptions)
         }
-        collect(json)
+        return (node as? [Any])?.flatMap(layerDescriptions) ?? []
+    }
+
+    /// BatchNormalization layer name → the layer feeding it, from the graph in the model config: Keras 2 writes
+    /// `"inbound_nodes": [[["conv2d_3", 0, 0, {}]]]`, Keras 3 `... "keras_history": ["conv2d_3", 0, 0] ...`;
+    /// both hold a `[name, number, ...]` array.
+    static func batchNormInputs(_ config: Any) -> [String: String] {
+        func firstSource(_ node: Any) -> String? {
+            if let array = node as? [Any] {
+                if array.count >= 2, let name = array[0] as? String, array[1] is NSNumber { return name }
+                return array.lazy.compactMap(firstSource).first
+            }
+            if let object = node as? [String: Any] {
+                return object.keys.sorted().lazy.compactMap { firstSource(object[$0]!) }.first
+            }
+            return nil
+        }
+        var inputs: [String: String] = [:]
+        for layer in layerDescriptions(config) where layer["class_name"] as? String == "BatchNormalization" {
+            guard let name = (layer["config"] as? [String: Any])?["name"] as? String ?? layer["name"] as? String,
+                  let nodes = layer["inbound_nodes"], let source = firstSource(nodes) else { continue }
+            inputs[name] = source
+        }
+        return inputs
+    }
+
+    /// For each convolution (by position), the position of its BatchNorm: from the model config's graph when it
+    /// names one BatchNorm fed by every convolution, else the BatchNorm at the same position in the file's order.
+    static func pairBatchNorms(convs: [Layer], norms: [Layer], graph: [String: String]) -> (pairing: [Int], note: String) {
+        var normsFedBy: [String: [Int]] = [:]
+        for (index, norm) in norms.enumerated() {
+            if let source = graph[norm.name] { normsFedBy[source, default: []].append(index) }
+        }
+        let byGraph = convs.compactMap { conv in normsFedBy[conv.name].flatMap { $0.count == 1 ? $0[0] : nil } }
+        if byGraph.count == convs.count && Set(byGraph).count == convs.count {
+            return (byGraph, "each paired with the BatchNormalization it feeds in the model_config graph")
+        }
+        return (Array(convs.indices), "each paired with the BatchNormalization at the same position (no usable model_config graph)")
+    }
+
+    /// The BatchNormalization epsilon from the model config, else Keras' default.
+    static func batchNormEpsilon(_ config: Any?, path: String) throws -> (Float, String) {
+        guard let config else {
+            return (kerasDefaultEpsilon, "no model_config in the file: BatchNorm epsilon set to Keras' default 1e-3")
+        }
+        let epsilons = Set(layerDescriptions(config).compactMap { layer -> Double? in
+            guard layer["class_name"] as? String == "BatchNormalization" else { return nil }
+            return ((layer["config"] as? [String: Any])?["epsilon"] as? NSNumber)?.doubleValue
+        })
         guard let epsilon = epsilons.first else {
             return (kerasDefaultEpsilon, "model_config names no BatchNormalization epsilon: Keras' default 1e-3 used")
         }
         guard epsilons.count == 1, epsilon > 0, epsilon < 1 else {
-            throw FileError(file.path, "BatchNormalization layers use epsilons \(epsilons.sorted()): one value between 0 and 1 is supported")
+            throw FileError(path, "BatchNormalization layers use epsilons \(epsilons.sorted()): one value between 0 and 1 is supported")
         }
         return (Float(epsilon), "BatchNorm epsilon \(epsilon) from the file's model_config")
     }
