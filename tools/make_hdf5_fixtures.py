@@ -163,7 +163,7 @@ def keras_layers(state, conv_bias=None, projection_bn_first=False):
     return layers, feeds
 
 
-def write_keras(path, layers, model_weights=True, split=False, model_config=None):
+def write_keras(path, layers, model_weights=True, split=False, model_config=None, dtype=np.float32):
     with h5py.File(os.path.join(OUT, path), "w") as f:
         group = f.create_group("model_weights") if model_weights else f
         if model_config is not None:
@@ -183,7 +183,7 @@ def write_keras(path, layers, model_weights=True, split=False, model_config=None
             # Keras stores an empty list as np.asarray([]): an empty float64 array.
             g.attrs["weight_names"] = np.array([w.encode("utf8") for w, _ in weights]) if weights else np.asarray([])
             for weight_name, value in weights:
-                g.create_dataset(weight_name, data=np.asarray(value, dtype=np.float32))
+                g.create_dataset(weight_name, data=np.asarray(value, dtype=dtype))
 
 
 def model_config(layers, feeds, eps):
@@ -239,6 +239,13 @@ def main():
             module.bias = nn.Parameter(b)
     write_keras("keras_split.h5", keras_layers(state, conv_bias)[0], model_weights=False, split=True)
     save_f32("logits_keras_split.f32", logits(biased, x, eps=1e-3))
+
+    # A nested model (Keras 2 stores a sub-model as one layer listing all its weights), float64, at the root.
+    layers = keras_layers(state)[0]
+    inner = [w for _, ws in layers[:-1] for w in ws]
+    nested_layers = [("input_2", []), ("resnet18", inner), ("global_average_pooling2d", []), layers[-1]]
+    write_keras("keras_nested_float64.h5", nested_layers, model_weights=False, dtype=np.float64)
+    save_f32("logits_keras_default_eps.f32", logits(make_model(classes=5), x, eps=1e-3))
 
     # ---- bad files ----
     state = {k: v.detach().clone() for k, v in make_model(classes=5, width=BAD_WIDTH).state_dict().items()}

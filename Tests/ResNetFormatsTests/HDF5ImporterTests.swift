@@ -181,3 +181,14 @@ final class HDF5BadFileTests: XCTestCase {
                        + "layer1.1.bn1.running_var: expected [2], got [3] (Keras layer 'batch_normalization_3')")
     }
 }
+
+final class HDF5KerasNestedTests: XCTestCase {
+    /// A sub-model stored as one Keras layer whose weight names carry the inner layers, in float64.
+    func testNestedModelInFloat64MatchesPyTorch() throws {
+        let imported = try HDF5Importer.importModel(path: HDF5Fixtures.path("keras_nested_float64.h5"), options: ImportOptions())
+        let expected = try HDF5Fixtures.floats(HDF5Fixtures.directory.appendingPathComponent("logits_keras_default_eps.f32"))
+        XCTAssertLessThan(HDF5Fixtures.relativeError(try HDF5Fixtures.logits(of: imported), expected), 1e-4)
+        XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1e-3)
+        XCTAssertTrue(imported.notes.contains("102 float64/float16 tensors converted to float32"), "\(imported.notes)")
+    }
+}
