@@ -2,13 +2,16 @@ import CHDF5
 import Foundation
 import ResNetFormats
 import ResNetModel
+import ResNetSupport
 import XCTest
 
 /// The full-size reference model, written as h5py would write it (one dataset per state-dict key, int64
 /// counters) with libhdf5 in the test itself, so no 45 MB fixture and no Python are needed.
 final class HDF5ReferenceTests: XCTestCase {
-    /// Writes each tensor as a dataset named by its key: float32, or int64 for the `I64` counters.
-    func writeStateDict(_ entries: [String: SafeTensors.Entry], to path: String) throws {
+    typealias Entry = (shape: [Int], data: [Float], isInteger: Bool)
+
+    /// Writes each tensor as a dataset named by its key: float32, or int64 for the counters.
+    func writeStateDict(_ entries: [String: Entry], to path: String) throws {
         H5open()
         let file = H5Fcreate(path, 2 /* H5F_ACC_TRUNC */, hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
         XCTAssertGreaterThanOrEqual(file, 0)
@@ -17,7 +20,7 @@ final class HDF5ReferenceTests: XCTestCase {
             var dims = entry.shape.map { hsize_t($0) }
             let space = dims.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(dims.count), &dims, nil)
             defer { H5Sclose(space) }
-            let isInteger = entry.dtype == "I64"
+            let isInteger = entry.isInteger
             let dataset = H5Dcreate2(file, name, isInteger ? H5T_STD_I64LE_g : H5T_IEEE_F32LE_g, space,
                                      hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
             XCTAssertGreaterThanOrEqual(dataset, 0, name)
@@ -33,13 +36,29 @@ final class HDF5ReferenceTests: XCTestCase {
         }
     }
 
+    func testFilesWithoutResNetWeightsAreNamed() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-hdf5-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let empty = folder.appendingPathComponent("empty.h5").path
+        try writeStateDict([:], to: empty)
+        let other = folder.appendingPathComponent("other.h5").path
+        try writeStateDict(["encoder.weight": ([2, 2], [1, 2, 3, 4], false)], to: other)
+        for (path, problem) in [(empty, "the HDF5 file holds no datasets"),
+                                (other, "no ResNet weights found: neither a conv1.weight dataset nor Keras layer_names")] {
+            XCTAssertThrowsError(try HDF5Importer.importModel(path: path, options: ImportOptions())) {
+                XCTAssertEqual($0 as? FileError, FileError(path, problem))
+            }
+        }
+    }
+
     func testFullSizeReferenceThroughHDF5MatchesPyTorch() throws {
         let (entries, _) = try SafeTensors.read(path: HDF5Fixtures.reference.appendingPathComponent("resnet18.safetensors").path)
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-hdf5-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let path = folder.appendingPathComponent("resnet18.h5").path
-        try writeStateDict(entries, to: path)
+        try writeStateDict(entries.mapValues { ($0.shape, $0.data, $0.dtype == "I64") }, to: path)
 
         let imported = try HDF5Importer.importModel(path: path, options: ImportOptions())
         XCTAssertEqual(imported.checkpoint.config, ModelConfig())

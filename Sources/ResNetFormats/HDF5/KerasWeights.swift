@@ -25,14 +25,15 @@ enum KerasWeights {
     static func weightsGroup(in file: HDF5File) throws -> hid_t? {
         if file.hasGroup("model_weights", in: file.id) {
             let group = try file.openGroup("model_weights", in: file.id)
-            if try hasLayerNames(file, group) { return group }
+            if hasLayerNames(group) { return group }
             H5Gclose(group)
         }
-        return try hasLayerNames(file, file.id) ? try file.openGroup("/", in: file.id) : nil
+        return hasLayerNames(file.id) ? try file.openGroup("/", in: file.id) : nil
     }
 
-    static func hasLayerNames(_ file: HDF5File, _ group: hid_t) throws -> Bool {
-        H5Aexists(group, "layer_names") > 0 || H5Aexists(group, "layer_names0") > 0
+    static func hasLayerNames(_ group: hid_t) -> Bool {
+        defer { H5Eclear2(hid_t(H5E_DEFAULT)) }
+        return H5Aexists(group, "layer_names") > 0 || H5Aexists(group, "layer_names0") > 0
     }
 
     static func read(_ file: HDF5File, weightsGroup group: hid_t) throws -> ImportedModel {
