@@ -16,13 +16,17 @@ final class HDF5ReferenceTests: XCTestCase {
         let file = H5Fcreate(path, 2 /* H5F_ACC_TRUNC */, hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
         XCTAssertGreaterThanOrEqual(file, 0)
         defer { H5Fclose(file) }
+        // Names with slashes create their groups, as h5py does.
+        let linkProperties = H5Pcreate(H5P_CLS_LINK_CREATE_ID_g)
+        defer { H5Pclose(linkProperties) }
+        H5Pset_create_intermediate_group(linkProperties, 1)
         for (name, entry) in entries {
             var dims = entry.shape.map { hsize_t($0) }
             let space = dims.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(dims.count), &dims, nil)
             defer { H5Sclose(space) }
             let isInteger = entry.isInteger
             let dataset = H5Dcreate2(file, name, isInteger ? H5T_STD_I64LE_g : H5T_IEEE_F32LE_g, space,
-                                     hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
+                                     linkProperties, hid_t(H5P_DEFAULT), hid_t(H5P_DEFAULT))
             XCTAssertGreaterThanOrEqual(dataset, 0, name)
             defer { H5Dclose(dataset) }
             let status: herr_t
@@ -44,8 +48,11 @@ final class HDF5ReferenceTests: XCTestCase {
         try writeStateDict([:], to: empty)
         let other = folder.appendingPathComponent("other.h5").path
         try writeStateDict(["encoder.weight": ([2, 2], [1, 2, 3, 4], false)], to: other)
+        let keras3 = folder.appendingPathComponent("keras3.weights.h5").path
+        try writeStateDict(["layers/conv2d/vars/0": ([2], [1, 2], false)], to: keras3)
         for (path, problem) in [(empty, "the HDF5 file holds no datasets"),
-                                (other, "no ResNet weights found: neither a conv1.weight dataset nor Keras layer_names")] {
+                                (other, "no ResNet weights found: neither a conv1.weight dataset nor Keras layer_names"),
+                                (keras3, "Keras 3 .weights.h5 layout (layers/*/vars/*) is not supported: save with model.save('model.h5') instead")] {
             XCTAssertThrowsError(try HDF5Importer.importModel(path: path, options: ImportOptions())) {
                 XCTAssertEqual($0 as? FileError, FileError(path, problem))
             }

@@ -107,6 +107,9 @@ public enum HDF5Importer {
     /// Base width from conv1, head and class count from the classifier's shapes.
     static func inferConfig(_ byName: [String: HDF5File.Dataset], path: String) throws -> ModelConfig {
         guard let stem = byName["conv1.weight"] else {
+            if byName.values.contains(where: { $0.path.hasPrefix("layers/") && $0.path.contains("/vars/") }) {
+                throw FileError(path, "Keras 3 .weights.h5 layout (layers/*/vars/*) is not supported: save with model.save('model.h5') instead")
+            }
             throw FileError(path, "no ResNet weights found: neither a conv1.weight dataset nor Keras layer_names")
         }
         guard stem.shape.count == 4, stem.shape[1] == 3, stem.shape[2] == 7, stem.shape[3] == 7, stem.shape[0] > 0 else {
