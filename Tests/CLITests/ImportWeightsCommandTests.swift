@@ -128,6 +128,41 @@ final class ImportWeightsCommandTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder.appendingPathComponent("m.safetensors").path))
     }
 
+    /// A baseline TIFF (8-bit RGB, one uncompressed strip), written byte by byte so the test needs no image library.
+    static func writeTIFF(_ url: URL, side: Int) throws {
+        var bytes: [UInt8] = []
+        func u16(_ v: Int) { bytes += [UInt8(v & 0xff), UInt8(v >> 8 & 0xff)] }
+        func u32(_ v: Int) { u16(v & 0xffff); u16(v >> 16) }
+        let entries: [(tag: Int, type: Int, count: Int, value: Int)]
+        let ifdSize = 2 + 10 * 12 + 4, bitsOffset = 8 + ifdSize, pixelOffset = bitsOffset + 6
+        entries = [(256, 3, 1, side), (257, 3, 1, side), (258, 3, 3, bitsOffset), (259, 3, 1, 1), (262, 3, 1, 2),
+                   (273, 4, 1, pixelOffset), (277, 3, 1, 3), (278, 3, 1, side), (279, 4, 1, side * side * 3), (284, 3, 1, 1)]
+        bytes += Array("II".utf8); u16(42); u32(8)
+        u16(entries.count)
+        for e in entries {
+            u16(e.tag); u16(e.type); u32(e.count)
+            if e.type == 3 && e.count == 1 { u16(e.value); u16(0) } else { u32(e.value) }
+        }
+        u32(0)
+        u16(8); u16(8); u16(8)
+        bytes += (0..<(side * side * 3)).map { UInt8($0 % 251) }
+        try Data(bytes).write(to: url)
+    }
+
+    func testCalibrationImagesAreReadForONNX() throws {
+        let folder = try CLI.temporaryDirectory(self)
+        let images = folder.appendingPathComponent("images")
+        try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
+        try Self.writeTIFF(images.appendingPathComponent("a.tif"), side: 40)
+        try Self.writeTIFF(images.appendingPathComponent("b.tiff"), side: 40)
+        try Self.writeTIFF(images.appendingPathComponent("c.tif"), side: 36)
+        try Data("not an image".utf8).write(to: images.appendingPathComponent("notes.txt"))
+        let onnx = CLI.reference.appendingPathComponent("resnet18.onnx").path
+        let result = try CLI.run(["import-weights", onnx, "--calibrate", images.path, "--out", "m.safetensors"], currentDirectory: folder)
+        XCTAssertTrue(result.stderr.contains("c.tif: is 36x36 after preprocessing, unlike the first image (40x40)"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("Calibration: read 2 images (40x40) from \(images.path), skipped 1"), result.stderr)
+    }
+
     func testRunsUnderItsLinkName() throws {
         let folder = try CLI.temporaryDirectory(self)
         let result = try CLI.run([Self.fixture("nested.h5"), "--out", "nested.safetensors", "--quiet"],
