@@ -188,8 +188,15 @@ def write_keras(path, layers, model_weights=True, split=False, model_config=None
 
 def model_config(layers, feeds, eps):
     """Keras 2's model_config JSON: every layer with its class, config and inbound nodes (BatchNorms name their
-    convolution; the rest of the graph is not needed by the importer and left empty)."""
+    convolution; the rest of the graph is not needed by the importer and left empty). Stride-2 3x3 convolutions
+    use padding "same", as hand-built Keras ResNet-18s do."""
     def describe(layer, weights):
+        if layer.startswith("conv2d"):
+            kernel = weights[0][1].shape
+            stride = 2 if kernel[2] != kernel[3] else 1  # the stem and the first conv and projection of stages 2-4
+            return {"class_name": "Conv2D", "name": layer, "inbound_nodes": [],
+                    "config": {"name": layer, "kernel_size": list(kernel[:2]), "strides": [stride, stride],
+                               "padding": "same" if kernel[0] == 3 else "valid"}}
         if layer in feeds:
             return {"class_name": "BatchNormalization", "name": layer,
                     "config": {"name": layer, "axis": [3], "momentum": 0.99, "epsilon": eps},

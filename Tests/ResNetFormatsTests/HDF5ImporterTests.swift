@@ -86,6 +86,8 @@ final class HDF5ImporterTests: XCTestCase {
         XCTAssertEqual(imported.sourceFormat, "HDF5 (Keras)")
         XCTAssertEqual(imported.producer, "keras 2.13.1 (tensorflow)")
         XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1.001e-5)
+        XCTAssertTrue(imported.notes.contains { $0.hasPrefix("3 layers use padding='same' with stride 2 (conv2d_5, conv2d_10, conv2d_15)") },
+                      "\(imported.notes)")
         // The file lists each projection's BatchNorm before the block's bn2: only the graph pairs them right.
         XCTAssertTrue(imported.notes.contains { $0.contains("each paired with the BatchNormalization it feeds in the model_config graph") },
                       "\(imported.notes)")

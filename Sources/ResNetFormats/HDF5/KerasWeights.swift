@@ -9,8 +9,9 @@ import ResNetSupport
 ///
 /// Keras names layers freely (`conv2d_17`, `res2a_branch1`), so the mapping onto torchvision's names goes by
 /// structure: Conv2D layers in forward order (the 7x7 stem, then the 3x3 convolutions block by block, the
-/// 1x1 ones being the downsample projections), each BatchNormalization paired with the convolution in the
-/// same position, Dense layers as the classifier.
+/// 1x1 ones being the downsample projections), each BatchNormalization paired with the convolution feeding it
+/// in the `model_config` graph (or, without one, with the convolution at the same position), Dense layers as
+/// the classifier.
 enum KerasWeights {
     /// A layer's weights, keyed by variable kind (`kernel`, `bias`, `gamma`, `moving_mean`, …).
     struct Layer {
@@ -59,8 +60,8 @@ enum KerasWeights {
         try HDF5Importer.checkTotalSize(layers.flatMap { $0.variables.values }, config: config, path: path)
         let architecture = Architecture(config)
         let named = architecture.namedConvolutions
-        // Keras kernels are [kh, kw, in, out]; the kernel side tells the stem (7), block (3) and projection (1) convolutions apart.
-        // Positions in `convs` of the block and projection convolutions.
+        // Keras kernels are [kh, kw, in, out]: the kernel side tells the stem (7), block (3) and projection (1)
+        // convolutions apart. These are positions in `convs`.
         let threeByThree = convs.indices.dropFirst().filter { convs[$0].variables["kernel"]?.shape[0] == 3 }
         let oneByOne = convs.indices.dropFirst().filter { convs[$0].variables["kernel"]?.shape[0] == 1 }
         let expectedThree = named.filter { $0.shape.kernel == 3 }.count, expectedOne = named.filter { $0.shape.kernel == 1 }.count
@@ -131,6 +132,7 @@ enum KerasWeights {
                      + "\(denses.count) Dense as \(config.head == .linear ? "fc" : "head.fc1, head.fc2")",
                      "kernels transposed: Conv2D HWIO → OIHW, Dense (in, out) → (out, in)",
                      epsilonNote]
+        if let modelConfig, let note = asymmetricPaddingNote(modelConfig) { notes.append(note) }
         if biasesFolded > 0 { notes.append("\(biasesFolded) convolution biases folded into the following BatchNorm's running_mean") }
         let converted = layers.flatMap { $0.variables.values }.filter { $0.elementSize != 4 }
         if !converted.isEmpty { notes.append("\(converted.count) float64/float16 tensors converted to float32") }
@@ -288,6 +290,21 @@ enum KerasWeights {
             return (byGraph, "each paired with the BatchNormalization it feeds in the model_config graph")
         }
         return (Array(convs.indices), "each paired with the BatchNormalization at the same position (no usable model_config graph)")
+    }
+
+    /// Keras' `padding="same"` with stride 2 pads an even-sized input only at the bottom and right, PyTorch (and
+    /// so ResNetKit) by the same amount on every side: say so when the model config shows such layers.
+    static func asymmetricPaddingNote(_ config: Any) -> String? {
+        let names = layerDescriptions(config).compactMap { layer -> String? in
+            guard ["Conv2D", "MaxPooling2D"].contains(layer["class_name"] as? String ?? ""),
+                  let settings = layer["config"] as? [String: Any], settings["padding"] as? String == "same",
+                  let strides = settings["strides"] as? [NSNumber], strides.contains(where: { $0.intValue > 1 }) else { return nil }
+            return settings["name"] as? String
+        }
+        guard !names.isEmpty else { return nil }
+        return "\(names.count) layers use padding='same' with stride 2 (\(names.prefix(3).joined(separator: ", "))\(names.count > 3 ? ", …" : "")): "
+            + "Keras pads even-sized inputs there only at the bottom and right, ResNetKit on all sides as PyTorch does, "
+            + "so outputs can differ from Keras'"
     }
 
     /// The BatchNormalization epsilon from the model config, else Keras' default.
