@@ -40,7 +40,7 @@ final class HDF5ReferenceTests: XCTestCase {
         }
     }
 
-    func testFilesWithoutResNetWeightsAreNamed() throws {
+    func testFilesWithoutUsableWeightsAreNamed() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-hdf5-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -50,7 +50,10 @@ final class HDF5ReferenceTests: XCTestCase {
         try writeStateDict(["encoder.weight": ([2, 2], [1, 2, 3, 4], false)], to: other)
         let keras3 = folder.appendingPathComponent("keras3.weights.h5").path
         try writeStateDict(["layers/conv2d/vars/0": ([2], [1, 2], false)], to: keras3)
+        let ambiguous = folder.appendingPathComponent("ambiguous.h5").path
+        try writeStateDict(["conv1.weight": ([1], [1], false), "conv1/weight": ([1], [2], false)], to: ambiguous)
         for (path, problem) in [(empty, "the HDF5 file holds no datasets"),
+                                (ambiguous, "datasets 'conv1/weight' and 'conv1.weight' both name tensor conv1.weight"),
                                 (other, "no ResNet weights found: neither a conv1.weight dataset nor Keras layer_names"),
                                 (keras3, "Keras 3 .weights.h5 layout (layers/*/vars/*) is not supported: save with model.save('model.h5') instead")] {
             XCTAssertThrowsError(try HDF5Importer.importModel(path: path, options: ImportOptions())) {

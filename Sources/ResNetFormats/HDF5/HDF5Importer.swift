@@ -43,7 +43,13 @@ public enum HDF5Importer {
         guard !datasets.isEmpty else { throw FileError(file.path, "the HDF5 file holds no datasets") }
         let nested = datasets.contains { $0.path.contains("/") }
         var byName: [String: HDF5File.Dataset] = [:]
-        for dataset in datasets { byName[dataset.path.replacingOccurrences(of: "/", with: ".")] = dataset }
+        for dataset in datasets {
+            let name = dataset.path.replacingOccurrences(of: "/", with: ".")
+            if let other = byName[name] {
+                throw FileError(file.path, "datasets '\(other.path)' and '\(dataset.path)' both name tensor \(name)")
+            }
+            byName[name] = dataset
+        }
         let names = Set(byName.keys)
         // A DataParallel / wrapper prefix (`module.conv1.weight`, `model/conv1/weight`) is stripped when every name has it.
         if byName["conv1.weight"] == nil,
@@ -65,7 +71,7 @@ public enum HDF5Importer {
                 let kind = dataset.typeClass == H5T_STRING ? "text" : dataset.isInteger ? "integers" : "a non-numeric type"
                 throw FileError(file.path, "dataset '\(dataset.path)' holds \(kind), expected floating-point numbers")
             }
-            if dataset.isFloat && dataset.elementSize != 4 { converted.insert(dataset.elementSize == 8 ? "float64" : "float16") }
+            if dataset.isFloat && dataset.elementSize != 4 { converted.insert("float\(8 * dataset.elementSize)") }
             state[name] = Tensor(shape: dataset.shape, data: try file.readFloats(dataset, in: file.id))
         }
         var notes = ["PyTorch state_dict with \(nested ? "nested groups" : "flat dotted names"): tensors matched by torchvision name"]
