@@ -138,6 +138,7 @@ public final class PrefetchingLoader: @unchecked Sendable {
             let index = probed.count
             do {
                 let image = try TIFFDecoder.decode(path: entries[index].path)
+                try Self.checkNetworkMinimum(image, preprocessing, path: entries[index].path)
                 size = ImagePreparation.outputSize(width: image.width, height: image.height, preprocessing)
                 probed.append(image)
             } catch {
@@ -187,6 +188,15 @@ public final class PrefetchingLoader: @unchecked Sendable {
             paths.append(entry.path)
         }
         return PreparedBatch(ids: ids, paths: paths, height: height, width: width, failures: failures, pixels: buffer)
+    }
+
+    /// The network needs at least 32x32 pixels (PyTorch fails below: layer4 would be empty).
+    static func checkNetworkMinimum(_ image: RGBImage, _ preprocessing: Preprocessing, path: String) throws {
+        let (height, width) = ImagePreparation.outputSize(width: image.width, height: image.height, preprocessing)
+        let minimum = ModelConfig.minimumInputSide
+        if preprocessing.crop == 0 && min(height, width) < minimum {
+            throw FileError(path, "is \(image.width)x\(image.height), smaller than the network's smallest input \(minimum)x\(minimum)")
+        }
     }
 
     /// The one-line reason, without the path (the failure record carries it).

@@ -21,14 +21,14 @@ public enum TIFFDecoder {
         var messages = ResNetKitTIFFMessages()
         guard let tif = resnetkit_tiff_open(fd, path, &messages, tmsize_t(maxLibTIFFAllocation)) else {
             close(fd)
-            throw FileError(path, "not a readable TIFF: \(libtiffMessage(&messages, fallback: "libtiff cannot open it"))")
+            throw FileError(path, "not a readable TIFF: \(libtiffMessage(&messages, path: path, fallback: "libtiff cannot open it"))")
         }
         defer { TIFFClose(tif) }
         do {
             return try decodeOpened(tif, path: path, fileSize: fileSize(fd))
         } catch let error as FileError {
             // Prefer libtiff's own account of what is wrong, when it gave one.
-            let detail = libtiffMessage(&messages, fallback: "")
+            let detail = libtiffMessage(&messages, path: path, fallback: "")
             if detail.isEmpty || error.problem.contains(detail) { throw error }
             throw FileError(path, "\(error.problem) (\(detail))")
         }
@@ -67,11 +67,13 @@ public enum TIFFDecoder {
         return fstat(fd, &info) == 0 ? Int(info.st_size) : 0
     }
 
-    static func libtiffMessage(_ messages: inout ResNetKitTIFFMessages, fallback: String) -> String {
+    static func libtiffMessage(_ messages: inout ResNetKitTIFFMessages, path: String, fallback: String) -> String {
         let text = withUnsafeBytes(of: &messages.message) { raw in
             String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
         }
-        return text.isEmpty ? fallback : text
+        guard !text.isEmpty else { return fallback }
+        // libtiff often starts its messages with the file name, which the FileError already names.
+        return text.hasPrefix(path + ": ") ? String(text.dropFirst(path.count + 2)) : text
     }
 
     /// What the tags say about the pixel layout.
