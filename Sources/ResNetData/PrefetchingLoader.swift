@@ -7,6 +7,12 @@ public struct ImageFailure: Sendable, Equatable {
     public var id: String
     public var path: String
     public var reason: String
+
+    public init(id: String, path: String, reason: String) {
+        self.id = id
+        self.path = path
+        self.reason = reason
+    }
 }
 
 /// A batch of prepared images, NHWC [count, height, width, 3], in enumeration order, plus the images of
