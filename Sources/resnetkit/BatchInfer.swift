@@ -17,7 +17,9 @@ struct BatchInfer: ParsableCommand {
             appended batch by batch in enumeration order (readdir order sorted within chunks of 4096 entries,
             sub-folders after files), so an interrupted file holds complete rows plus at most one torn line.
             --resume cuts that line off, skips the ids already in the output and in the errors file, and appends
-            the rest; without --resume an existing output is refused.
+            the rest, so every id appears exactly once; without --resume an existing output is refused. (Logits
+            can differ from an uninterrupted run's in the last bits when images are grouped into other batches;
+            with --batch-size 1 the files are identical.)
             Images that cannot be used are listed in the errors CSV (id,path,reason; default <out>.errors.csv,
             rewritten by every run that is not resumed) and do not stop the run.
             Exit status: 0 all images done; 1 a fatal error (bad option, model or output file); 3 finished, but
