@@ -46,9 +46,38 @@ public final class PreparedBatch: @unchecked Sendable {
 /// `queueDepth` batches; so memory is bounded by (queueDepth + 2) batches, whatever the number of images.
 /// Entries the filter rejects (other shards, ids already done) are skipped before decoding.
 /// With crop 0, every image must have the size of the first one that decodes; others are failures.
+/// Dropping the loader (or `cancel()`) stops the producer.
 public final class PrefetchingLoader: @unchecked Sendable {
-    public let batchSize: Int
-    public let preprocessing: Preprocessing
+    private let pipeline: LoaderPipeline
+
+    public var batchSize: Int { pipeline.batchSize }
+    public var preprocessing: Preprocessing { pipeline.preprocessing }
+
+    public init(enumerator: ImageEnumerator, preprocessing: Preprocessing, batchSize: Int, workers: Int,
+                queueDepth: Int = 2, accept: @escaping (ImageEntry) -> Bool = { _ in true }) {
+        precondition(batchSize > 0 && workers > 0 && queueDepth > 0)
+        let pipeline = LoaderPipeline(enumerator: enumerator, preprocessing: preprocessing, batchSize: batchSize,
+                                      workers: workers, queueDepth: queueDepth, accept: accept)
+        self.pipeline = pipeline
+        // The thread owns the pipeline, so it stays valid until the producer has stopped.
+        let thread = Thread { pipeline.produce() }
+        thread.name = "image loader"
+        thread.start()
+    }
+
+    deinit { pipeline.cancel() }
+
+    /// The next batch in enumeration order, or nil when every image has been handed out.
+    public func next() -> PreparedBatch? { pipeline.next() }
+
+    /// Stops the producer (e.g. after too many failures); `next()` then returns nil.
+    public func cancel() { pipeline.cancel() }
+}
+
+/// The loader's state, shared by the consumer and the producer thread.
+final class LoaderPipeline: @unchecked Sendable {
+    let batchSize: Int
+    let preprocessing: Preprocessing
     private var enumerator: ImageEnumerator
     private let accept: (ImageEntry) -> Bool
     private let workers: Int
@@ -58,13 +87,11 @@ public final class PrefetchingLoader: @unchecked Sendable {
     private var queue: [PreparedBatch] = []
     private var finished = false
     private var cancelled = false
-    private var thread: Thread?
     /// Output size, fixed by the crop or by the first image that decodes.
     private var size: (height: Int, width: Int)?
 
-    public init(enumerator: ImageEnumerator, preprocessing: Preprocessing, batchSize: Int, workers: Int,
-                queueDepth: Int = 2, accept: @escaping (ImageEntry) -> Bool = { _ in true }) {
-        precondition(batchSize > 0 && workers > 0 && queueDepth > 0)
+    init(enumerator: ImageEnumerator, preprocessing: Preprocessing, batchSize: Int, workers: Int,
+         queueDepth: Int, accept: @escaping (ImageEntry) -> Bool) {
         self.enumerator = enumerator
         self.preprocessing = preprocessing
         self.batchSize = batchSize
@@ -72,16 +99,9 @@ public final class PrefetchingLoader: @unchecked Sendable {
         self.queueDepth = queueDepth
         self.accept = accept
         if preprocessing.crop > 0 { size = (preprocessing.crop, preprocessing.crop) }
-        let thread = Thread { [unowned self] in self.produce() }
-        thread.name = "image loader"
-        self.thread = thread
-        thread.start()
     }
 
-    deinit { cancel() }
-
-    /// The next batch in enumeration order, or nil when every image has been handed out.
-    public func next() -> PreparedBatch? {
+    func next() -> PreparedBatch? {
         condition.lock()
         defer { condition.unlock() }
         while queue.isEmpty && !finished { condition.wait() }
@@ -91,8 +111,7 @@ public final class PrefetchingLoader: @unchecked Sendable {
         return batch
     }
 
-    /// Stops the producer (e.g. after too many failures); `next()` then returns nil.
-    public func cancel() {
+    func cancel() {
         condition.lock()
         cancelled = true
         queue.removeAll()
@@ -106,7 +125,7 @@ public final class PrefetchingLoader: @unchecked Sendable {
         return cancelled
     }
 
-    private func produce() {
+    func produce() {
         defer {
             condition.lock()
             finished = true
