@@ -15,6 +15,7 @@ public enum TIFFDecoder {
     public static let maxPixels = 1 << 26
     /// No single libtiff allocation may exceed this (a lying header cannot make libtiff allocate gigabytes).
     static let maxLibTIFFAllocation = 1 << 30
+    static let maxTileSide = 1 << 16
 
     public static func decode(path: String) throws -> RGBImage {
         let fd = try openChecked(path)
@@ -68,9 +69,10 @@ public enum TIFFDecoder {
     }
 
     static func libtiffMessage(_ messages: inout ResNetKitTIFFMessages, path: String, fallback: String) -> String {
+        // One line: libtiff's messages may hold line breaks (e.g. from libjpeg).
         let text = withUnsafeBytes(of: &messages.message) { raw in
-            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-        }
+            String(decoding: raw.prefix(while: { $0 != 0 }).map { $0 < 0x20 ? 0x20 : $0 }, as: UTF8.self)
+        }.trimmingCharacters(in: .whitespaces)
         guard !text.isEmpty else { return fallback }
         // libtiff often starts its messages with the file name, which the FileError already names.
         return text.hasPrefix(path + ": ") ? String(text.dropFirst(path.count + 2)) : text
@@ -174,6 +176,10 @@ public enum TIFFDecoder {
         if layout.tiled {
             guard let tw = tag32(tif, TIFFTAG_TILEWIDTH), let th = tag32(tif, TIFFTAG_TILELENGTH), tw > 0, th > 0 else {
                 throw FileError(path, "not a valid TIFF: tiles without a tile size")
+            }
+            // Bounded before any arithmetic on them: real tiles are at most a few thousand pixels a side.
+            guard tw <= maxTileSide, th <= maxTileSide else {
+                throw FileError(path, "not a valid TIFF: absurd tile size \(tw)x\(th)")
             }
             (blockWidth, blockHeight, blockSize) = (tw, th, Int(TIFFTileSize(tif)))
         } else {
