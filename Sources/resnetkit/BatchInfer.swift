@@ -11,22 +11,26 @@ struct BatchInfer: ParsableCommand {
         commandName: "batch-infer",
         abstract: "Classify folders of TIFF images and write one CSV row per image.",
         discussion: """
-            Output: header id,logit_0,…,logit_{K-1},label (label = index of the largest logit); --probs adds
-            prob_0,… (softmax) before label; --format kaggle writes id,label with label = probability of class 1.
-            id = file name without extension (with --recursive, the path below the folder given). Rows are
-            appended batch by batch in enumeration order (readdir order sorted within chunks of 4096 entries,
-            sub-folders after files), so an interrupted file holds complete rows plus at most one torn line.
-            --resume cuts that line off, skips the ids already in the output and in the errors file, and appends
-            the rest, so every id appears exactly once; without --resume an existing output is refused. (Logits
-            can differ from an uninterrupted run's in the last bits when images are grouped into other batches;
-            with --batch-size 1 the files are identical.)
-            Images that cannot be used are listed in the errors CSV (id,path,reason; default <out>.errors.csv,
+            Output: header id,logit_0,…,logit_{K-1},label (label = index of the largest logit); --probs adds \
+            prob_0,… (softmax) before label; --format kaggle writes id,label with label = probability of class 1. \
+            id = file name without extension (with --recursive, the path below the folder given).
+
+            Rows are appended batch by batch in enumeration order (readdir order sorted within chunks of 4096 \
+            entries, sub-folders after files), so an interrupted file holds complete rows plus at most one torn \
+            line. --resume cuts that line off, skips the ids already in the output and in the errors file, and \
+            appends the rest, so every id appears exactly once; without --resume an existing output is refused. \
+            (Logits can differ from an uninterrupted run's in the last bits when images are grouped into other \
+            batches; with --batch-size 1 the files are identical.)
+
+            Images that cannot be used are listed in the errors CSV (id,path,reason; default <out>.errors.csv, \
             rewritten by every run that is not resumed) and do not stop the run.
-            Exit status: 0 all images done; 1 a fatal error (bad option, model or output file); 3 finished, but
-            some images failed; 4 stopped early because more than --max-errors images failed; 64 unparsable
+
+            Exit status: 0 all images done; 1 a fatal error (bad option, model or output file); 3 finished, but \
+            some images failed; 4 stopped early because more than --max-errors images failed; 64 unparsable \
             arguments.
-            Sharding: --shard I/N takes the images whose id's FNV-1a hash is I mod N; --shard auto reads
-            JOB_COMPLETION_INDEX (Kubernetes, with --shard-count or RESNETKIT_SHARD_COUNT) or the Slurm array
+
+            Sharding: --shard I/N takes the images whose id's FNV-1a hash is I mod N; --shard auto reads \
+            JOB_COMPLETION_INDEX (Kubernetes, with --shard-count or RESNETKIT_SHARD_COUNT) or the Slurm array \
             variables. See docs/scale-out.md.
             """)
 
