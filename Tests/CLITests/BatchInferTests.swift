@@ -295,3 +295,25 @@ extension BatchInferTests {
         XCTAssertLessThan(compareLogits(try rows(out, header: header), expected), 1e-4)
     }
 }
+
+extension BatchInferTests {
+    func testFatalErrorsExitWithStatus1AndWriteNothing() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let out = dir.appendingPathComponent("preds.csv").path
+        let badModel = Self.fixtures.appendingPathComponent("tiff/bad_empty.tif").path
+        let cases: [([String], String)] = [
+            (["/nonexistent/folder", "--out", out, "--model", Self.model], "/nonexistent/folder: no such file or folder"),
+            ([Self.images.path, "--out", out, "--model", badModel], "\(badModel): the file is empty"),
+            ([Self.images.path, "--out", out, "--model", Self.model, "--crop", "16"], "--crop must be 0 (none) or at least 32"),
+            ([Self.images.path, "--out", out, "--model", Self.model, "--format", "kaggle", "--probs"], "--probs does not apply to --format kaggle"),
+            ([Self.images.path, "--out", out, "--model", Self.model, "--normalize", "zscore"], "--normalize must be imagenet or none, not 'zscore'"),
+            ([Self.images.path, "--out", out, "--model", Self.model, "--batch-size", "0"], "--batch-size must be at least 1"),
+        ]
+        for (arguments, message) in cases {
+            let result = try CLI.run(["batch-infer"] + arguments)
+            XCTAssertEqual(result.status, 1, "\(arguments)")
+            XCTAssertTrue(result.stderr.contains(message), "\(arguments): \(result.stderr)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), "\(arguments) left an output")
+        }
+    }
+}
