@@ -317,3 +317,17 @@ extension BatchInferTests {
         }
     }
 }
+
+extension BatchInferTests {
+    /// Files given by name are processed in the order given, with folders' images after them.
+    func testSingleFilesAndFoldersMix() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let out = dir.appendingPathComponent("preds.csv")
+        let ids = Self.imageIDs
+        let result = try CLI.run(["batch-infer", Self.images.appendingPathComponent("\(ids[3]).tif").path,
+                                  Self.images.appendingPathComponent("\(ids[1]).tif").path, "--out", out.path, "--model", Self.model])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let expected = try rows(Self.images.appendingPathComponent("expected-logits.csv"), header: "id,logit_0,logit_1,label")
+        XCTAssertLessThan(compareLogits(try rows(out, header: "id,logit_0,logit_1,label"), [expected[3], expected[1]]), 1e-4)
+    }
+}
