@@ -22,7 +22,7 @@ public final class PreparedBatch: @unchecked Sendable {
     public let paths: [String]
     public let height: Int, width: Int
     public let failures: [ImageFailure]
-    /// ids.count · height · width · 3 floats.
+    /// ids.count · height · width · 3 floats, owned by the batch (valid while it lives).
     public let pixels: UnsafeMutableBufferPointer<Float>
 
     public var count: Int { ids.count }

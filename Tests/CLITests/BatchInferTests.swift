@@ -319,8 +319,8 @@ extension BatchInferTests {
 }
 
 extension BatchInferTests {
-    /// Files given by name are processed in the order given, with folders' images after them.
-    func testSingleFilesAndFoldersMix() throws {
+    /// Files given by name are processed in the order given.
+    func testExplicitFilesKeepTheOrderGiven() throws {
         let dir = try CLI.temporaryDirectory(self)
         let out = dir.appendingPathComponent("preds.csv")
         let ids = Self.imageIDs
