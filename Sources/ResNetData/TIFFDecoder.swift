@@ -17,7 +17,15 @@ public enum TIFFDecoder {
     static let maxLibTIFFAllocation = 1 << 30
     static let maxTileSide = 1 << 16
 
+    /// libtiff's process-wide handlers print to stderr; every handle here has its own, so they are turned off
+    /// once (a lazily initialised static runs exactly once, whatever the threads).
+    private static let globalHandlersSilenced: Void = {
+        TIFFSetErrorHandler(nil)
+        TIFFSetWarningHandler(nil)
+    }()
+
     public static func decode(path: String) throws -> RGBImage {
+        _ = globalHandlersSilenced
         let fd = try openChecked(path)
         var messages = ResNetKitTIFFMessages()
         guard let tif = resnetkit_tiff_open(fd, path, &messages, tmsize_t(maxLibTIFFAllocation)) else {
