@@ -29,8 +29,6 @@ static inline int resnetkit_tiff_ignore(TIFF *tif, void *user, const char *modul
 // Opens `fd` (owned by the TIFF afterwards) with errors captured into `errors`, warnings dropped,
 // and no single allocation larger than `max_alloc` bytes.
 static inline TIFF *resnetkit_tiff_open(int fd, const char *name, ResNetKitTIFFMessages *errors, tmsize_t max_alloc) {
-    TIFFSetErrorHandler(NULL);
-    TIFFSetWarningHandler(NULL);
     TIFFOpenOptions *options = TIFFOpenOptionsAlloc();
     if (!options) return NULL;
     TIFFOpenOptionsSetErrorHandlerExtR(options, resnetkit_tiff_capture, errors);

@@ -15,20 +15,29 @@ public enum TIFFDecoder {
     public static let maxPixels = 1 << 26
     /// No single libtiff allocation may exceed this (a lying header cannot make libtiff allocate gigabytes).
     static let maxLibTIFFAllocation = 1 << 30
+    static let maxTileSide = 1 << 16
+
+    /// libtiff's process-wide handlers print to stderr; every handle here has its own, so they are turned off
+    /// once (a lazily initialised static runs exactly once, whatever the threads).
+    private static let globalHandlersSilenced: Void = {
+        TIFFSetErrorHandler(nil)
+        TIFFSetWarningHandler(nil)
+    }()
 
     public static func decode(path: String) throws -> RGBImage {
+        _ = globalHandlersSilenced
         let fd = try openChecked(path)
         var messages = ResNetKitTIFFMessages()
         guard let tif = resnetkit_tiff_open(fd, path, &messages, tmsize_t(maxLibTIFFAllocation)) else {
             close(fd)
-            throw FileError(path, "not a readable TIFF: \(libtiffMessage(&messages, fallback: "libtiff cannot open it"))")
+            throw FileError(path, "not a readable TIFF: \(libtiffMessage(&messages, path: path, fallback: "libtiff cannot open it"))")
         }
         defer { TIFFClose(tif) }
         do {
             return try decodeOpened(tif, path: path, fileSize: fileSize(fd))
         } catch let error as FileError {
             // Prefer libtiff's own account of what is wrong, when it gave one.
-            let detail = libtiffMessage(&messages, fallback: "")
+            let detail = libtiffMessage(&messages, path: path, fallback: "")
             if detail.isEmpty || error.problem.contains(detail) { throw error }
             throw FileError(path, "\(error.problem) (\(detail))")
         }
@@ -67,11 +76,14 @@ public enum TIFFDecoder {
         return fstat(fd, &info) == 0 ? Int(info.st_size) : 0
     }
 
-    static func libtiffMessage(_ messages: inout ResNetKitTIFFMessages, fallback: String) -> String {
+    static func libtiffMessage(_ messages: inout ResNetKitTIFFMessages, path: String, fallback: String) -> String {
+        // One line: libtiff's messages may hold line breaks (e.g. from libjpeg).
         let text = withUnsafeBytes(of: &messages.message) { raw in
-            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-        }
-        return text.isEmpty ? fallback : text
+            String(decoding: raw.prefix(while: { $0 != 0 }).map { $0 < 0x20 ? 0x20 : $0 }, as: UTF8.self)
+        }.trimmingCharacters(in: .whitespaces)
+        guard !text.isEmpty else { return fallback }
+        // libtiff often starts its messages with the file name, which the FileError already names.
+        return text.hasPrefix(path + ": ") ? String(text.dropFirst(path.count + 2)) : text
     }
 
     /// What the tags say about the pixel layout.
@@ -172,6 +184,10 @@ public enum TIFFDecoder {
         if layout.tiled {
             guard let tw = tag32(tif, TIFFTAG_TILEWIDTH), let th = tag32(tif, TIFFTAG_TILELENGTH), tw > 0, th > 0 else {
                 throw FileError(path, "not a valid TIFF: tiles without a tile size")
+            }
+            // Bounded before any arithmetic on them: real tiles are at most a few thousand pixels a side.
+            guard tw <= maxTileSide, th <= maxTileSide else {
+                throw FileError(path, "not a valid TIFF: absurd tile size \(tw)x\(th)")
             }
             (blockWidth, blockHeight, blockSize) = (tw, th, Int(TIFFTileSize(tif)))
         } else {

@@ -112,3 +112,52 @@ final class TIFFDecoderTests: XCTestCase {
         XCTAssertEqual(results.ok, [Bool](repeating: true, count: 64))
     }
 }
+
+/// Damaged files must give a FileError, never a crash, a trap or a hang.
+final class TIFFDecoderRobustnessTests: XCTestCase {
+    /// SplitMix64: a fixed, seeded sequence so that any failure reproduces.
+    struct SplitMix64 {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state &+= 0x9e37_79b9_7f4a_7c15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return z ^ (z >> 31)
+        }
+    }
+
+    func testMutatedAndTruncatedFilesFailCleanly() throws {
+        let dir = try Fixtures.temporaryDirectory(self)
+        let target = dir.appendingPathComponent("mutant.tif")
+        var random = SplitMix64(state: 42)
+        var decoded = 0, rejected = 0
+        for name in ["rgb8_strips.tif", "rgb8_lzw.tif", "rgb8_tiled.tif", "rgb16_tiled_planar.tif", "palette8.tif",
+                     "rgb8_jpeg_ycbcr.tif", "gray16.tif", "rgb8_deflate.tif"] {
+            let original = try [UInt8](Data(contentsOf: URL(fileURLWithPath: Fixtures.tiff(name))))
+            var variants: [[UInt8]] = stride(from: 0, to: original.count, by: max(1, original.count / 40)).map { Array(original.prefix($0)) }
+            for _ in 0..<150 {
+                var bytes = original
+                for _ in 0..<(1 + Int(random.next() % 4)) {
+                    // Mostly the header and IFD (the first 300 bytes), where a flipped byte changes the layout.
+                    let limit = random.next() % 4 == 0 ? bytes.count : min(bytes.count, 300)
+                    bytes[Int(random.next() % UInt64(limit))] = UInt8(truncatingIfNeeded: random.next())
+                }
+                variants.append(bytes)
+            }
+            for bytes in variants {
+                try Data(bytes).write(to: target)
+                do {
+                    let image = try TIFFDecoder.decode(path: target.path)
+                    XCTAssertEqual(image.pixels.count, image.width * image.height * 3)
+                    decoded += 1
+                } catch let error as FileError {
+                    XCTAssertEqual(error.path, target.path)
+                    XCTAssertFalse(error.problem.isEmpty || error.problem.contains("\n"), error.problem)
+                    rejected += 1
+                }
+            }
+        }
+        XCTAssertGreaterThan(rejected, 100, "most damage is detected")
+    }
+}
