@@ -8,6 +8,8 @@
 # Environment: RESNETKIT (binary, default .build/release/resnetkit), PYTHON (default /opt/pyref/bin/python),
 # MODEL (default ../shared/reference/resnet18.safetensors), THREADS (default 2), KEEP=1 keeps the temp folder.
 set -euo pipefail
+# Let every library pick its own kernels (some machines preset OPENBLAS_CORETYPE for older builds).
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 
 N=${1:-4000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
