@@ -1,0 +1,232 @@
+import ArgumentParser
+import Foundation
+import ResNetData
+import ResNetFormats
+import ResNetModel
+import ResNetSupport
+
+/// `resnetkit batch-infer PATH... --out CSV`: every image → logits and label, streamed, resumable, shardable.
+struct BatchInfer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "batch-infer",
+        abstract: "Classify folders of TIFF images and write one CSV row per image.",
+        discussion: """
+            Output: header id,logit_0,…,logit_{K-1},label (label = index of the largest logit); --probs adds
+            prob_0,… (softmax) before label; --format kaggle writes id,label with label = probability of class 1.
+            id = file name without extension (with --recursive, the path below the folder given). Rows are
+            appended batch by batch in enumeration order (readdir order sorted within chunks of 4096 entries,
+            sub-folders after files), so an interrupted file holds complete rows plus at most one torn line.
+            --resume cuts that line off, skips the ids already in the output and in the errors file, and appends
+            the rest; without --resume an existing output is refused.
+            Images that cannot be used are listed in the errors CSV (id,path,reason; default <out>.errors.csv,
+            rewritten by every run that is not resumed) and do not stop the run.
+            Exit status: 0 all images done; 1 a fatal error (bad option, model or output file); 3 finished, but
+            some images failed; 4 stopped early because more than --max-errors images failed; 64 unparsable
+            arguments.
+            Sharding: --shard I/N takes the images whose id's FNV-1a hash is I mod N; --shard auto reads
+            JOB_COMPLETION_INDEX (Kubernetes, with --shard-count or RESNETKIT_SHARD_COUNT) or the Slurm array
+            variables. See docs/scale-out.md.
+            """)
+
+    @Argument(help: "TIFF files or folders of .tif/.tiff files.")
+    var paths: [String]
+
+    @Option(help: "The CSV to write.")
+    var out: String
+
+    @Option(help: ArgumentHelp("Checkpoint, ONNX or HDF5 model (default: the newer of finetuned.safetensors and model.safetensors here).", valueName: "CKPT"))
+    var model: String?
+
+    @Option(help: "Centre crop side (0: whole image); default from the model.")
+    var crop: Int?
+
+    @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
+    var normalize: String?
+
+    @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
+    var channelOrder: String?
+
+    @Option(name: .customLong("batch-size"), help: "Images per GEMM batch.")
+    var batchSize = 64
+
+    @Option(help: "Threads for the GEMMs and for decoding (default: all cores).")
+    var threads: Int?
+
+    @Flag(help: "Descend into sub-folders.")
+    var recursive = false
+
+    @Flag(help: "Add softmax probability columns.")
+    var probs = false
+
+    @Option(help: ArgumentHelp("logits (all columns) or kaggle (id,label = P(class 1)).", valueName: "logits|kaggle"))
+    var format = "logits"
+
+    @Flag(help: "Continue an interrupted run: keep the rows already written, do the rest.")
+    var resume = false
+
+    @Option(help: ArgumentHelp("Where failed images are listed (default: <out>.errors.csv).", valueName: "CSV"))
+    var errors: String?
+
+    @Option(name: .customLong("max-errors"), help: "Stop (status 4) when more than N images have failed.")
+    var maxErrors: Int?
+
+    @Option(help: ArgumentHelp("Process only shard I of N (0-based), or auto from Kubernetes/Slurm.", valueName: "I/N|auto"))
+    var shard: String?
+
+    @Option(name: .customLong("shard-count"), help: "Number of shards for --shard auto with a Kubernetes Indexed Job.")
+    var shardCount: Int?
+
+    @Flag(help: "No progress bar or summary (errors still go to stderr).")
+    var quiet = false
+
+    /// A bad combination of options: exit status 1, message on stderr.
+    struct UsageError: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    func run() throws {
+        Console.quiet = quiet
+        guard batchSize >= 1 else { throw UsageError("--batch-size must be at least 1") }
+        if let threads, threads < 1 { throw UsageError("--threads must be at least 1") }
+        if let maxErrors, maxErrors < 0 { throw UsageError("--max-errors must be 0 or more") }
+        guard format == "logits" || format == "kaggle" else { throw UsageError("--format must be logits or kaggle, not '\(format)'") }
+        if format == "kaggle" && probs { throw UsageError("--probs does not apply to --format kaggle (its label already is a probability)") }
+        let shard: Shard
+        do { shard = try self.shard.map { try Shard.parse($0, shardCount: shardCount) } ?? .all } catch let error as Shard.SpecError {
+            throw UsageError(error.description)
+        }
+        for path in paths {
+            var info = stat()
+            if stat(path, &info) != 0 { throw FileError(path, "no such file or folder") }
+        }
+
+        let modelPath = try model ?? Self.defaultModel()
+        let checkpoint = try ModelImporter.load(path: modelPath).checkpoint
+        Console.info("batch-infer: model \(modelPath)\(model == nil ? " (newest default model in this folder)" : "")")
+        var preprocessing = checkpoint.preprocessing
+        if let crop { preprocessing.crop = crop }
+        if let normalize {
+            guard let value = Normalization(rawValue: normalize) else { throw UsageError("--normalize must be imagenet or none, not '\(normalize)'") }
+            preprocessing.normalization = value
+        }
+        if let channelOrder {
+            guard let value = ChannelOrder(rawValue: channelOrder) else { throw UsageError("--channel-order must be rgb or bgr, not '\(channelOrder)'") }
+            preprocessing.channelOrder = value
+        }
+        guard preprocessing.crop == 0 || preprocessing.crop >= ModelConfig.minimumInputSide else {
+            throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide), the network's smallest input")
+        }
+        let classes = checkpoint.config.numClasses
+        if format == "kaggle" && classes != 2 {
+            throw UsageError("--format kaggle needs a 2-class model; \(modelPath) has \(classes) classes")
+        }
+
+        let header = format == "kaggle" ? ["id", "label"]
+            : ["id"] + (0..<classes).map { "logit_\($0)" } + (probs ? (0..<classes).map { "prob_\($0)" } : []) + ["label"]
+        let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : .refuse)
+        let errorsPath = errors ?? out + ".errors.csv"
+        let errorLog = try AppendableCSV(path: errorsPath, header: ["id", "path", "reason"], existing: resume ? .resume : .replace)
+        let done = Set(output.existingRecords.map { $0[0] } + errorLog.existingRecords.map { $0[0] })
+        if resume {
+            let torn = output.removedTornBytes > 0 ? ", removed a torn last line" : ""
+            Console.info("batch-infer: resuming \(out): \(output.existingRecords.count) rows and \(errorLog.existingRecords.count) failures already there\(torn)")
+        }
+
+        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        BLASRuntime.setThreads(threadCount)
+        Parallelism.threads = threadCount
+        let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        let accept: @Sendable (ImageEntry) -> Bool = { shard.contains(id: $0.id) && !done.contains($0.id) }
+        let loader = PrefetchingLoader(enumerator: ImageEnumerator(paths: paths, recursive: recursive),
+                                       preprocessing: preprocessing, batchSize: batchSize, workers: threadCount, accept: accept)
+        let progress = ProgressBar(label: "batch-infer")
+        if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
+
+        var logits = [Float](repeating: 0, count: batchSize * classes)
+        var processed = 0, failed = errorLog.existingRecords.count
+        while let batch = loader.next() {
+            if batch.count > 0 {
+                logits.withUnsafeMutableBufferPointer { out in
+                    plan.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
+                             logits: out.baseAddress!)
+                }
+                try output.write(rows(batch.ids, logits, classes: classes))
+                processed += batch.count
+            }
+            if !batch.failures.isEmpty {
+                try errorLog.write(batch.failures.map { CSV.encodeRow([$0.id, $0.path, $0.reason]) }.joined())
+                failed += batch.failures.count
+                for failure in batch.failures.prefix(3) { Console.debug("\(failure.path): \(failure.reason)") }
+            }
+            progress.update(done: processed, failed: failed)
+            if let maxErrors, failed > maxErrors {
+                loader.cancel()
+                progress.finish()
+                Console.warning("stopped: \(failed) images failed, more than --max-errors \(maxErrors) (see \(errorsPath)); rerun with --resume to continue")
+                throw ExitCode(4)
+            }
+        }
+        progress.finish()
+        let rate = progress.elapsed > 0 ? Double(processed) / progress.elapsed : 0
+        let failures = failed > 0 ? ", \(failed) failed (listed in \(errorsPath))" : ", 0 failed"
+        Console.info(String(format: "batch-infer: %d images%@, %.1f images/s, wrote %@", processed, failures, rate, out))
+        if failed > 0 { throw ExitCode(3) }
+    }
+
+    /// CSV rows for a batch: id, logits, optional probabilities, label; or id and P(class 1) for Kaggle.
+    func rows(_ ids: [String], _ logits: [Float], classes: Int) -> String {
+        var text = ""
+        var probabilities = [Float](repeating: 0, count: classes)
+        for (n, id) in ids.enumerated() {
+            let row = logits[(n * classes)..<((n + 1) * classes)]
+            var best = row.startIndex
+            for k in row.indices where row[k] > row[best] { best = k }
+            if format == "kaggle" || probs {
+                // Stable softmax in Double.
+                let top = Double(row[best])
+                let exps = row.map { exp(Double($0) - top) }
+                let sum = exps.reduce(0, +)
+                for k in 0..<classes { probabilities[k] = Float(exps[k] / sum) }
+            }
+            var fields = [CSV.encodeField(id)]
+            if format == "kaggle" {
+                fields.append("\(probabilities[1])")
+            } else {
+                fields += row.map { "\($0)" }
+                if probs { fields += probabilities.map { "\($0)" } }
+                fields.append("\(best - row.startIndex)")
+            }
+            text += fields.joined(separator: ",") + "\n"
+        }
+        return text
+    }
+
+    /// The newer (by modification time) of what fine-tune and import-weights write by default.
+    static func defaultModel() throws -> String {
+        let candidates = ["finetuned.safetensors", "model.safetensors"].compactMap { name -> (String, Date)? in
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: name),
+                  let date = attributes[.modificationDate] as? Date else { return nil }
+            return (name, date)
+        }
+        guard let newest = candidates.max(by: { $0.1 < $1.1 }) else {
+            throw UsageError("no --model given, and neither finetuned.safetensors nor model.safetensors is in the current folder")
+        }
+        return newest.0
+    }
+
+    /// Counts the images this run will process on a background thread, so the progress bar can show a
+    /// total and an ETA without delaying the first prediction.
+    static func countInBackground(paths: [String], recursive: Bool, accept: @escaping @Sendable (ImageEntry) -> Bool,
+                                  into progress: ProgressBar) {
+        let thread = Thread {
+            var count = 0
+            var enumerator = ImageEnumerator(paths: paths, recursive: recursive)
+            while let entry = enumerator.next() {
+                if accept(entry) { count += 1 }
+            }
+            progress.setTotal(count)
+        }
+        thread.start()
+    }
+}
