@@ -95,10 +95,11 @@ public final class AdamW {
         }
     }
 
-    /// Optimizer state by parameter name, torchvision layout: `exp_avg`, `exp_avg_sq`, and the step counts.
+    /// Optimizer state by parameter name, torchvision layout: `exp_avg`, `exp_avg_sq`, and the step counts,
+    /// for the parameters that have been stepped (a frozen backbone's zeros are not worth storing).
     public func state() -> (tensors: StateDict, steps: [String: Int]) {
         var tensors: StateDict = [:], counts: [String: Int] = [:]
-        for (index, p) in parameters.enumerated() {
+        for (index, p) in parameters.enumerated() where steps[index] > 0 {
             tensors["\(p.name).exp_avg"] = Tensor(shape: p.shape, data: p.torchLayout(moment1[index]))
             tensors["\(p.name).exp_avg_sq"] = Tensor(shape: p.shape, data: p.torchLayout(moment2[index]))
             counts[p.name] = steps[index]
