@@ -13,7 +13,7 @@ struct ResNetKit: ParsableCommand {
             Set RESNETKIT_LOG=debug to see which OpenBLAS kernel runs.
             """,
         version: "0.1.0",
-        subcommands: [Inspect.self, BatchInfer.self, FineTune.self])
+        subcommands: [Inspect.self, BatchInfer.self, FineTune.self, Evaluate.self])
 
     /// Subcommands reachable through a link named after them.
     static let linkedSubcommands: Set<String> = ["import-weights", "batch-infer", "fine-tune"]
