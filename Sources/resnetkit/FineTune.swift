@@ -283,7 +283,9 @@ struct FineTune: ParsableCommand {
                 saved.state = model.stateDict()
                 saved.preprocessing = preprocessing
                 saved.provenance.producer = "fine-tune"
-                saved.extra[Self.resumeKey] = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = .sortedKeys  // same run, same bytes
+                saved.extra[Self.resumeKey] = String(decoding: try encoder.encode(state), as: UTF8.self)
                 try saved.save(path: out)
                 try historyLog.write()
                 if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
