@@ -81,14 +81,17 @@ public final class AdamW {
             let value = p.value, grad = p.gradient
             moment1[index].withUnsafeMutableBufferPointer { m in
                 moment2[index].withUnsafeMutableBufferPointer { v in
-                    for i in 0..<p.count {
-                        let g = grad[i]
-                        let w = value[i] * decay
-                        // lerp(m, g, 1 − b1) = m + (1 − b1)(g − m), as torch's lerp_ computes it.
-                        m[i] += oneMinusB1 * (g - m[i])
-                        v[i] = v[i] * b2 + oneMinusB2 * g * g
-                        let denom = v[i].squareRoot() / correction2Sqrt + epsilon
-                        value[i] = w - stepSize * (m[i] / denom)
+                    let m = m, v = v
+                    Parallelism.forEachRange(p.count, minimumPerThread: 1 << 16) { range in
+                        for i in range {
+                            let g = grad[i]
+                            let w = value[i] * decay
+                            // lerp(m, g, 1 − b1) = m + (1 − b1)(g − m), as torch's lerp_ computes it.
+                            m[i] += oneMinusB1 * (g - m[i])
+                            v[i] = v[i] * b2 + oneMinusB2 * g * g
+                            let denom = v[i].squareRoot() / correction2Sqrt + epsilon
+                            value[i] = w - stepSize * (m[i] / denom)
+                        }
                     }
                 }
             }
