@@ -148,6 +148,11 @@ final class FineTuneTests: XCTestCase {
         XCTAssertTrue(missing.stderr.contains("none.safetensors"), missing.stderr)
         let unpaired = try CLI.run(fineTuneArguments(labels, out: out, extra: ["--valid-dir", dir.path]))
         XCTAssertTrue(unpaired.stderr.contains("--valid-dir and --valid-labels go together"), unpaired.stderr)
+        // --resume on a checkpoint that fine-tune did not write.
+        try FileManager.default.copyItem(atPath: Self.model, toPath: out.path)
+        let foreign = try CLI.run(fineTuneArguments(labels, out: out, extra: ["--resume"]))
+        XCTAssertNotEqual(foreign.status, 0)
+        XCTAssertTrue(foreign.stderr.contains("\(out.path): has no fine-tune progress to resume"), foreign.stderr)
         let badMode = try CLI.run(fineTuneArguments(labels, out: out, extra: ["--frozen-bn", "sometimes"]))
         XCTAssertTrue(badMode.stderr.contains("--frozen-bn must be train or eval"), badMode.stderr)
     }
