@@ -3,7 +3,8 @@ import Foundation
 import ResNetModel
 
 /// `resnetkit-bench train`: training steps/s and images/s at 49x49, batch 16 and 64, for the head phase
-/// (frozen backbone, train-mode BatchNorm as the seed) and the whole model; random weights and images.
+/// (frozen backbone; its BatchNorm in train mode as the seed, or in eval mode, which runs the fused inference
+/// plan) and the whole model; random weights and images.
 /// Compare with `tools/bench_train_pytorch.py` run on the same machine.
 func runTrainingBenchmark(steps: Int = 10) {
     let architecture = Architecture(ModelConfig(numClasses: 2, head: .mlp, dropout: 0.5))
@@ -13,9 +14,11 @@ func runTrainingBenchmark(steps: Int = 10) {
     for batch in [16, 64] {
         let images = (0..<(batch * 49 * 49 * 3)).map { _ in rng.nextUnitFloat() }
         let labels = (0..<batch).map { $0 % 2 }
-        for (phase, frozen) in [("head (frozen backbone)", true), ("whole model", false)] {
+        for (phase, frozen, frozenBN) in [("head, frozen BN train", true, FrozenBatchNormMode.train),
+                                          ("head, frozen BN eval", true, .eval), ("whole model", false, .train)] {
             guard let model = try? TrainableResNet(architecture: architecture, state: state) else { return }
             model.setBackboneFrozen(frozen)
+            model.frozenBatchNorm = frozenBN
             let optimizer = AdamW(parameters: model.parameters, lr: 1e-3, weightDecay: 0.05)
             func step() {
                 images.withUnsafeBufferPointer {

@@ -105,6 +105,7 @@ public final class TrainableResNet {
     let batchNorms: [(name: String, layer: BatchNormLayer)]
 
     private let pooled = FloatBuffer(), poolGradient = FloatBuffer(), logitGradient = FloatBuffer()
+    private var fusedBackbone: (plan: InferencePlan, key: Int)?
     private var lastGeometry = Geometry(batch: 0, height: 0, width: 0)
     private var finalGeometry = Geometry(batch: 0, height: 0, width: 0)
     private var logits: UnsafeMutablePointer<Float>?
@@ -196,6 +197,29 @@ public final class TrainableResNet {
         return result
     }
 
+    /// With the whole backbone frozen and frozen BatchNorm in eval mode, the backbone is a fixed function: run
+    /// it as the fused inference plan (BatchNorm folded, epilogues fused), with an identity `fc` so that the
+    /// plan's "logits" are the pooled features. Rebuilt when a backbone value or running statistic changes.
+    private func fusedFrozenBackbone() -> InferencePlan? {
+        let backbone = parameters.filter { !Self.isHeadName($0.name) }
+        guard frozenBatchNorm == .eval, backbone.allSatisfy({ !$0.requiresGrad }) else { return nil }
+        let key = backbone.reduce(0) { $0 &+ $1.version }
+            &+ batchNorms.filter { !Self.isHeadName($0.name) }.reduce(0) { $0 &+ $1.layer.batchesTracked }
+        if let fusedBackbone, fusedBackbone.key == key { return fusedBackbone.plan }
+        var config = architecture.config
+        config.head = .linear
+        config.numClasses = config.featureWidth
+        var state = stateDict().filter { !Self.isHeadName($0.key) }
+        let features = config.featureWidth
+        var identity = [Float](repeating: 0, count: features * features)
+        for i in 0..<features { identity[i * features + i] = 1 }
+        state["fc.weight"] = Tensor(shape: [features, features], data: identity)
+        state["fc.bias"] = Tensor(zeros: [features])
+        guard let plan = try? InferencePlan(architecture: Architecture(config), state: state) else { return nil }
+        fusedBackbone = (plan, key)
+        return plan
+    }
+
     private func usesBatchStatistics(_ layer: BatchNormLayer, training: Bool) -> Bool {
         training && !(frozenBatchNorm == .eval && layer.isFrozen)
     }
@@ -208,14 +232,18 @@ public final class TrainableResNet {
         let stats = { [unowned self] (layer: BatchNormLayer) in usesBatchStatistics(layer, training: training) }
         let input = Geometry(batch: count, height: height, width: width)
         lastGeometry = input
-        var (x, g) = stemConv.forward(images, input)
-        let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))
-        (x, g) = maxPool.forward(s, g)
-        for block in blocks { (x, g) = block.forward(x, g, statistics: stats) }
-        finalGeometry = g
         let features = architecture.config.featureWidth
         let f = pooled.reserve(count * features)
-        globalAveragePool(x, g, channels: features, f)
+        if training, let plan = fusedFrozenBackbone() {
+            plan.run(images: images, count: count, height: height, width: width, logits: f)
+        } else {
+            var (x, g) = stemConv.forward(images, input)
+            let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))
+            (x, g) = maxPool.forward(s, g)
+            for block in blocks { (x, g) = block.forward(x, g, statistics: stats) }
+            finalGeometry = g
+            globalAveragePool(x, g, channels: features, f)
+        }
         var h = UnsafePointer(f)
         if let headBN1, let dropout1, let fc1, let headBN2, let dropout2 {
             h = UnsafePointer(headBN1.forward(h, rows: count, batchStatistics: stats(headBN1)))

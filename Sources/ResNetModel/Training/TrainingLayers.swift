@@ -37,6 +37,8 @@ public final class TrainableParameter {
     let gradient: UnsafeMutableBufferPointer<Float>
     /// When false, backward computes no gradient for it and the optimizer leaves it alone.
     public var requiresGrad = true
+    /// Bumped by `setValues`, so caches derived from the value (the fused frozen backbone) know to rebuild.
+    private(set) var version = 0
 
     public var count: Int { value.count }
 
@@ -66,6 +68,7 @@ public final class TrainableParameter {
     public func setValues(_ torch: [Float]) {
         precondition(torch.count == count, "\(name): \(torch.count) values for \(count)")
         _ = value.update(from: internalLayout(torch))
+        version += 1
     }
 }
 
