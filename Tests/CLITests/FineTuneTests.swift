@@ -92,6 +92,20 @@ final class FineTuneTests: XCTestCase {
         }
     }
 
+    /// A separate validation folder and sizes: --train-size caps the seeded sample, --valid-size the validation set.
+    func testSeparateValidationFolderAndSizes() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let labels = try writeLabels(dir)
+        let out = dir.appendingPathComponent("out.safetensors")
+        let result = try CLI.run(["fine-tune", Self.images.path, "--labels", labels, "--from", Self.model, "--out", out.path,
+                                  "--valid-dir", Self.images.path, "--valid-labels", labels, "--train-size", "8",
+                                  "--valid-size", "5", "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "4",
+                                  "--head", "linear", "--no-augment"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stderr.contains("8 training and 5 validation images"), result.stderr)
+        XCTAssertEqual(try Checkpoint.load(path: out.path).config.head, .linear)
+    }
+
     /// A run killed after a few epochs and resumed ends bit-for-bit where an uninterrupted run ends.
     func testResumeContinuesAKilledRunToTheSameResult() throws {
         let dir = try CLI.temporaryDirectory(self)

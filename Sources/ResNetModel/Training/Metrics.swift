@@ -84,7 +84,7 @@ public struct BinaryCurves: Equatable, Sendable {
     }
 }
 
-/// softmax(logits)[1] − the probability of class 1 — for a 2-class logits matrix [n, 2].
+/// P(class 1) = softmax(logits)[1] for each row of a 2-class logits matrix [n, 2].
 public func positiveProbabilities(_ logits: [Float]) -> [Double] {
     stride(from: 0, to: logits.count, by: 2).map { 1 / (1 + exp(Double(logits[$0] - logits[$0 + 1]))) }
 }
