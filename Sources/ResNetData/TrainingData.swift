@@ -72,7 +72,8 @@ public final class ImageSet: @unchecked Sendable {
     }
 
     /// `directory/<id>.tif` (or `.tiff`) for each id; unreadable images and images whose size differs from
-    /// the first good one are listed in `failures`. Decoding runs on `threads` threads.
+    /// the first good one are listed in `failures`. Decoding runs on `threads` threads. Throws when the set
+    /// would take more than half of the machine's memory.
     public static func load(directory: String, ids: [String], labels: [Int], threads: Int,
                             progress: (Int) -> Void = { _ in }) throws -> ImageSet {
         // Converted to 8 bits as soon as decoded, so float images never pile up (32 000 patches: 0.9 GB, not 3.5).
@@ -109,6 +110,13 @@ public final class ImageSet: @unchecked Sendable {
             done = end
             progress(done)
             start = end
+            // The set is held in memory: refuse early, after the first chunk, when it could not fit.
+            if let size = decoded.lazy.compactMap({ $0 }).first.map({ $0.width * $0.height * 3 }) {
+                let needed = UInt64(size) * UInt64(ids.count)
+                guard needed <= ProcessInfo.processInfo.physicalMemory / 2 else {
+                    throw FileError(directory, "\(ids.count) images of \(size) bytes need \(needed >> 20) MiB in memory, more than half of this machine's; use fewer (--train-size, --valid-size)")
+                }
+            }
         }
         guard let first = decoded.first(where: { $0 != nil }) ?? nil else {
             throw FileError(directory, "none of the \(ids.count) labelled images could be read (first problem: \(problems.compactMap { $0 }.first ?? "none"))")

@@ -106,6 +106,24 @@ final class FineTuneTests: XCTestCase {
         XCTAssertEqual(try Checkpoint.load(path: out.path).config.head, .linear)
     }
 
+    /// A labelled image that is missing or unreadable is reported and skipped; the run goes on.
+    func testUnreadableImagesAreSkippedWithAWarning() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let images = dir.appendingPathComponent("images")
+        try FileManager.default.copyItem(at: Self.images, to: images)
+        try Data("not a tiff".utf8).write(to: images.appendingPathComponent("broken.tif"))
+        let labels = dir.appendingPathComponent("labels.csv")
+        let rows = Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" } + ["broken,1", "absent,0"]
+        try (rows.joined(separator: "\n") + "\n").write(to: labels, atomically: true, encoding: .utf8)
+        let result = try CLI.run(["fine-tune", images.path, "--labels", labels.path, "--from", Self.model,
+                                  "--out", dir.appendingPathComponent("out.safetensors").path, "--valid-fraction", "0",
+                                  "--head-epochs", "1", "--finetune-epochs", "0", "--batch-size", "4"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stderr.contains("warning: 2 training image(s) skipped, e.g. "), result.stderr)
+        XCTAssertTrue(result.stderr.contains("12 training and 0 validation images"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("[Epoch: 01/01] loss: "), result.stderr)
+    }
+
     /// A run killed after a few epochs and resumed ends bit-for-bit where an uninterrupted run ends.
     func testResumeContinuesAKilledRunToTheSameResult() throws {
         let dir = try CLI.temporaryDirectory(self)
