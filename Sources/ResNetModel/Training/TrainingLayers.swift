@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 
 // Training layers as explicit forward/backward pairs over NHWC activations ([rows, channels] matrices,
@@ -231,26 +232,21 @@ final class BatchNormLayer {
         usedBatchStatistics = batchStatistics
         let c = channels
         if batchStatistics {
-            // Two passes in double precision: mean, then the biased variance around it.
-            var sum = [Double](repeating: 0, count: c), squares = sum
-            sum.withUnsafeMutableBufferPointer { s in
-                for r in 0..<rows { let row = x + r * c; for j in 0..<c { s[j] += Double(row[j]) } }
-            }
-            let m = sum.map { $0 / Double(rows) }
-            squares.withUnsafeMutableBufferPointer { q in
-                m.withUnsafeBufferPointer { m in
-                    for r in 0..<rows {
-                        let row = x + r * c
-                        for j in 0..<c { let d = Double(row[j]) - m[j]; q[j] += d * d }
-                    }
+            // One pass of per-channel Σx and Σx² in double precision (no cancellation worth the name at these
+            // sizes), split across threads.
+            let (sum, squares) = channelSums(rows: rows, channels: c) { range, s, q in
+                for r in range {
+                    let row = x + r * c
+                    for j in 0..<c { let v = Double(row[j]); s[j] += v; q[j] += v * v }
                 }
             }
             let unbiasedScale = rows > 1 ? Double(rows) / Double(rows - 1) : 1
             for j in 0..<c {
-                let variance = squares[j] / Double(rows)
-                mean[j] = Float(m[j])
+                let m = sum[j] / Double(rows)
+                let variance = max(0, squares[j] / Double(rows) - m * m)
+                mean[j] = Float(m)
                 invStd[j] = Float(1 / (variance + Double(epsilon)).squareRoot())
-                runningMean[j] = (1 - momentum) * runningMean[j] + momentum * Float(m[j])
+                runningMean[j] = (1 - momentum) * runningMean[j] + momentum * Float(m)
                 runningVar[j] = (1 - momentum) * runningVar[j] + momentum * Float(variance * unbiasedScale)
             }
             batchesTracked += 1
@@ -291,24 +287,21 @@ final class BatchNormLayer {
         guard let x = input else { return nil }
         let c = channels, rows = rows
         let dx = inputGradient.reserve(rows * c)
-        // With ReLU: dŷ = dy where the output is positive. Written into dx, which then serves as scratch.
-        let dy: UnsafePointer<Float>
-        if relu {
-            let y = output.pointer
-            Parallelism.forEachRange(rows * c, minimumPerThread: 65_536) { range in
-                for i in range { dx[i] = y[i] > 0 ? dyIn[i] : 0 }
-            }
-            dy = UnsafePointer(dx)
-        } else {
-            dy = dyIn
-        }
-        var sumDy = [Double](repeating: 0, count: c), sumDyXhat = sumDy
-        mean.withUnsafeBufferPointer { m in
+        // With ReLU, dŷ = dy where the output is positive: applied on the fly in both passes.
+        let y: UnsafePointer<Float>? = relu ? UnsafePointer(output.pointer) : nil
+        let (sumDy, sumDyXhat) = mean.withUnsafeBufferPointer { m in
             invStd.withUnsafeBufferPointer { s in
-                sumDy.withUnsafeMutableBufferPointer { sd in
-                    sumDyXhat.withUnsafeMutableBufferPointer { sdx in
-                        for r in 0..<rows {
-                            let g = dy + r * c, v = x + r * c
+                channelSums(rows: rows, channels: c) { range, sd, sdx in
+                    for r in range {
+                        let g = dyIn + r * c, v = x + r * c
+                        if let y {
+                            let out = y + r * c
+                            for j in 0..<c {
+                                let gj = out[j] > 0 ? g[j] : 0
+                                sd[j] += Double(gj)
+                                sdx[j] += Double(gj * ((v[j] - m[j]) * s[j]))
+                            }
+                        } else {
                             for j in 0..<c {
                                 sd[j] += Double(g[j])
                                 sdx[j] += Double(g[j] * ((v[j] - m[j]) * s[j]))
@@ -334,10 +327,18 @@ final class BatchNormLayer {
                         invStd.withUnsafeBufferPointer { s in
                             Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / c)) { range in
                                 for r in range {
-                                    let g = dy + r * c, v = x + r * c, d = dx + r * c
-                                    for j in 0..<c {
-                                        let xhat = (v[j] - m[j]) * s[j]
-                                        d[j] = a[j] * (g[j] - md[j] - xhat * mdx[j])
+                                    let g = dyIn + r * c, v = x + r * c, d = dx + r * c
+                                    if let y {
+                                        let out = y + r * c
+                                        for j in 0..<c {
+                                            let xhat = (v[j] - m[j]) * s[j]
+                                            d[j] = a[j] * ((out[j] > 0 ? g[j] : 0) - md[j] - xhat * mdx[j])
+                                        }
+                                    } else {
+                                        for j in 0..<c {
+                                            let xhat = (v[j] - m[j]) * s[j]
+                                            d[j] = a[j] * (g[j] - md[j] - xhat * mdx[j])
+                                        }
                                     }
                                 }
                             }
@@ -348,6 +349,29 @@ final class BatchNormLayer {
         }
         return dx
     }
+}
+
+/// Per-channel sums over the rows of a [rows, C] matrix: `body` accumulates its row range into two
+/// zeroed double arrays of C; threads get their own arrays, added up in a fixed order (deterministic).
+func channelSums(rows: Int, channels c: Int,
+                 _ body: (Range<Int>, UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>) -> Void) -> ([Double], [Double]) {
+    let parts = max(1, min(Parallelism.threads, rows * c / 65_536))
+    var partial = [Double](repeating: 0, count: parts * 2 * c)
+    partial.withUnsafeMutableBufferPointer { buffer in
+        let base = buffer.baseAddress!
+        if parts == 1 { body(0..<rows, base, base + c); return }
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            body(rows * part / parts ..< rows * (part + 1) / parts, base + part * 2 * c, base + part * 2 * c + c)
+        }
+    }
+    var first = [Double](repeating: 0, count: c), second = first
+    for part in 0..<parts {
+        for j in 0..<c {
+            first[j] += partial[part * 2 * c + j]
+            second[j] += partial[part * 2 * c + c + j]
+        }
+    }
+    return (first, second)
 }
 
 /// Linear: y[N, out] = x[N, in] · Wᵀ + b, W [out, in] (torchvision layout), optionally followed by ReLU.
