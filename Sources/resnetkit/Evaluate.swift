@@ -10,10 +10,10 @@ struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Score a model on labelled images: loss, accuracy, confusion matrix, precision/recall/F1, ROC AUC.",
         discussion: """
-            Images are classified with the model's own preprocessing (eval mode). Only images with a label are
-            scored; unreadable images are reported and skipped. For two classes, class 1 is the positive class:
-            ROC AUC and average precision are computed from P(class 1), and --plots writes roc.svg and pr.svg.
-            The JSON report holds accuracy, loss, confusion_matrix (rows: true class, columns: predicted),
+            Images are classified with the model's own preprocessing (eval mode). Only images with a label are \
+            scored; unreadable images are reported and skipped. For two classes, class 1 is the positive class: \
+            ROC AUC and average precision are computed from P(class 1), and --plots writes roc.svg and pr.svg. \
+            The JSON report holds accuracy, loss, confusion_matrix (rows: true class, columns: predicted), \
             per-class precision/recall/f1, roc_auc and average_precision (null unless two classes are present).
             """)
 

@@ -11,20 +11,20 @@ struct FineTune: ParsableCommand {
         commandName: "fine-tune",
         abstract: "Train a new head on a pretrained backbone, then fine-tune the whole model.",
         discussion: """
-            Recipe (the seed notebook's, all changeable): a new head for the classes of the labels CSV; phase 1
-            trains it with the backbone frozen (AdamW lr 1e-3, OneCycleLR max 1e-2, 10 epochs); phase 2 trains
-            everything (AdamW lr 1e-5, weight decay 0.05, OneCycleLR max 1e-4, 20 epochs). Batch 16; training
-            images get random flips and a rotation within ±20° (nearest, fill 0) before the centre crop.
+            Recipe (the seed notebook's, all changeable): a new head for the classes of the labels CSV; phase 1 \
+            trains it with the backbone frozen (AdamW lr 1e-3, OneCycleLR max 1e-2, 10 epochs); phase 2 trains \
+            everything (AdamW lr 1e-5, weight decay 0.05, OneCycleLR max 1e-4, 20 epochs). Batch 16; training \
+            images get random flips and a rotation within ±20° (nearest, fill 0) before the centre crop. \
             Each epoch prints the seed's line, e.g.
               [Epoch: 01/10] loss: 0.5991 acc: 0.7019 val_loss: 0.5274 val_acc: 0.7422
             where loss/acc average the last 5 % of the epoch's steps and val_* cover the validation images.
-            --frozen-bn: how the frozen backbone's BatchNorm behaves in phase 1. 'train' (default) is the seed's
-            behaviour (batch statistics, running statistics adapt to the new images): it reproduces the recipe's
-            results, and phase 2 uses batch statistics anyway, so the statistics adapt before fine-tuning instead
-            of changing at the phase boundary. 'eval' is Keras' advice (frozen layers compute what they compute
+            --frozen-bn: how the frozen backbone's BatchNorm behaves in phase 1. 'train' (default) is the seed's \
+            behaviour (batch statistics, running statistics adapt to the new images): it reproduces the recipe's \
+            results, and phase 2 uses batch statistics anyway, so the statistics adapt before fine-tuning instead \
+            of changing at the phase boundary. 'eval' is Keras' advice (frozen layers compute what they compute \
             at inference; nothing in the backbone moves).
-            The checkpoint is written atomically after every epoch, with the optimizer state beside it in
-            <out>.resume.safetensors; --resume continues an interrupted run from the last finished epoch (same
+            The checkpoint is written atomically after every epoch, with the optimizer state beside it in \
+            <out>.resume.safetensors; --resume continues an interrupted run from the last finished epoch (same \
             options, same seed: same result). Images are decoded once and kept in memory as 8-bit RGB.
             """)
 
