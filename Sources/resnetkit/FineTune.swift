@@ -170,7 +170,9 @@ struct FineTune: ParsableCommand {
                       Phase(name: "fine-tune", epochs: finetuneEpochs, frozenBackbone: false, lr: lr, maxLR: maxLR, weightDecay: weightDecay)]
 
         // The starting point: a previous run's checkpoint when resuming, otherwise the pretrained model + new head.
-        let sidecar = out + ".resume.safetensors"
+        // Optimizer state after epoch e of a phase goes to slot e % 2, so the state matching the last checkpoint
+        // survives a kill between writing the next state and the next checkpoint.
+        func sidecar(_ epoch: Int) -> String { out + ".resume\(epoch % 2).safetensors" }
         var start = ResumeState(phase: 0, epoch: 0, seed: seed, finished: false)
         let checkpoint: Checkpoint
         if resume && FileManager.default.fileExists(atPath: out) {
@@ -213,20 +215,23 @@ struct FineTune: ParsableCommand {
 
         for (phaseIndex, phase) in phases.enumerated() where phaseIndex >= start.phase && phase.epochs > 0 {
             model.setBackboneFrozen(phase.frozenBackbone)
+            // Each phase gets a fresh optimizer, as the seed builds a new one.
             let optimizer = AdamW(parameters: model.parameters, lr: phase.lr, weightDecay: phase.weightDecay)
             let schedule = OneCycleSchedule(maxLR: phase.maxLR, totalSteps: phase.epochs * stepsPerEpoch)
-            var firstEpoch = 0
-            if phaseIndex == start.phase && start.epoch > 0 {
-                let (tensors, metadata) = try SafeTensors.read(path: sidecar)
+            let firstEpoch = phaseIndex == start.phase ? start.epoch : 0
+            // A finished phase needs no optimizer state: the next one starts afresh.
+            if firstEpoch > 0 && firstEpoch < phase.epochs {
+                let path = sidecar(start.epoch)
+                let (tensors, metadata) = try SafeTensors.read(path: path)
                 guard metadata["phase"] == String(phaseIndex), metadata["epoch"] == String(start.epoch) else {
-                    throw FileError(sidecar, "optimizer state is for phase \(metadata["phase"] ?? "?") epoch \(metadata["epoch"] ?? "?"), the checkpoint for phase \(phaseIndex) epoch \(start.epoch)")
+                    throw FileError(path, "optimizer state is for phase \(metadata["phase"] ?? "?") epoch \(metadata["epoch"] ?? "?"), the checkpoint for phase \(phaseIndex) epoch \(start.epoch)")
                 }
                 var state: StateDict = [:]
                 for (name, entry) in tensors { state[name] = Tensor(shape: entry.shape, data: entry.data) }
                 let steps = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, start.epoch * stepsPerEpoch) })
-                do { try optimizer.restore(tensors: state, steps: steps) } catch { throw FileError(sidecar, "\(error)") }
-                firstEpoch = start.epoch
+                do { try optimizer.restore(tensors: state, steps: steps) } catch { throw FileError(path, "\(error)") }
             }
+            guard firstEpoch < phase.epochs else { continue }
             Console.info("fine-tune: phase \(phaseIndex + 1) (\(phase.name)): \(phase.epochs) epochs of \(stepsPerEpoch) steps")
             for epoch in firstEpoch..<phase.epochs {
                 // Every epoch's randomness derives from (seed, phase, epoch): a resumed run repeats it exactly.
@@ -270,13 +275,13 @@ struct FineTune: ParsableCommand {
                 Console.info(line)
                 historyLog.epoch(phase: phaseIndex + 1, epoch: epoch + 1, validation: validation)
 
-                // Optimizer state first, then the checkpoint that points at it: a kill between the two leaves the
-                // previous epoch's checkpoint, whose sidecar check then fails loudly instead of mixing epochs.
+                // Optimizer state first (into the other slot), then the checkpoint: a kill between the two leaves the
+                // previous checkpoint with its optimizer state intact.
                 let finished = phaseIndex == phases.count - 1 ? epoch + 1 == phase.epochs
                     : (epoch + 1 == phase.epochs && phases[(phaseIndex + 1)...].allSatisfy { $0.epochs == 0 })
                 let state = ResumeState(phase: phaseIndex, epoch: epoch + 1, seed: seed, finished: finished)
                 let (moments, _) = optimizer.state()
-                try SafeTensors.write(path: sidecar, tensors: moments.keys.sorted().map { ($0, moments[$0]!.shape, moments[$0]!.data) },
+                try SafeTensors.write(path: sidecar(epoch + 1), tensors: moments.keys.sorted().map { ($0, moments[$0]!.shape, moments[$0]!.data) },
                                       metadata: ["phase": String(phaseIndex), "epoch": String(epoch + 1)])
                 var saved = checkpoint
                 saved.config = model.architecture.config
@@ -289,10 +294,10 @@ struct FineTune: ParsableCommand {
                 try saved.save(path: out)
                 try historyLog.write()
                 if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
-                if finished { try? FileManager.default.removeItem(atPath: sidecar) }
+                if finished {
+                    for slot in 0..<2 { try? FileManager.default.removeItem(atPath: sidecar(slot)) }
+                }
             }
-            // The next phase starts from scratch (fresh optimizer), as the seed builds a new one.
-            start = ResumeState(phase: phaseIndex + 1, epoch: 0, seed: seed, finished: false)
         }
         Console.info("fine-tune: wrote \(out)")
     }

@@ -67,7 +67,9 @@ final class FineTuneTests: XCTestCase {
         let svg = try Data(contentsOf: plot)
         XCTAssertTrue(XMLParser(data: svg).parse(), "the plot is well-formed XML")
         XCTAssertTrue(String(decoding: svg, as: UTF8.self).contains("stroke-dasharray=\"2,3\""), "dotted line where fine-tuning starts")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: a.path + ".resume.safetensors"), "sidecar removed when finished")
+        for slot in 0..<2 {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: a.path + ".resume\(slot).safetensors"), "sidecars removed when finished")
+        }
     }
 
     /// Phase 1 only, frozen BatchNorm in eval mode: every backbone tensor, running statistics included, is
@@ -147,7 +149,8 @@ final class FineTuneTests: XCTestCase {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         XCTAssertEqual(process.terminationReason, .uncaughtSignal, "the run must be killed mid-way: \(seen)")
-        XCTAssertTrue(FileManager.default.fileExists(atPath: killed.path + ".resume.safetensors"))
+        XCTAssertTrue((0..<2).contains { FileManager.default.fileExists(atPath: killed.path + ".resume\($0).safetensors") },
+                      "optimizer state kept for resuming")
 
         let resumed = try CLI.run(fineTuneArguments(labels, out: killed, extra: options + ["--resume"]))
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
