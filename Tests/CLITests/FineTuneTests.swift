@@ -126,12 +126,11 @@ final class FineTuneTests: XCTestCase {
         XCTAssertTrue(result.stderr.contains("[Epoch: 01/01] loss: "), result.stderr)
     }
 
-    /// A run killed after a few epochs and resumed ends bit-for-bit where an uninterrupted run ends.
-    func testResumeContinuesAKilledRunToTheSameResult() throws {
+    /// A run killed after a few epochs of `phase` and resumed ends bit-for-bit where an uninterrupted run ends.
+    func checkKillAndResume(options: [String], killAfter marker: String) throws {
         let dir = try CLI.temporaryDirectory(self)
         let labels = try writeLabels(dir)
         let whole = dir.appendingPathComponent("whole.safetensors"), killed = dir.appendingPathComponent("killed.safetensors")
-        let options = ["--head-epochs", "2", "--finetune-epochs", "40"]
         XCTAssertEqual(try CLI.run(fineTuneArguments(labels, out: whole, extra: options)).status, 0)
 
         let process = Process()
@@ -141,7 +140,8 @@ final class FineTuneTests: XCTestCase {
         process.standardError = err
         try process.run()
         var seen = ""
-        while !(seen.contains("phase 2") && seen.components(separatedBy: "[Epoch:").count > 5) {
+        // Three epoch lines after the marker: the kill lands mid-phase.
+        while !(seen.contains(marker) && seen.components(separatedBy: marker)[1].components(separatedBy: "[Epoch:").count > 3) {
             let chunk = err.fileHandleForReading.availableData
             if chunk.isEmpty { break }
             seen += String(decoding: chunk, as: UTF8.self)
@@ -156,6 +156,14 @@ final class FineTuneTests: XCTestCase {
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertTrue(resumed.stderr.contains("resuming"), resumed.stderr)
         XCTAssertEqual(try Checkpoint.load(path: killed.path).state, try Checkpoint.load(path: whole.path).state)
+    }
+
+    func testResumeContinuesARunKilledWhileFineTuning() throws {
+        try checkKillAndResume(options: ["--head-epochs", "2", "--finetune-epochs", "40"], killAfter: "phase 2")
+    }
+
+    func testResumeContinuesARunKilledWhileTrainingTheHead() throws {
+        try checkKillAndResume(options: ["--head-epochs", "60", "--finetune-epochs", "2"], killAfter: "phase 1")
     }
 
     func testBadLabelsAndOptionsAreReportedOnOneLine() throws {
