@@ -136,8 +136,15 @@ struct FineTune: ParsableCommand {
         var phase: Int
         /// Epochs finished in that phase.
         var epoch: Int
-        var seed: UInt64
         var finished: Bool
+        /// What fixes the schedule and the data order; a resumed run must agree on it.
+        var recipe: String
+    }
+
+    /// The options a resumed run must repeat for its schedule and data order to continue the same run.
+    var recipe: String {
+        "seed \(seed), batch size \(batchSize), head epochs \(headEpochs), fine-tune epochs \(finetuneEpochs), "
+            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction)"
     }
 
     static let resumeKey = "resnetkit.fine-tune"
@@ -173,7 +180,7 @@ struct FineTune: ParsableCommand {
         // Optimizer state after epoch e of a phase goes to slot e % 2, so the state matching the last checkpoint
         // survives a kill between writing the next state and the next checkpoint.
         func sidecar(_ epoch: Int) -> String { out + ".resume\(epoch % 2).safetensors" }
-        var start = ResumeState(phase: 0, epoch: 0, seed: seed, finished: false)
+        var start = ResumeState(phase: 0, epoch: 0, finished: false, recipe: recipe)
         let checkpoint: Checkpoint
         if resume && FileManager.default.fileExists(atPath: out) {
             checkpoint = try Checkpoint.load(path: out)
@@ -181,7 +188,7 @@ struct FineTune: ParsableCommand {
                   let state = try? JSONDecoder().decode(ResumeState.self, from: Data(text.utf8)) else {
                 throw FileError(out, "has no fine-tune progress to resume (not written by fine-tune)")
             }
-            guard state.seed == seed else { throw UsageError("\(out) was trained with --seed \(state.seed); resume with the same seed") }
+            guard state.recipe == recipe else { throw UsageError("\(out) was trained with \(state.recipe); resume with the same options") }
             if state.finished { Console.info("fine-tune: \(out) is already finished"); return }
             start = state
             Console.info("fine-tune: resuming \(out) after epoch \(state.epoch) of phase \(state.phase + 1)")
@@ -279,7 +286,7 @@ struct FineTune: ParsableCommand {
                 // previous checkpoint with its optimizer state intact.
                 let finished = phaseIndex == phases.count - 1 ? epoch + 1 == phase.epochs
                     : (epoch + 1 == phase.epochs && phases[(phaseIndex + 1)...].allSatisfy { $0.epochs == 0 })
-                let state = ResumeState(phase: phaseIndex, epoch: epoch + 1, seed: seed, finished: finished)
+                let state = ResumeState(phase: phaseIndex, epoch: epoch + 1, finished: finished, recipe: recipe)
                 let (moments, _) = optimizer.state()
                 try SafeTensors.write(path: sidecar(epoch + 1), tensors: moments.keys.sorted().map { ($0, moments[$0]!.shape, moments[$0]!.data) },
                                       metadata: ["phase": String(phaseIndex), "epoch": String(epoch + 1)])

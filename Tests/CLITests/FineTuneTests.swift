@@ -152,6 +152,9 @@ final class FineTuneTests: XCTestCase {
         XCTAssertTrue((0..<2).contains { FileManager.default.fileExists(atPath: killed.path + ".resume\($0).safetensors") },
                       "optimizer state kept for resuming")
 
+        let changed = try CLI.run(fineTuneArguments(labels, out: killed, extra: options + ["--resume", "--seed", "4"]))
+        XCTAssertNotEqual(changed.status, 0)
+        XCTAssertTrue(changed.stderr.contains("was trained with seed 3, batch size 4"), changed.stderr)
         let resumed = try CLI.run(fineTuneArguments(labels, out: killed, extra: options + ["--resume"]))
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertTrue(resumed.stderr.contains("resuming"), resumed.stderr)
