@@ -28,7 +28,7 @@ echo "generating $N PCam-like images in $WORK/images"
 "$PYTHON" "$PIPELINE" generate "$WORK/images" "$N"
 SMALL=$(( N < 400 ? N : 400 ))
 mkdir -p "$WORK/small"
-ls "$WORK/images" | head -n "$SMALL" | while read -r f; do ln -s "$WORK/images/$f" "$WORK/small/$f"; done
+ls "$WORK/images" | awk -v n="$SMALL" 'NR <= n' | while read -r f; do ln -s "$WORK/images/$f" "$WORK/small/$f"; done
 
 # The same weights as ONNX: resnetkit's own exporter when this build has one, else PyTorch's.
 if "$RESNETKIT" --help 2>/dev/null | grep -q "^  *export-onnx"; then

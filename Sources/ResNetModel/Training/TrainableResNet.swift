@@ -1,0 +1,321 @@
+import Foundation
+
+/// How a frozen BatchNorm (weight and bias not trainable) behaves during training.
+public enum FrozenBatchNormMode: String, Sendable, Codable, CaseIterable {
+    /// Batch statistics, running statistics keep moving: what the seed notebook does (PyTorch's
+    /// `requires_grad = False` on a model left in train mode).
+    case train
+    /// Running statistics, nothing moves: Keras' recommendation; the frozen layers compute exactly what they
+    /// compute at inference.
+    case eval
+}
+
+/// One BasicBlock: conv3x3(stride) → BN → ReLU → conv3x3 → BN, + identity or 1x1 downsample → ReLU.
+final class BasicBlockLayer {
+    let conv1: Conv2dLayer, bn1: BatchNormLayer, conv2: Conv2dLayer, bn2: BatchNormLayer
+    let downsample: (conv: Conv2dLayer, bn: BatchNormLayer)?
+    let output = FloatBuffer(), outputGradient = FloatBuffer(), inputGradient = FloatBuffer()
+    private var rows = 0, inputCount = 0
+
+    init(conv1: Conv2dLayer, bn1: BatchNormLayer, conv2: Conv2dLayer, bn2: BatchNormLayer,
+         downsample: (conv: Conv2dLayer, bn: BatchNormLayer)?) {
+        self.conv1 = conv1; self.bn1 = bn1; self.conv2 = conv2; self.bn2 = bn2; self.downsample = downsample
+    }
+
+    var parameters: [TrainableParameter] {
+        [conv1.weight, bn1.weight, bn1.bias, conv2.weight, bn2.weight, bn2.bias]
+            + (downsample.map { [$0.conv.weight, $0.bn.weight, $0.bn.bias] } ?? [])
+    }
+
+    /// x [N·H·W, Cin] → y [N·Ho·Wo, Cout]; `statistics(bn)` says whether a BatchNorm uses batch statistics.
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry,
+                 statistics: (BatchNormLayer) -> Bool) -> (UnsafeMutablePointer<Float>, Geometry) {
+        inputCount = g.pixels * conv1.shape.inChannels
+        let (c1, mid) = conv1.forward(x, g)
+        let t = bn1.forward(c1, rows: mid.pixels, batchStatistics: statistics(bn1))
+        let (c2, out) = conv2.forward(t, mid)
+        let a = bn2.forward(c2, rows: out.pixels, batchStatistics: statistics(bn2))
+        var shortcut = x
+        if let (dsConv, dsBN) = downsample {
+            let (d, _) = dsConv.forward(x, g)
+            shortcut = UnsafePointer(dsBN.forward(d, rows: out.pixels, batchStatistics: statistics(dsBN)))
+        }
+        rows = out.pixels
+        let count = out.pixels * conv2.shape.outChannels
+        let y = output.reserve(count)
+        let residual = shortcut
+        Parallelism.forEachRange(count, minimumPerThread: 65_536) { range in
+            for i in range { y[i] = max(0, a[i] + residual[i]) }
+        }
+        return (y, out)
+    }
+
+    /// dy [N·Ho·Wo, Cout] → dx [N·H·W, Cin] when `needsInputGradient`.
+    func backward(_ dy: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
+        let count = rows * conv2.shape.outChannels
+        let g = outputGradient.reserve(count), y = output.pointer
+        Parallelism.forEachRange(count, minimumPerThread: 65_536) { range in
+            for i in range { g[i] = y[i] > 0 ? dy[i] : 0 }
+        }
+        let conv1Trains = conv1.weight.requiresGrad || !bn1.isFrozen
+        let dA = bn2.backward(g, needsInputGradient: true)!
+        let dT = conv2.backward(dA, needsInputGradient: conv1Trains || needsInputGradient)
+        var dx: UnsafeMutablePointer<Float>? = nil
+        if let dT {
+            let dC1 = bn1.backward(dT, needsInputGradient: conv1.weight.requiresGrad || needsInputGradient)
+            if let dC1 { dx = conv1.backward(dC1, needsInputGradient: needsInputGradient) }
+        }
+        let shortcutTrains = downsample.map { $0.conv.weight.requiresGrad || !$0.bn.isFrozen } ?? false
+        guard needsInputGradient || shortcutTrains else { return nil }
+        let result = inputGradient.reserve(inputCount)
+        if let dx { result.update(from: dx, count: inputCount) }
+        if let (dsConv, dsBN) = downsample {
+            let dD = dsBN.backward(g, needsInputGradient: true)!
+            if let dS = dsConv.backward(dD, needsInputGradient: needsInputGradient) {
+                for i in 0..<inputCount { result[i] += dS[i] }
+            }
+        } else if needsInputGradient {
+            for i in 0..<inputCount { result[i] += g[i] }
+        }
+        return needsInputGradient ? result : nil
+    }
+}
+
+/// ResNet-18 for training, PyTorch-exact: explicit forward/backward, parameters and gradients addressed by
+/// torchvision name, per-parameter freezing. A frozen prefix of the network gets no backward at all.
+public final class TrainableResNet {
+    public let architecture: Architecture
+    /// Frozen BatchNorms in training: `.train` (default) is the seed's behaviour, batch statistics with moving
+    /// running statistics. It reproduces the seed recipe's numbers, and since the fine-tuning phase trains the
+    /// whole model with batch statistics anyway, the head phase lets the running statistics adapt to the
+    /// pathology images first instead of switching statistics at the phase boundary. `.eval` is Keras' choice.
+    public var frozenBatchNorm: FrozenBatchNormMode = .train
+    /// Seeds the dropout masks.
+    public var rng = SplitMix64(seed: 0)
+
+    let workspace = ColumnWorkspace()
+    let stemConv: Conv2dLayer, stemBN: BatchNormLayer, maxPool: MaxPoolLayer
+    let blocks: [BasicBlockLayer]
+    // Head: either `fc` alone, or bn1 → dropout → fc1(+ReLU) → bn2 → dropout → fc2.
+    let headBN1: BatchNormLayer?, dropout1: DropoutLayer?, fc1: LinearLayer?
+    let headBN2: BatchNormLayer?, dropout2: DropoutLayer?
+    let classifier: LinearLayer
+    /// Every trainable tensor in torchvision order.
+    public let parameters: [TrainableParameter]
+    let batchNorms: [(name: String, layer: BatchNormLayer)]
+
+    private let pooled = FloatBuffer(), poolGradient = FloatBuffer(), logitGradient = FloatBuffer()
+    private var fusedBackbone: (plan: InferencePlan, key: Int)?
+    private var lastGeometry = Geometry(batch: 0, height: 0, width: 0)
+    private var finalGeometry = Geometry(batch: 0, height: 0, width: 0)
+    private var logits: UnsafeMutablePointer<Float>?
+
+    public var numClasses: Int { architecture.config.numClasses }
+
+    public init(architecture: Architecture, state: StateDict) throws {
+        try architecture.validate(state)
+        self.architecture = architecture
+        let eps = architecture.config.batchNormEpsilon
+        var parameters: [TrainableParameter] = []
+        var batchNorms: [(String, BatchNormLayer)] = []
+        let workspace = workspace
+        func param(_ name: String, conv: ConvShape? = nil) -> TrainableParameter {
+            let t = state[name]!
+            let p = TrainableParameter(name: name, shape: t.shape, convShape: conv, torchValues: t.data)
+            parameters.append(p)
+            return p
+        }
+        func conv(_ name: String, _ shape: ConvShape) -> Conv2dLayer {
+            Conv2dLayer(shape, weight: param("\(name).weight", conv: shape), workspace: workspace)
+        }
+        func bn(_ name: String, relu: Bool) -> BatchNormLayer {
+            let weight = param("\(name).weight"), bias = param("\(name).bias")
+            let layer = BatchNormLayer(channels: weight.count, epsilon: eps, weight: weight, bias: bias,
+                                       runningMean: state["\(name).running_mean"]!.data,
+                                       runningVar: state["\(name).running_var"]!.data,
+                                       batchesTracked: Int(state["\(name).num_batches_tracked"]?.data.first ?? 0),
+                                       relu: relu)
+            batchNorms.append((name, layer))
+            return layer
+        }
+        stemConv = conv("conv1", architecture.stem)
+        stemBN = bn("bn1", relu: true)
+        maxPool = MaxPoolLayer(channels: architecture.stem.outChannels)
+        blocks = architecture.blocks.map { b in
+            let c1 = conv("\(b.name).conv1", b.conv1), n1 = bn("\(b.name).bn1", relu: true)
+            let c2 = conv("\(b.name).conv2", b.conv2), n2 = bn("\(b.name).bn2", relu: false)
+            let ds = b.downsample.map { (conv: conv("\(b.name).downsample.0", $0), bn: bn("\(b.name).downsample.1", relu: false)) }
+            return BasicBlockLayer(conv1: c1, bn1: n1, conv2: c2, bn2: n2, downsample: ds)
+        }
+        switch architecture.config.head {
+        case .linear:
+            headBN1 = nil; dropout1 = nil; fc1 = nil; headBN2 = nil; dropout2 = nil
+            classifier = LinearLayer(weight: param("fc.weight"), bias: param("fc.bias"), relu: false)
+        case .mlp:
+            let p = architecture.config.dropout
+            headBN1 = bn("head.bn1", relu: false)
+            dropout1 = DropoutLayer(probability: p)
+            fc1 = LinearLayer(weight: param("head.fc1.weight"), bias: param("head.fc1.bias"), relu: true)
+            headBN2 = bn("head.bn2", relu: false)
+            dropout2 = DropoutLayer(probability: p)
+            classifier = LinearLayer(weight: param("head.fc2.weight"), bias: param("head.fc2.bias"), relu: false)
+        }
+        self.parameters = parameters
+        self.batchNorms = batchNorms
+    }
+
+    public func parameter(named name: String) -> TrainableParameter? { parameters.first { $0.name == name } }
+
+    /// Freezes (or unfreezes) every parameter whose name satisfies `predicate`.
+    public func setRequiresGrad(_ flag: Bool, where predicate: (String) -> Bool) {
+        for p in parameters where predicate(p.name) { p.requiresGrad = flag }
+    }
+
+    /// Freezes or unfreezes the backbone (everything but `fc.*` / `head.*`).
+    public func setBackboneFrozen(_ frozen: Bool) {
+        setRequiresGrad(!frozen) { !Self.isHeadName($0) }
+    }
+
+    public static func isHeadName(_ name: String) -> Bool { name.hasPrefix("fc.") || name.hasPrefix("head.") }
+
+    /// The whole state dict in torchvision layout (running statistics and counters included).
+    public func stateDict() -> StateDict {
+        var state: StateDict = [:]
+        for p in parameters { state[p.name] = Tensor(shape: p.shape, data: p.values) }
+        for (name, layer) in batchNorms {
+            state["\(name).running_mean"] = Tensor(shape: [layer.channels], data: layer.runningMean)
+            state["\(name).running_var"] = Tensor(shape: [layer.channels], data: layer.runningVar)
+            state["\(name).num_batches_tracked"] = Tensor(shape: [], data: [Float(layer.batchesTracked)])
+        }
+        return state
+    }
+
+    /// Gradients of the last backward pass by torchvision name (trainable parameters only).
+    public func gradients() -> [String: [Float]] {
+        var result: [String: [Float]] = [:]
+        for p in parameters where p.requiresGrad { result[p.name] = p.gradients }
+        return result
+    }
+
+    /// With the whole backbone frozen and frozen BatchNorm in eval mode, the backbone is a fixed function: run
+    /// it as the fused inference plan (BatchNorm folded, epilogues fused), with an identity `fc` so that the
+    /// plan's "logits" are the pooled features. Rebuilt when a backbone value or running statistic changes.
+    private func fusedFrozenBackbone() -> InferencePlan? {
+        let backbone = parameters.filter { !Self.isHeadName($0.name) }
+        guard frozenBatchNorm == .eval, backbone.allSatisfy({ !$0.requiresGrad }) else { return nil }
+        let key = backbone.reduce(0) { $0 &+ $1.version }
+            &+ batchNorms.filter { !Self.isHeadName($0.name) }.reduce(0) { $0 &+ $1.layer.batchesTracked }
+        if let fusedBackbone, fusedBackbone.key == key { return fusedBackbone.plan }
+        var config = architecture.config
+        config.head = .linear
+        config.numClasses = config.featureWidth
+        var state = stateDict().filter { !Self.isHeadName($0.key) }
+        let features = config.featureWidth
+        var identity = [Float](repeating: 0, count: features * features)
+        for i in 0..<features { identity[i * features + i] = 1 }
+        state["fc.weight"] = Tensor(shape: [features, features], data: identity)
+        state["fc.bias"] = Tensor(zeros: [features])
+        guard let plan = try? InferencePlan(architecture: Architecture(config), state: state) else { return nil }
+        fusedBackbone = (plan, key)
+        return plan
+    }
+
+    private func usesBatchStatistics(_ layer: BatchNormLayer, training: Bool) -> Bool {
+        training && !(frozenBatchNorm == .eval && layer.isFrozen)
+    }
+
+    /// Forward pass over NHWC images [count, height, width, 3]. `training`: BatchNorm uses batch statistics
+    /// (frozen ones per `frozenBatchNorm`) and dropout is active. Returns logits [count, numClasses].
+    public func forward(images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
+                        training: Bool) -> UnsafePointer<Float> {
+        precondition(count > 0 && min(height, width) >= ModelConfig.minimumInputSide, "invalid batch geometry")
+        let stats = { [unowned self] (layer: BatchNormLayer) in usesBatchStatistics(layer, training: training) }
+        let input = Geometry(batch: count, height: height, width: width)
+        lastGeometry = input
+        let features = architecture.config.featureWidth
+        let f = pooled.reserve(count * features)
+        if training, let plan = fusedFrozenBackbone() {
+            plan.run(images: images, count: count, height: height, width: width, logits: f)
+        } else {
+            var (x, g) = stemConv.forward(images, input)
+            let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))
+            (x, g) = maxPool.forward(s, g)
+            for block in blocks { (x, g) = block.forward(x, g, statistics: stats) }
+            finalGeometry = g
+            globalAveragePool(x, g, channels: features, f)
+        }
+        var h = UnsafePointer(f)
+        if let headBN1, let dropout1, let fc1, let headBN2, let dropout2 {
+            h = UnsafePointer(headBN1.forward(h, rows: count, batchStatistics: stats(headBN1)))
+            h = dropout1.forward(h, count: count * features, training: training, rng: &rng)
+            h = UnsafePointer(fc1.forward(h, batch: count))
+            h = UnsafePointer(headBN2.forward(h, rows: count, batchStatistics: stats(headBN2)))
+            h = dropout2.forward(h, count: count * fc1.outputs, training: training, rng: &rng)
+        }
+        let y = classifier.forward(h, batch: count)
+        logits = y
+        return UnsafePointer(y)
+    }
+
+    /// Convenience: NHWC images in, logits [count, numClasses] out.
+    public func forward(images: [Float], count: Int, height: Int, width: Int, training: Bool) -> [Float] {
+        precondition(images.count == count * height * width * 3, "image data does not match \(count)x\(height)x\(width)x3")
+        return images.withUnsafeBufferPointer { buffer in
+            let y = forward(images: buffer.baseAddress!, count: count, height: height, width: width, training: training)
+            return Array(UnsafeBufferPointer(start: y, count: count * numClasses))
+        }
+    }
+
+    /// Mean cross-entropy of the last forward's logits, and the backward pass filling every trainable
+    /// parameter's gradient. Stops at the earliest trainable layer: a frozen backbone gets no backward.
+    @discardableResult
+    public func backward(labels: [Int]) -> Float {
+        guard let logits else { preconditionFailure("backward before forward") }
+        let count = lastGeometry.batch
+        precondition(labels.count == count && labels.allSatisfy { (0..<numClasses).contains($0) }, "bad labels")
+        let dLogits = logitGradient.reserve(count * numClasses)
+        let loss = crossEntropy(logits, labels: labels, classes: numClasses, gradient: dLogits)
+
+        // Where backward can stop: the index of the first unit (stem = 0, blocks 1…8) with a trainable parameter.
+        let stemTrains = stemConv.weight.requiresGrad || !stemBN.isFrozen
+        let firstTrainableBlock = blocks.firstIndex { $0.parameters.contains { $0.requiresGrad } }
+        let backboneTrains = stemTrains || firstTrainableBlock != nil
+
+        var d = UnsafePointer(dLogits)
+        if let headBN1, let dropout1, let fc1, let headBN2, let dropout2 {
+            d = UnsafePointer(classifier.backward(d, needsInputGradient: true)!)
+            d = dropout2.backward(d)
+            d = UnsafePointer(headBN2.backward(d, needsInputGradient: true)!)
+            d = UnsafePointer(fc1.backward(d, needsInputGradient: true)!)
+            d = dropout1.backward(d)
+            guard let dHead = headBN1.backward(d, needsInputGradient: backboneTrains) else { return loss }
+            d = UnsafePointer(dHead)
+        } else {
+            guard let dHead = classifier.backward(d, needsInputGradient: backboneTrains) else { return loss }
+            d = UnsafePointer(dHead)
+        }
+        // Average pool: every pixel of an image gets its channel's gradient / area.
+        let g = finalGeometry, features = architecture.config.featureWidth, area = g.height * g.width
+        let dPool = poolGradient.reserve(g.pixels * features)
+        let scale = 1 / Float(area)
+        for n in 0..<g.batch {
+            for i in 0..<area {
+                let dst = dPool + (n * area + i) * features, src = d + n * features
+                for c in 0..<features { dst[c] = src[c] * scale }
+            }
+        }
+        var current = UnsafePointer(dPool)
+        let stop = stemTrains ? 0 : (firstTrainableBlock ?? blocks.count)
+        for index in stride(from: blocks.count - 1, through: stop, by: -1) {
+            let needsInput = stemTrains || index > stop
+            guard let dx = blocks[index].backward(current, needsInputGradient: needsInput) else { return loss }
+            current = UnsafePointer(dx)
+        }
+        guard stemTrains else { return loss }
+        let dStem = maxPool.backward(current)
+        if let dBN = stemBN.backward(dStem, needsInputGradient: stemConv.weight.requiresGrad) {
+            _ = stemConv.backward(dBN, needsInputGradient: false)
+        }
+        return loss
+    }
+}

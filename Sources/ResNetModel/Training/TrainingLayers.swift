@@ -1,0 +1,538 @@
+import Dispatch
+import Foundation
+
+// Training layers as explicit forward/backward pairs over NHWC activations ([rows, channels] matrices,
+// rows = N·H·W). Each layer owns its output and input-gradient buffers, reused across steps, and keeps
+// what its backward pass needs (its input pointer, batch statistics, argmax, dropout mask).
+
+/// A growable float buffer owned by one layer: grown when a batch needs more, never shrunk.
+final class FloatBuffer {
+    private(set) var pointer: UnsafeMutablePointer<Float>
+    private(set) var capacity: Int
+
+    init() {
+        pointer = .allocate(capacity: 1)
+        capacity = 1
+    }
+
+    deinit { pointer.deallocate() }
+
+    func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if count > capacity {
+            pointer.deallocate()
+            pointer = .allocate(capacity: count)
+            capacity = count
+        }
+        return pointer
+    }
+}
+
+/// A trainable tensor with its gradient, addressed by torchvision name. Convolution weights are kept
+/// patch-major ([out, kh, kw, in], im2col's column order) and converted at the boundary.
+public final class TrainableParameter {
+    public let name: String
+    /// torchvision shape.
+    public let shape: [Int]
+    let convShape: ConvShape?
+    let value: UnsafeMutableBufferPointer<Float>
+    let gradient: UnsafeMutableBufferPointer<Float>
+    /// When false, backward computes no gradient for it and the optimizer leaves it alone.
+    public var requiresGrad = true
+    /// Bumped by `setValues`, so caches derived from the value (the fused frozen backbone) know to rebuild.
+    private(set) var version = 0
+
+    public var count: Int { value.count }
+
+    init(name: String, shape: [Int], convShape: ConvShape? = nil, torchValues: [Float]) {
+        self.name = name
+        self.shape = shape
+        self.convShape = convShape
+        value = .allocate(capacity: torchValues.count)
+        gradient = .allocate(capacity: torchValues.count)
+        gradient.initialize(repeating: 0)
+        _ = value.initialize(from: convShape.map { patchMajorWeight(torchValues, $0) } ?? torchValues)
+    }
+
+    deinit {
+        value.deallocate()
+        gradient.deallocate()
+    }
+
+    func torchLayout(_ stored: [Float]) -> [Float] { convShape.map { torchWeight(stored, $0) } ?? stored }
+    func internalLayout(_ torch: [Float]) -> [Float] { convShape.map { patchMajorWeight(torch, $0) } ?? torch }
+
+    /// Current values, torchvision layout.
+    public var values: [Float] { torchLayout(Array(value)) }
+    /// Gradient of the last backward pass, torchvision layout.
+    public var gradients: [Float] { torchLayout(Array(gradient)) }
+
+    public func setValues(_ torch: [Float]) {
+        precondition(torch.count == count, "\(name): \(torch.count) values for \(count)")
+        _ = value.update(from: internalLayout(torch))
+        version += 1
+    }
+}
+
+/// im2col's column scratch, shared by every convolution of a network (used one layer at a time).
+final class ColumnWorkspace {
+    /// Upper bound on one column matrix, in floats: the batch is processed in chunks of whole images.
+    var budget = 2 << 20
+    let column = FloatBuffer()
+    let columnGradient = FloatBuffer()
+}
+
+/// Conv2d without bias. Forward: out[P, Cout] = col[P, k·k·Cin] · Wᵀ, W patch-major [Cout, k·k·Cin].
+/// Backward: dW = dOutᵀ · col (one GEMM per chunk, accumulated), dCol = dOut · W, then col2im scatter-add.
+final class Conv2dLayer {
+    let shape: ConvShape
+    let weight: TrainableParameter
+    let workspace: ColumnWorkspace
+    let output = FloatBuffer(), inputGradient = FloatBuffer()
+    private var input: UnsafePointer<Float>?
+    private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
+
+    init(_ shape: ConvShape, weight: TrainableParameter, workspace: ColumnWorkspace) {
+        self.shape = shape
+        self.weight = weight
+        self.workspace = workspace
+    }
+
+    private var isPointwise: Bool { shape.kernel == 1 && shape.stride == 1 && shape.padding == 0 }
+
+    /// Images per im2col chunk, so that the column matrix stays within the workspace budget.
+    private func imagesPerChunk(_ out: Geometry) -> Int {
+        max(1, min(out.batch, workspace.budget / max(1, shape.patchSize * out.height * out.width)))
+    }
+
+    /// x [N·H·W, Cin] → out [N·Ho·Wo, Cout].
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry) -> (UnsafeMutablePointer<Float>, Geometry) {
+        input = x
+        inputGeometry = g
+        let out = g.output(of: shape)
+        let cout = shape.outChannels, patch = shape.patchSize
+        let y = output.reserve(out.pixels * cout)
+        let w = UnsafePointer(weight.value.baseAddress!)
+        if isPointwise {
+            gemmABt(out.pixels, cout, patch, x, patch, w, patch, y, cout)
+            return (y, out)
+        }
+        let perImage = out.height * out.width, chunk = imagesPerChunk(out)
+        let col = workspace.column.reserve(chunk * perImage * patch)
+        var first = 0
+        while first < out.batch {
+            let rows = min(chunk, out.batch - first) * perImage
+            im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
+            gemmABt(rows, cout, patch, col, patch, w, patch, y + first * perImage * cout, cout)
+            first += chunk
+        }
+        return (y, out)
+    }
+
+    /// dy [N·Ho·Wo, Cout] → dx [N·H·W, Cin] (when `needsInputGradient`); dW overwritten when required.
+    func backward(_ dy: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
+        guard let x = input else { return nil }
+        let g = inputGeometry, out = g.output(of: shape)
+        let cout = shape.outChannels, patch = shape.patchSize
+        let w = UnsafePointer(weight.value.baseAddress!), dW = weight.gradient.baseAddress!
+        let dx: UnsafeMutablePointer<Float>? = needsInputGradient ? inputGradient.reserve(g.pixels * shape.inChannels) : nil
+        if isPointwise {
+            if weight.requiresGrad { gemmAtB(cout, patch, out.pixels, dy, cout, x, patch, dW, patch) }
+            if let dx { gemmAB(out.pixels, patch, cout, dy, cout, w, patch, dx, patch) }
+            return dx
+        }
+        dx?.update(repeating: 0, count: g.pixels * shape.inChannels)
+        let perImage = out.height * out.width, chunk = imagesPerChunk(out)
+        let col = workspace.column.reserve(chunk * perImage * patch)
+        let dCol = workspace.columnGradient.reserve(needsInputGradient ? chunk * perImage * patch : 1)
+        var first = 0
+        while first < out.batch {
+            let images = min(chunk, out.batch - first), rows = images * perImage
+            let dyChunk = dy + first * perImage * cout
+            if weight.requiresGrad {
+                im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
+                gemmAtB(cout, patch, rows, dyChunk, cout, col, patch, dW, patch, beta: first == 0 ? 0 : 1)
+            }
+            if let dx {
+                gemmAB(rows, patch, cout, dyChunk, cout, w, patch, dCol, patch)
+                col2imAdd(shape, dCol, g, firstImage: first, images: images, dx)
+            }
+            first += chunk
+        }
+        return dx
+    }
+}
+
+/// The adjoint of im2col: adds each column row back onto the input pixels it was copied from.
+/// Images are independent, so threads split the chunk by image and never write the same pixel.
+func col2imAdd(_ s: ConvShape, _ col: UnsafePointer<Float>, _ g: Geometry, firstImage: Int, images: Int,
+               _ dx: UnsafeMutablePointer<Float>) {
+    let out = g.output(of: s)
+    let k = s.kernel, cin = s.inChannels, patch = s.patchSize, perImage = out.height * out.width
+    Parallelism.forEachRange(images, minimumPerThread: 1) { range in
+        for i in range {
+            let n = firstImage + i
+            for q in 0..<perImage {
+                let wo = q % out.width, ho = q / out.width
+                let src = col + (i * perImage + q) * patch
+                let iw0 = wo * s.stride - s.padding
+                let kwFirst = max(0, -iw0), kwEnd = min(k, g.width - iw0)
+                guard kwEnd > kwFirst else { continue }
+                let run = (kwEnd - kwFirst) * cin
+                for kh in 0..<k {
+                    let ih = ho * s.stride - s.padding + kh
+                    guard ih >= 0, ih < g.height else { continue }
+                    let dst = dx + ((n * g.height + ih) * g.width + iw0 + kwFirst) * cin
+                    let from = src + (kh * k + kwFirst) * cin
+                    for j in 0..<run { dst[j] += from[j] }
+                }
+            }
+        }
+    }
+}
+
+/// BatchNorm over the channels of [rows, C] (BatchNorm2d with rows = N·H·W, BatchNorm1d with rows = N),
+/// optionally followed by ReLU. Training: normalise with the biased batch variance, update running_var with
+/// the unbiased one, momentum 0.1, count the batch. With `useRunningStatistics` (eval mode, or a frozen
+/// BatchNorm in eval mode) it is the affine map of the running statistics and nothing moves.
+final class BatchNormLayer {
+    let channels: Int
+    let epsilon: Float
+    let momentum: Float = 0.1
+    let weight: TrainableParameter, bias: TrainableParameter
+    var runningMean: [Float], runningVar: [Float]
+    var batchesTracked: Int
+    let relu: Bool
+    let output = FloatBuffer(), inputGradient = FloatBuffer()
+    // Saved for backward: the input, the mean and 1/sqrt(var + eps) used, and which statistics they were.
+    private var input: UnsafePointer<Float>?
+    private var rows = 0
+    private var mean: [Float], invStd: [Float]
+    private var usedBatchStatistics = false
+
+    init(channels: Int, epsilon: Float, weight: TrainableParameter, bias: TrainableParameter,
+         runningMean: [Float], runningVar: [Float], batchesTracked: Int, relu: Bool) {
+        self.channels = channels
+        self.epsilon = epsilon
+        self.weight = weight
+        self.bias = bias
+        self.runningMean = runningMean
+        self.runningVar = runningVar
+        self.batchesTracked = batchesTracked
+        self.relu = relu
+        mean = [Float](repeating: 0, count: channels)
+        invStd = mean
+    }
+
+    var isFrozen: Bool { !weight.requiresGrad && !bias.requiresGrad }
+
+    /// x [rows, C] → y [rows, C].
+    func forward(_ x: UnsafePointer<Float>, rows: Int, batchStatistics: Bool) -> UnsafeMutablePointer<Float> {
+        input = x
+        self.rows = rows
+        usedBatchStatistics = batchStatistics
+        let c = channels
+        if batchStatistics {
+            // One pass of per-channel Σx and Σx² in double precision (no cancellation worth the name at these
+            // sizes), split across threads.
+            let (sum, squares) = channelSums(rows: rows, channels: c) { range, s, q in
+                for r in range {
+                    let row = x + r * c
+                    for j in 0..<c { let v = Double(row[j]); s[j] += v; q[j] += v * v }
+                }
+            }
+            let unbiasedScale = rows > 1 ? Double(rows) / Double(rows - 1) : 1
+            for j in 0..<c {
+                let m = sum[j] / Double(rows)
+                let variance = max(0, squares[j] / Double(rows) - m * m)
+                mean[j] = Float(m)
+                invStd[j] = Float(1 / (variance + Double(epsilon)).squareRoot())
+                runningMean[j] = (1 - momentum) * runningMean[j] + momentum * Float(m)
+                runningVar[j] = (1 - momentum) * runningVar[j] + momentum * Float(variance * unbiasedScale)
+            }
+            batchesTracked += 1
+        } else {
+            for j in 0..<c {
+                mean[j] = runningMean[j]
+                invStd[j] = 1 / (runningVar[j] + epsilon).squareRoot()
+            }
+        }
+        // y = x·scale + shift, scale = γ/σ, shift = β − μ·scale.
+        var scale = [Float](repeating: 0, count: c), shift = scale
+        for j in 0..<c {
+            scale[j] = weight.value[j] * invStd[j]
+            shift[j] = bias.value[j] - mean[j] * scale[j]
+        }
+        let y = output.reserve(rows * c)
+        let relu = relu
+        scale.withUnsafeBufferPointer { a in
+            shift.withUnsafeBufferPointer { b in
+                Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / c)) { range in
+                    for r in range {
+                        let src = x + r * c, dst = y + r * c
+                        if relu {
+                            for j in 0..<c { dst[j] = max(0, src[j] * a[j] + b[j]) }
+                        } else {
+                            for j in 0..<c { dst[j] = src[j] * a[j] + b[j] }
+                        }
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    /// dy [rows, C] (gradient of the output, before the ReLU when `relu`) → dx [rows, C].
+    /// dγ = Σ dŷ·x̂, dβ = Σ dŷ; with batch statistics dx = γ/σ · (dŷ − mean(dŷ) − x̂·mean(dŷ·x̂)).
+    func backward(_ dyIn: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
+        guard let x = input else { return nil }
+        let c = channels, rows = rows
+        let dx = inputGradient.reserve(rows * c)
+        // With ReLU, dŷ = dy where the output is positive: applied on the fly in both passes.
+        let y: UnsafePointer<Float>? = relu ? UnsafePointer(output.pointer) : nil
+        let (sumDy, sumDyXhat) = mean.withUnsafeBufferPointer { m in
+            invStd.withUnsafeBufferPointer { s in
+                channelSums(rows: rows, channels: c) { range, sd, sdx in
+                    for r in range {
+                        let g = dyIn + r * c, v = x + r * c
+                        if let y {
+                            let out = y + r * c
+                            for j in 0..<c {
+                                let gj = out[j] > 0 ? g[j] : 0
+                                sd[j] += Double(gj)
+                                sdx[j] += Double(gj * ((v[j] - m[j]) * s[j]))
+                            }
+                        } else {
+                            for j in 0..<c {
+                                sd[j] += Double(g[j])
+                                sdx[j] += Double(g[j] * ((v[j] - m[j]) * s[j]))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if weight.requiresGrad { for j in 0..<c { weight.gradient[j] = Float(sumDyXhat[j]) } }
+        if bias.requiresGrad { for j in 0..<c { bias.gradient[j] = Float(sumDy[j]) } }
+        guard needsInputGradient else { return nil }
+        var scale = [Float](repeating: 0, count: c), meanDy = scale, meanDyXhat = scale
+        for j in 0..<c {
+            scale[j] = weight.value[j] * invStd[j]
+            meanDy[j] = usedBatchStatistics ? Float(sumDy[j] / Double(rows)) : 0
+            meanDyXhat[j] = usedBatchStatistics ? Float(sumDyXhat[j] / Double(rows)) : 0
+        }
+        scale.withUnsafeBufferPointer { a in
+            meanDy.withUnsafeBufferPointer { md in
+                meanDyXhat.withUnsafeBufferPointer { mdx in
+                    mean.withUnsafeBufferPointer { m in
+                        invStd.withUnsafeBufferPointer { s in
+                            Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / c)) { range in
+                                for r in range {
+                                    let g = dyIn + r * c, v = x + r * c, d = dx + r * c
+                                    if let y {
+                                        let out = y + r * c
+                                        for j in 0..<c {
+                                            let xhat = (v[j] - m[j]) * s[j]
+                                            d[j] = a[j] * ((out[j] > 0 ? g[j] : 0) - md[j] - xhat * mdx[j])
+                                        }
+                                    } else {
+                                        for j in 0..<c {
+                                            let xhat = (v[j] - m[j]) * s[j]
+                                            d[j] = a[j] * (g[j] - md[j] - xhat * mdx[j])
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+}
+
+/// Per-channel sums over the rows of a [rows, C] matrix: `body` accumulates its row range into two
+/// zeroed double arrays of C; threads get their own arrays, added up in a fixed order (deterministic).
+func channelSums(rows: Int, channels c: Int,
+                 _ body: (Range<Int>, UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>) -> Void) -> ([Double], [Double]) {
+    let parts = max(1, min(Parallelism.threads, rows * c / 65_536))
+    var partial = [Double](repeating: 0, count: parts * 2 * c)
+    partial.withUnsafeMutableBufferPointer { buffer in
+        let base = buffer.baseAddress!
+        if parts == 1 { body(0..<rows, base, base + c); return }
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            body(rows * part / parts ..< rows * (part + 1) / parts, base + part * 2 * c, base + part * 2 * c + c)
+        }
+    }
+    var first = [Double](repeating: 0, count: c), second = first
+    for part in 0..<parts {
+        for j in 0..<c {
+            first[j] += partial[part * 2 * c + j]
+            second[j] += partial[part * 2 * c + c + j]
+        }
+    }
+    return (first, second)
+}
+
+/// Linear: y[N, out] = x[N, in] · Wᵀ + b, W [out, in] (torchvision layout), optionally followed by ReLU.
+final class LinearLayer {
+    let inputs: Int, outputs: Int
+    let weight: TrainableParameter, bias: TrainableParameter
+    let relu: Bool
+    let output = FloatBuffer(), inputGradient = FloatBuffer(), outputGradient = FloatBuffer()
+    private var input: UnsafePointer<Float>?
+    private var batch = 0
+
+    init(weight: TrainableParameter, bias: TrainableParameter, relu: Bool) {
+        outputs = weight.shape[0]
+        inputs = weight.shape[1]
+        self.weight = weight
+        self.bias = bias
+        self.relu = relu
+    }
+
+    func forward(_ x: UnsafePointer<Float>, batch: Int) -> UnsafeMutablePointer<Float> {
+        input = x
+        self.batch = batch
+        let y = output.reserve(batch * outputs)
+        gemmABt(batch, outputs, inputs, x, inputs, UnsafePointer(weight.value.baseAddress!), inputs, y, outputs)
+        let b = bias.value
+        for n in 0..<batch {
+            let row = y + n * outputs
+            if relu {
+                for o in 0..<outputs { row[o] = max(0, row[o] + b[o]) }
+            } else {
+                for o in 0..<outputs { row[o] += b[o] }
+            }
+        }
+        return y
+    }
+
+    /// dy [N, out] → dx [N, in]; dW = dyᵀ·x, db = Σ dy.
+    func backward(_ dyIn: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
+        guard let x = input else { return nil }
+        var dy = dyIn
+        if relu {
+            let masked = outputGradient.reserve(batch * outputs), y = output.pointer
+            for i in 0..<(batch * outputs) { masked[i] = y[i] > 0 ? dyIn[i] : 0 }
+            dy = UnsafePointer(masked)
+        }
+        if weight.requiresGrad {
+            gemmAtB(outputs, inputs, batch, dy, outputs, x, inputs, weight.gradient.baseAddress!, inputs)
+        }
+        if bias.requiresGrad {
+            let db = bias.gradient
+            for o in 0..<outputs { db[o] = 0 }
+            for n in 0..<batch { for o in 0..<outputs { db[o] += dy[n * outputs + o] } }
+        }
+        guard needsInputGradient else { return nil }
+        let dx = inputGradient.reserve(batch * inputs)
+        gemmAB(batch, inputs, outputs, dy, outputs, UnsafePointer(weight.value.baseAddress!), inputs, dx, inputs)
+        return dx
+    }
+}
+
+/// Inverted dropout: kept values scaled by 1/(1−p) in training, identity otherwise (and when p = 0).
+final class DropoutLayer {
+    let probability: Float
+    let output = FloatBuffer(), inputGradient = FloatBuffer(), mask = FloatBuffer()
+    private var active = false
+    private var count = 0
+
+    init(probability: Float) { self.probability = probability }
+
+    func forward(_ x: UnsafePointer<Float>, count: Int, training: Bool, rng: inout SplitMix64) -> UnsafePointer<Float> {
+        active = training && probability > 0
+        self.count = count
+        guard active else { return x }
+        let m = mask.reserve(count), y = output.reserve(count)
+        let keep = 1 / (1 - probability)
+        for i in 0..<count {
+            m[i] = rng.nextUnitFloat() < probability ? 0 : keep
+            y[i] = x[i] * m[i]
+        }
+        return UnsafePointer(y)
+    }
+
+    func backward(_ dy: UnsafePointer<Float>) -> UnsafePointer<Float> {
+        guard active else { return dy }
+        let dx = inputGradient.reserve(count), m = mask.pointer
+        for i in 0..<count { dx[i] = dy[i] * m[i] }
+        return UnsafePointer(dx)
+    }
+}
+
+/// Max pool 3x3/2 pad 1 with argmax; backward routes each output gradient to its argmax.
+final class MaxPoolLayer {
+    let channels: Int
+    let output = FloatBuffer(), inputGradient = FloatBuffer()
+    private var argmax = UnsafeMutableBufferPointer<Int32>(start: nil, count: 0)
+    private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
+    private var outputGeometry = Geometry(batch: 0, height: 0, width: 0)
+
+    init(channels: Int) { self.channels = channels }
+    deinit { argmax.deallocate() }
+
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry) -> (UnsafeMutablePointer<Float>, Geometry) {
+        let side = { (s: Int) in (s + 2 * Architecture.maxPoolPadding - Architecture.maxPoolKernel) / Architecture.maxPoolStride + 1 }
+        let out = Geometry(batch: g.batch, height: side(g.height), width: side(g.width))
+        let count = out.pixels * channels
+        if argmax.count < count {
+            argmax.deallocate()
+            argmax = .allocate(capacity: count)
+        }
+        let y = output.reserve(count)
+        maxPool3x3s2(x, g, channels: channels, y, argmax: argmax.baseAddress!)
+        inputGeometry = g
+        outputGeometry = out
+        return (y, out)
+    }
+
+    /// dy [N·Ho·Wo, C] → dx [N·H·W, C]; threads split by image (an image's argmaxes stay in that image).
+    func backward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
+        let dx = inputGradient.reserve(inputGeometry.pixels * channels)
+        dx.update(repeating: 0, count: inputGeometry.pixels * channels)
+        let perImage = outputGeometry.height * outputGeometry.width * channels
+        let am = argmax.baseAddress!
+        Parallelism.forEachRange(outputGeometry.batch, minimumPerThread: 1) { range in
+            for i in (range.lowerBound * perImage)..<(range.upperBound * perImage) { dx[Int(am[i])] += dy[i] }
+        }
+        return dx
+    }
+}
+
+/// A small seeded generator (SplitMix64) for dropout masks and data order: same seed, same run.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public private(set) var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 24 random bits.
+    public mutating func nextUnitFloat() -> Float { Float(next() >> 40) * (1 / Float(1 << 24)) }
+}
+
+/// Mean cross-entropy with a stable log-softmax. Returns the loss and writes dL/dlogits = (softmax − onehot)/N.
+func crossEntropy(_ logits: UnsafePointer<Float>, labels: [Int], classes: Int,
+                  gradient: UnsafeMutablePointer<Float>) -> Float {
+    let batch = labels.count
+    var total: Double = 0
+    for n in 0..<batch {
+        let row = logits + n * classes, g = gradient + n * classes
+        var largest = -Float.infinity
+        for k in 0..<classes { largest = max(largest, row[k]) }
+        var sum: Double = 0
+        for k in 0..<classes { sum += Double(exp(row[k] - largest)) }
+        let logSum = Double(largest) + log(sum)
+        total += logSum - Double(row[labels[n]])
+        for k in 0..<classes {
+            let p = Float(exp(Double(row[k]) - logSum))
+            g[k] = (p - (k == labels[n] ? 1 : 0)) / Float(batch)
+        }
+    }
+    return Float(total / Double(batch))
+}

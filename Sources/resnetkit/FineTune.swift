@@ -1,0 +1,461 @@
+import ArgumentParser
+import Foundation
+import ResNetData
+import ResNetFormats
+import ResNetModel
+import ResNetSupport
+
+/// `resnetkit fine-tune DIR --labels CSV`: the seed's transfer-learning recipe on a folder of TIFF patches.
+struct FineTune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fine-tune",
+        abstract: "Train a new head on a pretrained backbone, then fine-tune the whole model.",
+        discussion: """
+            Recipe (the seed notebook's, all changeable): a new head for the classes of the labels CSV; phase 1 \
+            trains it with the backbone frozen (AdamW lr 1e-3, OneCycleLR max 1e-2, 10 epochs); phase 2 trains \
+            everything (AdamW lr 1e-5, weight decay 0.05, OneCycleLR max 1e-4, 20 epochs). Batch 16; training \
+            images get random flips and a rotation within ±20° (nearest, fill 0) before the centre crop. \
+            Each epoch prints the seed's line, e.g.
+              [Epoch: 01/10] loss: 0.5991 acc: 0.7019 val_loss: 0.5274 val_acc: 0.7422
+            where loss/acc average the last 5 % of the epoch's steps and val_* cover the validation images.
+            --frozen-bn: how the frozen backbone's BatchNorm behaves in phase 1. 'train' (default) is the seed's \
+            behaviour (batch statistics, running statistics adapt to the new images): it reproduces the recipe's \
+            results, and phase 2 uses batch statistics anyway, so the statistics adapt before fine-tuning instead \
+            of changing at the phase boundary. 'eval' is Keras' advice (frozen layers compute what they compute \
+            at inference; nothing in the backbone moves).
+            The checkpoint is written atomically after every epoch, with the optimizer state beside it in \
+            <out>.resume.safetensors; --resume continues an interrupted run from the last finished epoch (same \
+            options, same seed: same result). Images are decoded once and kept in memory as 8-bit RGB.
+            """)
+
+    @Argument(help: "Folder of training images (<id>.tif).")
+    var dir: String
+
+    @Option(help: ArgumentHelp("CSV with id,label (integer or string labels).", valueName: "CSV"))
+    var labels: String
+
+    @Option(help: ArgumentHelp("Pretrained model: checkpoint, ONNX or HDF5.", valueName: "CKPT"))
+    var from = "model.safetensors"
+
+    @Option(help: ArgumentHelp("Checkpoint to write.", valueName: "CKPT"))
+    var out = "finetuned.safetensors"
+
+    @Option(name: .customLong("valid-dir"), help: ArgumentHelp("Folder of validation images.", valueName: "DIR"))
+    var validDir: String?
+
+    @Option(name: .customLong("valid-labels"), help: ArgumentHelp("Labels of the validation images.", valueName: "CSV"))
+    var validLabels: String?
+
+    @Option(name: .customLong("valid-fraction"), help: "Without --valid-dir: share of DIR held out for validation (seeded).")
+    var validFraction = 0.2
+
+    @Option(name: .customLong("train-size"), help: "Use at most N training images (a seeded sample).")
+    var trainSize: Int?
+
+    @Option(name: .customLong("valid-size"), help: "Use at most N validation images.")
+    var validSize: Int?
+
+    @Option(name: .customLong("head-epochs"), help: "Epochs of phase 1 (backbone frozen).")
+    var headEpochs = 10
+
+    @Option(name: .customLong("finetune-epochs"), help: "Epochs of phase 2 (everything trainable).")
+    var finetuneEpochs = 20
+
+    @Option(name: .customLong("batch-size"), help: "Images per step.")
+    var batchSize = 16
+
+    @Option(name: .customLong("head-lr"), help: "AdamW learning rate of phase 1 (overwritten by OneCycleLR, as in PyTorch).")
+    var headLR = 1e-3
+
+    @Option(name: .customLong("head-max-lr"), help: "OneCycleLR peak of phase 1.")
+    var headMaxLR = 1e-2
+
+    @Option(name: .customLong("head-weight-decay"), help: "AdamW weight decay of phase 1 (PyTorch's default).")
+    var headWeightDecay = 0.01
+
+    @Option(help: "AdamW learning rate of phase 2.")
+    var lr = 1e-5
+
+    @Option(name: .customLong("max-lr"), help: "OneCycleLR peak of phase 2.")
+    var maxLR = 1e-4
+
+    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of phase 2.")
+    var weightDecay = 0.05
+
+    @Option(help: ArgumentHelp("mlp (the seed's head) or linear (a single fc layer).", valueName: "mlp|linear"))
+    var head = "mlp"
+
+    @Option(help: "Dropout probability in the MLP head.")
+    var dropout: Float = 0.5
+
+    @Option(help: "Centre crop side (0: whole image).")
+    var crop = 49
+
+    @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
+    var normalize: String?
+
+    @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
+    var channelOrder: String?
+
+    @Flag(name: .customLong("no-augment"), help: "No random flips or rotation.")
+    var noAugment = false
+
+    @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("train (default, the seed's) or eval (Keras'): see above.", valueName: "train|eval"))
+    var frozenBN = "train"
+
+    @Option(help: "Seed for the split, the order, the augmentation, dropout and the new head.")
+    var seed: UInt64 = 0
+
+    @Option(help: ArgumentHelp("Write every step's and epoch's figures here.", valueName: "CSV"))
+    var history: String?
+
+    @Option(help: ArgumentHelp("Plot loss and accuracy per step here.", valueName: "SVG"))
+    var plot: String?
+
+    @Flag(help: "Continue an interrupted run from its last finished epoch.")
+    var resume = false
+
+    @Flag(help: "No progress output (errors still go to stderr).")
+    var quiet = false
+
+    struct UsageError: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// One training phase of the recipe.
+    struct Phase {
+        var name: String
+        var epochs: Int
+        var frozenBackbone: Bool
+        var lr: Double, maxLR: Double, weightDecay: Double
+    }
+
+    /// What the checkpoint's metadata records so that --resume knows where to continue.
+    struct ResumeState: Codable {
+        var phase: Int
+        /// Epochs finished in that phase.
+        var epoch: Int
+        var finished: Bool
+        /// What fixes the schedule and the data order; a resumed run must agree on it.
+        var recipe: String
+    }
+
+    /// The options a resumed run must repeat for its schedule and data order to continue the same run.
+    var recipe: String {
+        "seed \(seed), batch size \(batchSize), head epochs \(headEpochs), fine-tune epochs \(finetuneEpochs), "
+            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction)"
+    }
+
+    static let resumeKey = "resnetkit.fine-tune"
+
+    func validated() throws -> (HeadKind, FrozenBatchNormMode) {
+        guard batchSize >= 2 else { throw UsageError("--batch-size must be at least 2 (BatchNorm needs two images)") }
+        guard headEpochs >= 0, finetuneEpochs >= 0, headEpochs + finetuneEpochs > 0 else {
+            throw UsageError("--head-epochs and --finetune-epochs must be 0 or more, and not both 0")
+        }
+        guard (0..<1).contains(validFraction) else { throw UsageError("--valid-fraction must be in [0, 1)") }
+        guard (0..<1).contains(dropout) else { throw UsageError("--dropout must be in [0, 1)") }
+        guard crop == 0 || crop >= ModelConfig.minimumInputSide else {
+            throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide)")
+        }
+        for (name, value) in [("--head-lr", headLR), ("--head-max-lr", headMaxLR), ("--lr", lr), ("--max-lr", maxLR)] where !(value > 0) {
+            throw UsageError("\(name) must be positive")
+        }
+        guard (validDir == nil) == (validLabels == nil) else { throw UsageError("--valid-dir and --valid-labels go together") }
+        guard let headKind = HeadKind(rawValue: head) else { throw UsageError("--head must be mlp or linear, not '\(head)'") }
+        guard let mode = FrozenBatchNormMode(rawValue: frozenBN) else { throw UsageError("--frozen-bn must be train or eval, not '\(frozenBN)'") }
+        if let normalize, Normalization(rawValue: normalize) == nil { throw UsageError("--normalize must be imagenet or none, not '\(normalize)'") }
+        if let channelOrder, ChannelOrder(rawValue: channelOrder) == nil { throw UsageError("--channel-order must be rgb or bgr, not '\(channelOrder)'") }
+        return (headKind, mode)
+    }
+
+    func run() throws {
+        Console.quiet = quiet
+        let (headKind, frozenMode) = try validated()
+        let phases = [Phase(name: "head", epochs: headEpochs, frozenBackbone: true, lr: headLR, maxLR: headMaxLR, weightDecay: headWeightDecay),
+                      Phase(name: "fine-tune", epochs: finetuneEpochs, frozenBackbone: false, lr: lr, maxLR: maxLR, weightDecay: weightDecay)]
+
+        // The starting point: a previous run's checkpoint when resuming, otherwise the pretrained model + new head.
+        // Optimizer state after epoch e of a phase goes to slot e % 2, so the state matching the last checkpoint
+        // survives a kill between writing the next state and the next checkpoint.
+        func sidecar(_ epoch: Int) -> String { out + ".resume\(epoch % 2).safetensors" }
+        var start = ResumeState(phase: 0, epoch: 0, finished: false, recipe: recipe)
+        let checkpoint: Checkpoint
+        if resume && FileManager.default.fileExists(atPath: out) {
+            checkpoint = try Checkpoint.load(path: out)
+            guard let text = checkpoint.extra[Self.resumeKey],
+                  let state = try? JSONDecoder().decode(ResumeState.self, from: Data(text.utf8)) else {
+                throw FileError(out, "has no fine-tune progress to resume (not written by fine-tune)")
+            }
+            guard state.recipe == recipe else { throw UsageError("\(out) was trained with \(state.recipe); resume with the same options") }
+            if state.finished { Console.info("fine-tune: \(out) is already finished"); return }
+            start = state
+            Console.info("fine-tune: resuming \(out) after epoch \(state.epoch) of phase \(state.phase + 1)")
+        } else {
+            if !resume && FileManager.default.fileExists(atPath: out) {
+                Console.info("fine-tune: \(out) exists and will be replaced (use --resume to continue it)")
+            }
+            checkpoint = try newModel(headKind: headKind)
+        }
+        var preprocessing = checkpoint.preprocessing
+        preprocessing.crop = crop
+        if let normalize { preprocessing.normalization = Normalization(rawValue: normalize)! }
+        if let channelOrder { preprocessing.channelOrder = ChannelOrder(rawValue: channelOrder)! }
+
+        let (train, valid, classNames) = try loadData(classNames: resume ? checkpoint.classNames : nil)
+        guard classNames == checkpoint.classNames else {
+            throw UsageError("the labels' classes \(classNames) differ from the model's \(checkpoint.classNames)")
+        }
+        guard train.count >= 2 else { throw UsageError("need at least 2 training images, have \(train.count)") }
+        if crop > 0 && (train.width < crop || train.height < crop) {
+            throw UsageError("--crop \(crop) is larger than the \(train.width)x\(train.height) images")
+        }
+        Console.info("fine-tune: \(train.count) training and \(valid?.count ?? 0) validation images, classes \(classNames.joined(separator: ", "))")
+
+        let model = try TrainableResNet(architecture: checkpoint.architecture, state: checkpoint.state)
+        model.frozenBatchNorm = frozenMode
+        var historyLog = try HistoryLog(path: history, resumeAfter: resume ? (start.phase, start.epoch) : nil)
+        let stepsPerEpoch = max(1, train.count / batchSize)
+        let side = crop > 0 ? crop : min(train.width, train.height)
+        var batchBuffer = [Float](repeating: 0, count: batchSize * side * side * 3)
+
+        for (phaseIndex, phase) in phases.enumerated() where phaseIndex >= start.phase && phase.epochs > 0 {
+            model.setBackboneFrozen(phase.frozenBackbone)
+            // Each phase gets a fresh optimizer, as the seed builds a new one.
+            let optimizer = AdamW(parameters: model.parameters, lr: phase.lr, weightDecay: phase.weightDecay)
+            let schedule = OneCycleSchedule(maxLR: phase.maxLR, totalSteps: phase.epochs * stepsPerEpoch)
+            let firstEpoch = phaseIndex == start.phase ? start.epoch : 0
+            // A finished phase needs no optimizer state: the next one starts afresh.
+            if firstEpoch > 0 && firstEpoch < phase.epochs {
+                let path = sidecar(start.epoch)
+                let (tensors, metadata) = try SafeTensors.read(path: path)
+                guard metadata["phase"] == String(phaseIndex), metadata["epoch"] == String(start.epoch) else {
+                    throw FileError(path, "optimizer state is for phase \(metadata["phase"] ?? "?") epoch \(metadata["epoch"] ?? "?"), the checkpoint for phase \(phaseIndex) epoch \(start.epoch)")
+                }
+                var state: StateDict = [:]
+                for (name, entry) in tensors { state[name] = Tensor(shape: entry.shape, data: entry.data) }
+                let steps = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, start.epoch * stepsPerEpoch) })
+                do { try optimizer.restore(tensors: state, steps: steps) } catch { throw FileError(path, "\(error)") }
+            }
+            guard firstEpoch < phase.epochs else { continue }
+            Console.info("fine-tune: phase \(phaseIndex + 1) (\(phase.name)): \(phase.epochs) epochs of \(stepsPerEpoch) steps")
+            for epoch in firstEpoch..<phase.epochs {
+                // Every epoch's randomness derives from (seed, phase, epoch): a resumed run repeats it exactly.
+                var rng = SplitMix64(seed: seed &+ UInt64(phaseIndex * 100_003 + epoch) &* 0x9E37_79B9)
+                model.rng = SplitMix64(seed: rng.next())
+                var order = Array(0..<train.count)
+                order.shuffle(using: &rng)
+                let progress = ProgressBar(label: String(format: "[Epoch: %02d/%02d]", epoch + 1, phase.epochs))
+                progress.setTotal(stepsPerEpoch * batchSize)
+                var losses: [Float] = [], accuracies: [Float] = []
+                let window = max(1, Int((0.05 * Double(stepsPerEpoch)).rounded()))
+                for step in 0..<stepsPerEpoch {
+                    let indices = order[(step * batchSize)..<min(train.count, (step + 1) * batchSize)]
+                    let labels = indices.map { train.labels[$0] }
+                    (optimizer.lr, optimizer.beta1) = schedule.values(at: epoch * stepsPerEpoch + step)
+                    let correct = batchBuffer.withUnsafeMutableBufferPointer { buffer -> Int in
+                        train.fillBatch(indices, preprocessing: preprocessing, augment: !noAugment, rng: &rng, into: buffer.baseAddress!)
+                        let logits = model.forward(images: buffer.baseAddress!, count: indices.count, height: side, width: side, training: true)
+                        return Self.correctCount(logits, labels: labels, classes: model.numClasses)
+                    }
+                    let loss = model.backward(labels: labels)
+                    optimizer.step()
+                    losses.append(loss)
+                    accuracies.append(Float(correct) / Float(labels.count))
+                    let averageLoss = losses.suffix(window).reduce(0, +) / Float(min(window, losses.count))
+                    let averageAccuracy = accuracies.suffix(window).reduce(0, +) / Float(min(window, accuracies.count))
+                    historyLog.step(phase: phaseIndex + 1, epoch: epoch + 1, loss: loss, accuracy: accuracies.last!,
+                                    averageLoss: averageLoss, averageAccuracy: averageAccuracy)
+                    progress.update(done: (step + 1) * batchSize)
+                }
+                progress.finish()
+                let averageLoss = losses.suffix(window).reduce(0, +) / Float(min(window, losses.count))
+                let averageAccuracy = accuracies.suffix(window).reduce(0, +) / Float(min(window, accuracies.count))
+                var line = String(format: "[Epoch: %02d/%02d] loss: %.4f acc: %.4f", epoch + 1, phase.epochs, averageLoss, averageAccuracy)
+                var validation: ClassificationMetrics?
+                if let valid, valid.count > 0 {
+                    let metrics = try Self.evaluate(model.stateDict(), architecture: model.architecture, on: valid, preprocessing: preprocessing)
+                    line += String(format: " val_loss: %.4f val_acc: %.4f", metrics.loss, metrics.accuracy)
+                    validation = metrics
+                }
+                Console.info(line)
+                historyLog.epoch(phase: phaseIndex + 1, epoch: epoch + 1, validation: validation)
+
+                // Optimizer state first (into the other slot), then the checkpoint: a kill between the two leaves the
+                // previous checkpoint with its optimizer state intact.
+                let finished = phaseIndex == phases.count - 1 ? epoch + 1 == phase.epochs
+                    : (epoch + 1 == phase.epochs && phases[(phaseIndex + 1)...].allSatisfy { $0.epochs == 0 })
+                let state = ResumeState(phase: phaseIndex, epoch: epoch + 1, finished: finished, recipe: recipe)
+                let (moments, _) = optimizer.state()
+                try SafeTensors.write(path: sidecar(epoch + 1), tensors: moments.keys.sorted().map { ($0, moments[$0]!.shape, moments[$0]!.data) },
+                                      metadata: ["phase": String(phaseIndex), "epoch": String(epoch + 1)])
+                var saved = checkpoint
+                saved.config = model.architecture.config
+                saved.state = model.stateDict()
+                saved.preprocessing = preprocessing
+                saved.provenance.producer = "fine-tune"
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = .sortedKeys  // same run, same bytes
+                saved.extra[Self.resumeKey] = String(decoding: try encoder.encode(state), as: UTF8.self)
+                try saved.save(path: out)
+                try historyLog.write()
+                if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
+                if finished {
+                    for slot in 0..<2 { try? FileManager.default.removeItem(atPath: sidecar(slot)) }
+                }
+            }
+        }
+        Console.info("fine-tune: wrote \(out)")
+    }
+
+    /// The pretrained backbone from --from with a freshly initialised head for the labels' classes.
+    func newModel(headKind: HeadKind) throws -> Checkpoint {
+        let source = try ModelImporter.load(path: from).checkpoint
+        let table = try LabelTable.load(path: labels)
+        var config = source.config
+        config.numClasses = table.classNames.count
+        config.head = headKind
+        config.dropout = dropout
+        let architecture = Architecture(config)
+        var state = source.state.filter { !TrainableResNet.isHeadName($0.key) }
+        var rng = SplitMix64(seed: seed)
+        for (name, tensor) in ParameterInitialization.head(architecture, rng: &rng) { state[name] = tensor }
+        var provenance = source.provenance
+        provenance.notes.append("fine-tuned from \(from) on \(dir) (\(labels)), seed \(seed)")
+        return Checkpoint(config: config, state: state, classNames: table.classNames, preprocessing: source.preprocessing,
+                          provenance: provenance)
+    }
+
+    /// The training and validation image sets (decoded once), and the class names.
+    func loadData(classNames: [String]?) throws -> (ImageSet, ImageSet?, [String]) {
+        let table = try LabelTable.load(path: labels, classNames: classNames)
+        var rng = SplitMix64(seed: seed ^ 0x5EED)
+        var order = Array(0..<table.ids.count)
+        order.shuffle(using: &rng)
+        var trainIndices = order, validIndices: [Int] = []
+        if validDir == nil {
+            let held = Int((Double(order.count) * validFraction).rounded())
+            validIndices = Array(order.prefix(held))
+            trainIndices = Array(order.dropFirst(held))
+        }
+        if let trainSize { trainIndices = Array(trainIndices.prefix(max(0, trainSize))) }
+        let threads = ProcessInfo.processInfo.activeProcessorCount
+        func load(_ directory: String, _ t: LabelTable, _ indices: [Int], what: String) throws -> ImageSet {
+            let progress = ProgressBar(label: "decoding \(what) images")
+            progress.setTotal(indices.count)
+            let set = try ImageSet.load(directory: directory, ids: indices.map { t.ids[$0] }, labels: indices.map { t.labels[$0] },
+                                        threads: threads) { progress.update(done: $0) }
+            progress.finish()
+            if !set.failures.isEmpty {
+                Console.warning("\(set.failures.count) \(what) image(s) skipped, e.g. \(set.failures[0].reason)")
+            }
+            return set
+        }
+        let train = try load(dir, table, trainIndices, what: "training")
+        var valid: ImageSet?
+        if let validDir, let validLabels {
+            let validTable = try LabelTable.load(path: validLabels, classNames: table.classNames)
+            var indices = Array(0..<validTable.ids.count)
+            if let validSize { indices = Array(indices.prefix(max(0, validSize))) }
+            valid = try load(validDir, validTable, indices, what: "validation")
+        } else if !validIndices.isEmpty {
+            if let validSize { validIndices = Array(validIndices.prefix(max(0, validSize))) }
+            valid = try load(dir, table, validIndices, what: "validation")
+        }
+        return (train, valid, table.classNames)
+    }
+
+    static func correctCount(_ logits: UnsafePointer<Float>, labels: [Int], classes: Int) -> Int {
+        var correct = 0
+        for (n, label) in labels.enumerated() {
+            var best = 0
+            for k in 1..<classes where logits[n * classes + k] > logits[n * classes + best] { best = k }
+            if best == label { correct += 1 }
+        }
+        return correct
+    }
+
+    /// Eval-mode figures over an image set, with the fused inference plan.
+    static func evaluate(_ state: StateDict, architecture: Architecture, on set: ImageSet,
+                         preprocessing: Preprocessing) throws -> ClassificationMetrics {
+        let plan = try InferencePlan(architecture: architecture, state: state)
+        let side = preprocessing.crop > 0 ? preprocessing.crop : min(set.width, set.height)
+        let batch = 64, classes = architecture.config.numClasses
+        var images = [Float](repeating: 0, count: batch * side * side * 3)
+        var logits = [Float](repeating: 0, count: set.count * classes)
+        var rng = SplitMix64(seed: 0)
+        images.withUnsafeMutableBufferPointer { buffer in
+            logits.withUnsafeMutableBufferPointer { out in
+                for first in stride(from: 0, to: set.count, by: batch) {
+                    let indices = first..<min(set.count, first + batch)
+                    set.fillBatch(ArraySlice(indices), preprocessing: preprocessing, augment: false, rng: &rng, into: buffer.baseAddress!)
+                    plan.run(images: buffer.baseAddress!, count: indices.count, height: side, width: side,
+                             logits: out.baseAddress! + first * classes)
+                }
+            }
+        }
+        return ClassificationMetrics(logits: logits, labels: set.labels, classes: classes)
+    }
+}
+
+/// The run's figures, step by step and epoch by epoch: the --history CSV and the --plot SVG.
+struct HistoryLog {
+    static let header = ["kind", "phase", "epoch", "step", "loss", "accuracy", "average_loss", "average_accuracy",
+                         "val_loss", "val_accuracy"]
+    let path: String?
+    var rows: [[String]] = []
+    var step = 0
+
+    /// Reads back the rows of an interrupted run up to (phase index, epochs done) when resuming.
+    init(path: String?, resumeAfter: (phase: Int, epoch: Int)?) throws {
+        self.path = path
+        guard let path, let resumeAfter, let data = FileManager.default.contents(atPath: path) else { return }
+        let records = try CSV.parse(String(decoding: data, as: UTF8.self), path: path)
+        for record in records.dropFirst() where record.count == Self.header.count {
+            guard let phase = Int(record[1]), let epoch = Int(record[2]) else {
+                throw FileError(path, "not a fine-tune history (record \(record.prefix(3).joined(separator: ",")))")
+            }
+            let before = phase - 1 < resumeAfter.phase || (phase - 1 == resumeAfter.phase && epoch <= resumeAfter.epoch)
+            if before { rows.append(record); step = max(step, Int(record[3]) ?? 0) }
+        }
+    }
+
+    static func f(_ v: Float) -> String { String(format: "%.6f", v) }
+
+    mutating func step(phase: Int, epoch: Int, loss: Float, accuracy: Float, averageLoss: Float, averageAccuracy: Float) {
+        step += 1
+        rows.append(["step", String(phase), String(epoch), String(step), Self.f(loss), Self.f(accuracy),
+                     Self.f(averageLoss), Self.f(averageAccuracy), "", ""])
+    }
+
+    mutating func epoch(phase: Int, epoch: Int, validation: ClassificationMetrics?) {
+        rows.append(["epoch", String(phase), String(epoch), String(step), "", "", "", "",
+                     validation.map { String(format: "%.6f", $0.loss) } ?? "",
+                     validation.map { String(format: "%.6f", $0.accuracy) } ?? ""])
+    }
+
+    func write() throws {
+        guard let path else { return }
+        let text = ([Self.header] + rows).map(CSV.encodeRow).joined()
+        try AtomicFile.write(Data(text.utf8), to: path)
+    }
+
+    /// Loss and accuracy against the global step: raw train (faint), train average, validation per epoch,
+    /// a dotted line where fine-tuning starts.
+    func plot() -> String {
+        func series(_ kind: String, _ column: Int) -> [(x: Double, y: Double)] {
+            rows.filter { $0[0] == kind }.compactMap { r in Double(r[column]).map { (Double(r[3]) ?? 0, $0) } }
+        }
+        let fineTuneStart = rows.first { $0[0] == "step" && $0[1] == "2" }.flatMap { Double($0[3]) }.map { $0 - 1 }
+        let markers = fineTuneStart.map { [(x: $0, label: "fine-tuning")] } ?? []
+        func panel(_ title: String, raw: Int, average: Int, valid: Int) -> SVGPlot {
+            SVGPlot(title: title, xLabel: "step", yLabel: title, series: [
+                .init(label: "train (raw)", points: series("step", raw), color: "#1f77b4", opacity: 0.25, lineWidth: 1),
+                .init(label: "train (average)", points: series("step", average), color: "#1f77b4", lineWidth: 2),
+                .init(label: "validation", points: series("epoch", valid), color: "#d62728", lineWidth: 2, markers: true),
+            ], markers: markers)
+        }
+        return SVGPlot.document([panel("loss", raw: 4, average: 6, valid: 8), panel("accuracy", raw: 5, average: 7, valid: 9)])
+    }
+}

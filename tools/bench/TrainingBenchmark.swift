@@ -1,0 +1,38 @@
+import Dispatch
+import Foundation
+import ResNetModel
+
+/// `resnetkit-bench train`: training steps/s and images/s at 49x49, batch 16 and 64, for the head phase
+/// (frozen backbone; its BatchNorm in train mode as the seed, or in eval mode, which runs the fused inference
+/// plan) and the whole model; random weights and images.
+/// Compare with `tools/bench_train_pytorch.py` run on the same machine.
+func runTrainingBenchmark(steps: Int = 10) {
+    let architecture = Architecture(ModelConfig(numClasses: 2, head: .mlp, dropout: 0.5))
+    var rng = SplitMix64(seed: 1)
+    let state = ParameterInitialization.model(architecture, rng: &rng)
+    print("training benchmark: ResNet-18 + MLP head, 49x49, \(steps) timed steps after 2 warm-up steps")
+    for batch in [16, 64] {
+        let images = (0..<(batch * 49 * 49 * 3)).map { _ in rng.nextUnitFloat() }
+        let labels = (0..<batch).map { $0 % 2 }
+        for (phase, frozen, frozenBN) in [("head, frozen BN train", true, FrozenBatchNormMode.train),
+                                          ("head, frozen BN eval", true, .eval), ("whole model", false, .train)] {
+            guard let model = try? TrainableResNet(architecture: architecture, state: state) else { return }
+            model.setBackboneFrozen(frozen)
+            model.frozenBatchNorm = frozenBN
+            let optimizer = AdamW(parameters: model.parameters, lr: 1e-3, weightDecay: 0.05)
+            func step() {
+                images.withUnsafeBufferPointer {
+                    _ = model.forward(images: $0.baseAddress!, count: batch, height: 49, width: 49, training: true)
+                }
+                model.backward(labels: labels)
+                optimizer.step()
+            }
+            step(); step()
+            let start = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<steps { step() }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            print(String(format: "batch %3d  %-24@ %7.2f steps/s  %7.1f images/s",
+                         batch, phase as NSString, Double(steps) / seconds, Double(steps * batch) / seconds))
+        }
+    }
+}

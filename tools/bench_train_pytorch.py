@@ -1,0 +1,34 @@
+# PyTorch counterpart of `resnetkit-bench train`: training steps/s and images/s at 49x49 for batch 16 and 64,
+# head phase (frozen backbone left in train mode, as the seed) and whole model, 2 threads.
+import time
+import torch, torchvision
+
+torch.set_num_threads(2)
+
+def model():
+    backbone = torchvision.models.resnet18(weights=None)
+    backbone.fc = torch.nn.Identity()
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(512), torch.nn.Dropout(0.5), torch.nn.Linear(512, 256),
+                               torch.nn.ReLU(), torch.nn.BatchNorm1d(256), torch.nn.Dropout(0.5), torch.nn.Linear(256, 2))
+    return torch.nn.Sequential(backbone, head).train()
+
+steps = 10
+print(f"PyTorch {torch.__version__}: ResNet-18 + MLP head, 49x49, {steps} timed steps after 2 warm-up steps")
+for batch in (16, 64):
+    x = torch.rand(batch, 3, 49, 49)
+    y = torch.arange(batch) % 2
+    for phase, frozen in (("head (frozen backbone)", True), ("whole model", False)):
+        m = model()
+        for p in m[0].parameters():
+            p.requires_grad = not frozen
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
+        def step():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+        step(); step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        seconds = time.perf_counter() - start
+        print(f"batch {batch:3d}  {phase:<24} {steps / seconds:7.2f} steps/s  {steps * batch / seconds:7.1f} images/s")
