@@ -5,6 +5,7 @@ import ResNetSupport
 
 // resnetkit-bench: throughput figures printed as a table (never a timed unit test).
 //   resnetkit-bench infer [--model CKPT] [--batches 16,64] [--sides 49,96] [--seconds S] [--threads N]
+//   resnetkit-bench train          (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
 
 BLASRuntime.ensureOptimizedKernel()
@@ -86,8 +87,9 @@ let options = Options(Array(CommandLine.arguments.dropFirst()))
 do {
     switch options.mode {
     case "infer": try benchmarkInference(options)
+    case "train": runTrainingBenchmark()
     default:
-        FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer)\n".utf8))
+        FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, train)\n".utf8))
         exit(2)
     }
 } catch {
