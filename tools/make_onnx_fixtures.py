@@ -284,4 +284,55 @@ print("rebuilt train-mode vs folded eval logits:", np.abs(rebuilt_logits - eval_
 save_file({**stats, **rebuilt_state, "labels": labels.numpy().astype(np.int64), "train/original/logits": orig_logits,
            "train/original/loss": orig_loss, "train/rebuilt/logits": rebuilt_logits, "train/rebuilt/loss": rebuilt_loss,
            "eval/folded/logits": eval_logits}, os.path.join(OUT, "calibration_expected.safetensors"))
+# 9. One AdamW step (lr 1e-3, weight decay 0.01, PyTorch defaults otherwise) in train mode on the calibration batch
+#    with `labels`, from the original, the rebuilt and a naive rebuild (running_mean 0, running_var 1, weight 1,
+#    bias b'); the train-mode loss after the step is added to calibration_expected.safetensors as step/<model>/loss
+#    (existing tensors are kept as they are). Self-contained: reads only files written above.
+def add_step_losses():
+    from safetensors.numpy import load_file
+    path = os.path.join(OUT, "calibration_expected.safetensors")
+    expected = load_file(path)
+    x = torch.from_numpy(np.fromfile(os.path.join(OUT, "calib_4x3x64x64.f32"), dtype=np.float32).reshape(4, 3, 64, 64))
+    y = torch.from_numpy(expected["labels"])
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(os.path.join(OUT, "ts_folded.onnx")).graph.initializer}
+    convs = [n for n in onnx.load(os.path.join(OUT, "ts_folded.onnx")).graph.node if n.op_type == "Conv"]
+
+    def original():
+        net = resnet18(8, 5, seed=1)
+        state = load_file(os.path.join(OUT, "ts_folded_original.safetensors"))
+        net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+        return net
+
+    def folded(naive):
+        net = resnet18(8, 5, seed=1)
+        modules = dict(net.named_modules())
+        pairs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            for (name, conv), node in zip(pairs, convs):
+                bn_name = name.replace("conv", "bn") if "conv" in name else name[:-1] + "1"
+                bn = modules[bn_name]
+                conv.weight.copy_(torch.from_numpy(inits[node.input[1]].copy()))
+                if naive:
+                    bn.weight.fill_(1); bn.bias.copy_(torch.from_numpy(inits[node.input[2]].copy()))
+                    bn.running_mean.zero_(); bn.running_var.fill_(1)
+                else:
+                    for k in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(bn, k).copy_(torch.from_numpy(expected[f"rebuilt/{bn_name}.{k}"].copy()))
+            net.fc.weight.copy_(torch.from_numpy(expected["rebuilt/fc.weight"].copy()))
+            net.fc.bias.copy_(torch.from_numpy(expected["rebuilt/fc.bias"].copy()))
+        return net
+
+    loss_fn, added = nn.CrossEntropyLoss(), {}
+    for name, net in (("original", original()), ("rebuilt", folded(False)), ("naive", folded(True))):
+        net.train()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+        with torch.no_grad():
+            added[f"step/{name}/loss"] = loss_fn(net(x), y).numpy().reshape(1)
+    print("loss after one step:", {k: float(v[0]) for k, v in added.items()})
+    save_file({**expected, **added}, path)
+
+
+add_step_losses()
 print("sizes:", sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT)))
