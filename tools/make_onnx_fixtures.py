@@ -1,7 +1,7 @@
 """Makes fixtures/onnx/: small ResNet-18 ONNX exports in the variants real files come in, ONNX Runtime's
 logits for each on a committed input, bad files, and the folded-BatchNorm calibration fixture.
 Run: /opt/pyref/bin/python tools/make_onnx_fixtures.py   (see fixtures/onnx/README.md)"""
-import os, warnings
+import os, sys, warnings
 import numpy as np
 import onnx, onnxruntime as ort, torch, torch.nn as nn
 from onnx import helper, numpy_helper, TensorProto
@@ -65,6 +65,70 @@ def fixture(name, path, x, net=None):
             assert np.abs(net(x).numpy() - logits).max() < 1e-4 * np.abs(logits).max()
     write_f32(name + ".logits.f32", logits)
     print(f"{name}: logits {list(logits.shape)}")
+
+
+# 10. A "pretrained" folded model: ts_folded.onnx's original (ts_folded_original.safetensors, same weights and BN
+#     affine parameters) with every BatchNorm's running statistics set to the statistics of its input over a
+#     calibration batch X2, as a trained model's describe its data (momentum 1.0, one train-mode forward on X2 under
+#     no_grad; PyTorch stores the mean and the UNBIASED variance). Exported folded like ts_folded.onnx; references are
+#     the ORIGINAL's train-mode logits/loss on X2 and its train-mode loss after one AdamW step. Self-contained: reads
+#     only ts_folded_original.safetensors and writes only new files; run alone with
+#     `/opt/pyref/bin/python tools/make_onnx_fixtures.py pretrained` (the full run also calls it, last).
+def make_pretrained():
+    from safetensors.numpy import load_file
+    net = resnet18(8, 5, seed=1)
+    state = load_file(os.path.join(OUT, "ts_folded_original.safetensors"))
+    net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    # X2: 8 smooth RGB images in [0, 1] (8x8 noise upsampled + fine noise), ImageNet-normalised.
+    g = torch.Generator().manual_seed(2024)
+    coarse = torch.rand(8, 3, 8, 8, generator=g)
+    img = nn.functional.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False)
+    img = (img + 0.1 * torch.randn(8, 3, 64, 64, generator=g)).clamp(0, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x2 = ((img - mean) / std).contiguous()
+    y2 = torch.randint(0, 5, (8,), generator=g)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in bns: bn.momentum = 1.0
+        net.train()(x2)
+        for bn in bns: bn.momentum = 0.1; bn.num_batches_tracked.fill_(1000)
+    net.eval()
+    save_file({k: v.numpy() for k, v in net.state_dict().items()}, os.path.join(OUT, "ts_folded_pretrained_original.safetensors"))
+    write_f32("calib_pretrained_8x3x64x64.f32", x2.numpy())
+    p = os.path.join(OUT, "ts_folded_pretrained.onnx")
+    export(net, p, x2, opset_version=17)
+    model = onnx.load(p)
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
+    eval_logits = ort_logits(p, x2)
+    with torch.no_grad():
+        assert np.abs(net(x2).numpy() - eval_logits).max() < 1e-4 * np.abs(eval_logits).max()
+    # The original in train mode, one AdamW step, train mode again (fresh copy so the running statistics saved
+    # above are not touched by the references).
+    orig = resnet18(8, 5, seed=1)
+    orig.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in load_file(
+        os.path.join(OUT, "ts_folded_pretrained_original.safetensors")).items()})
+    orig.train()
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.AdamW(orig.parameters(), lr=1e-3, weight_decay=0.01)
+    logits = orig(x2)
+    loss = loss_fn(logits, y2)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss_fn(orig(x2), y2)
+    train_logits = logits.detach().numpy()
+    expected = {"labels": y2.numpy().astype(np.int64), "train/original/logits": train_logits,
+                "train/original/loss": loss.detach().numpy().reshape(1), "step/original/loss": after.numpy().reshape(1),
+                "eval/folded/logits": eval_logits}
+    save_file(expected, os.path.join(OUT, "pretrained_expected.safetensors"))
+    rel = np.abs(train_logits - eval_logits).max() / np.abs(train_logits).max()
+    print(f"pretrained: original train vs folded eval logits rel. {rel:.3g}; loss {float(loss):.6f} -> {float(after):.6f}"
+          f" after one step; labels {y2.tolist()}")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["pretrained"]:
+    make_pretrained()
+    sys.exit(0)
 
 
 torch.manual_seed(1234)
@@ -284,4 +348,56 @@ print("rebuilt train-mode vs folded eval logits:", np.abs(rebuilt_logits - eval_
 save_file({**stats, **rebuilt_state, "labels": labels.numpy().astype(np.int64), "train/original/logits": orig_logits,
            "train/original/loss": orig_loss, "train/rebuilt/logits": rebuilt_logits, "train/rebuilt/loss": rebuilt_loss,
            "eval/folded/logits": eval_logits}, os.path.join(OUT, "calibration_expected.safetensors"))
+# 9. One AdamW step (lr 1e-3, weight decay 0.01, PyTorch defaults otherwise) in train mode on the calibration batch
+#    with `labels`, from the original, the rebuilt and a naive rebuild (running_mean 0, running_var 1, weight 1,
+#    bias b'); the train-mode loss after the step is added to calibration_expected.safetensors as step/<model>/loss
+#    (existing tensors are kept as they are). Self-contained: reads only files written above.
+def add_step_losses():
+    from safetensors.numpy import load_file
+    path = os.path.join(OUT, "calibration_expected.safetensors")
+    expected = load_file(path)
+    x = torch.from_numpy(np.fromfile(os.path.join(OUT, "calib_4x3x64x64.f32"), dtype=np.float32).reshape(4, 3, 64, 64))
+    y = torch.from_numpy(expected["labels"])
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(os.path.join(OUT, "ts_folded.onnx")).graph.initializer}
+    convs = [n for n in onnx.load(os.path.join(OUT, "ts_folded.onnx")).graph.node if n.op_type == "Conv"]
+
+    def original():
+        net = resnet18(8, 5, seed=1)
+        state = load_file(os.path.join(OUT, "ts_folded_original.safetensors"))
+        net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+        return net
+
+    def folded(naive):
+        net = resnet18(8, 5, seed=1)
+        modules = dict(net.named_modules())
+        pairs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            for (name, conv), node in zip(pairs, convs):
+                bn_name = name.replace("conv", "bn") if "conv" in name else name[:-1] + "1"
+                bn = modules[bn_name]
+                conv.weight.copy_(torch.from_numpy(inits[node.input[1]].copy()))
+                if naive:
+                    bn.weight.fill_(1); bn.bias.copy_(torch.from_numpy(inits[node.input[2]].copy()))
+                    bn.running_mean.zero_(); bn.running_var.fill_(1)
+                else:
+                    for k in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(bn, k).copy_(torch.from_numpy(expected[f"rebuilt/{bn_name}.{k}"].copy()))
+            net.fc.weight.copy_(torch.from_numpy(expected["rebuilt/fc.weight"].copy()))
+            net.fc.bias.copy_(torch.from_numpy(expected["rebuilt/fc.bias"].copy()))
+        return net
+
+    loss_fn, added = nn.CrossEntropyLoss(), {}
+    for name, net in (("original", original()), ("rebuilt", folded(False)), ("naive", folded(True))):
+        net.train()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
+        loss_fn(net(x), y).backward()
+        optimizer.step()
+        with torch.no_grad():
+            added[f"step/{name}/loss"] = loss_fn(net(x), y).numpy().reshape(1)
+    print("loss after one step:", {k: float(v[0]) for k, v in added.items()})
+    save_file({**expected, **added}, path)
+
+
+add_step_losses()
+make_pretrained()
 print("sizes:", sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT)))
