@@ -13,6 +13,18 @@ final class InspectCommandTests: XCTestCase {
         XCTAssertTrue(result.stdout.contains("Total mult-adds (G): 1.99"))
     }
 
+    /// ONNX files are read directly: the folded reference export gives the same table as its state dict.
+    func testInspectReadsONNX() throws {
+        let result = try CLI.run(["inspect", CLI.reference.appendingPathComponent("resnet18.onnx").path,
+                                  "--input-size", "16x3x49x49"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stdout.contains("Format:        ONNX (opset 17), produced by pytorch"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("BatchNorm:     folded into the convolutions in the file"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("layer2.0.downsample.0 (Conv2d)"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("Total params: 11,689,512"))
+        XCTAssertTrue(result.stdout.contains("Total mult-adds (G): 1.99"))
+    }
+
     func testInspectRejectsBadInputSize() throws {
         let result = try CLI.run(["inspect", CLI.reference.appendingPathComponent("resnet18.safetensors").path,
                                   "--input-size", "16x3x8x8"])
