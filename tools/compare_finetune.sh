@@ -40,9 +40,23 @@ for seed in $SEEDS; do
     "$RESNETKIT" fine-tune "${COMMON[@]}" --seed "$seed" --out "$OUT/resnetkit-$seed.safetensors" \
         --history "$OUT/resnetkit-$seed.csv" --quiet
     echo "   ($(( $(date +%s) - start )) s)"
-    # The last epoch row of the history holds the final validation accuracy.
-    rk=$("$PYTHON" -c 'import csv,sys; r=[x for x in csv.DictReader(open(sys.argv[1])) if x["kind"]=="epoch"]; print(r[-1]["val_accuracy"])' \
-        "$OUT/resnetkit-$seed.csv")
+    # resnetkit ran --quiet: its epoch lines again from the history (an epoch's last step row holds the train
+    # averages, its epoch row the validation figures); the last epoch row holds the final validation accuracy.
+    rk=$("$PYTHON" - "$OUT/resnetkit-$seed.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+epochs = {}
+for r in rows:
+    epochs.setdefault(r["phase"], set()).add(int(r["epoch"]))
+for i, r in enumerate(rows):
+    if r["kind"] == "epoch":
+        s = rows[i - 1]
+        print(f"[Epoch: {int(r['epoch']):02d}/{max(epochs[r['phase']]):02d}] loss: {float(s['average_loss']):.4f} "
+              f"acc: {float(s['average_accuracy']):.4f} val_loss: {float(r['val_loss']):.4f} val_acc: {float(r['val_accuracy']):.4f}",
+              file=sys.stderr)
+print([r for r in rows if r["kind"] == "epoch"][-1]["val_accuracy"])
+PY
+)
     echo "== seed $seed: tools/finetune_pytorch.py ${RECIPE[*]} $*"
     start=$(date +%s)
     "$PYTHON" tools/finetune_pytorch.py "${COMMON[@]}" --seed "$seed" --summary "$OUT/pytorch-$seed.json" --quiet
