@@ -265,7 +265,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("dir")
     ap.add_argument("--labels", required=True)
-    ap.add_argument("--from", dest="from_", default="model.safetensors")
+    ap.add_argument("--from", dest="from_", metavar="CKPT", default="model.safetensors")
     ap.add_argument("--valid-dir")
     ap.add_argument("--valid-labels")
     ap.add_argument("--valid-fraction", type=float, default=0.2)
