@@ -22,6 +22,17 @@ enum Console {
         FileHandle.standardError.write(Data(("warning: " + message + "\n").utf8))
     }
 
+    /// 11689512 → "11,689,512" (counts are never negative).
+    static func grouped(_ n: Int) -> String {
+        let digits = String(n)
+        var out = ""
+        for (i, ch) in digits.enumerated() {
+            if i > 0 && (digits.count - i) % 3 == 0 { out += "," }
+            out.append(ch)
+        }
+        return out
+    }
+
     /// Whether stderr is a terminal (progress bars are drawn only then).
     static var stderrIsTerminal: Bool { isatty(2) == 1 }
 }

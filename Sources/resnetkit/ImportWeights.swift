@@ -87,7 +87,7 @@ struct ImportWeights: ParsableCommand {
         print("Model:      ResNet-18, base width \(config.baseWidth), \(config.head.rawValue) head, \(config.numClasses) classes")
         let names = checkpoint.classNames
         print("Classes:    \(names.count <= 10 ? names.joined(separator: ", ") : names.prefix(10).joined(separator: ", ") + ", …")")
-        print("Parameters: \(checkpoint.architecture.trainableParameterCount)")
+        print("Parameters: \(Console.grouped(checkpoint.architecture.trainableParameterCount))")
         print("BatchNorm:  \(imported.batchNormFolded ? "folded into the convolutions in the file" : "kept in the file"), epsilon \(config.batchNormEpsilon)")
         for note in imported.notes { print("Note:       \(note)") }
         print("SHA-256:    \(checkpoint.provenance.sourceSHA256)")

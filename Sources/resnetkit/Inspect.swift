@@ -47,15 +47,7 @@ struct Inspect: ParsableCommand {
     }
 
     static func table(_ rows: [LayerSummary], architecture: Architecture) -> String {
-        func grouped(_ n: Int) -> String {
-            let digits = String(n)
-            var out = ""
-            for (i, ch) in digits.enumerated() {
-                if i > 0 && (digits.count - i) % 3 == 0 { out += "," }
-                out.append(ch)
-            }
-            return out
-        }
+        let grouped = Console.grouped
         func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count) }
         let rule = String(repeating: "=", count: 86)
         var lines = [rule, pad("Layer (type)", 44) + pad("Output Shape", 26) + "Param #", rule]
@@ -64,7 +56,7 @@ struct Inspect: ParsableCommand {
             let params = row.parameters == 0 ? "--" : grouped(row.parameters)
             lines.append(pad(label, 44) + pad(describe(shape: row.outputShape), 26) + params)
         }
-        let total = architecture.parameterSpecs.filter { $0.role.isTrainable }.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let total = architecture.trainableParameterCount
         let multAdds = rows.filter { $0.depth == 0 }.reduce(0) { $0 + $1.multAdds }
         lines += [rule, "Total params: \(grouped(total))", "Trainable params: \(grouped(total))",
                   "Non-trainable params: 0", String(format: "Total mult-adds (G): %.2f", Double(multAdds) / 1e9), rule]

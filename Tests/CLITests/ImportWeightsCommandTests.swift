@@ -28,7 +28,7 @@ final class ImportWeightsCommandTests: XCTestCase {
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stdout.contains("Format:     HDF5 (PyTorch state_dict, flat names)"), result.stdout)
         // PyTorch's sum(p.numel() for p in model.parameters()) for the fixture model.
-        XCTAssertTrue(result.stdout.contains("Parameters: 44937"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("Parameters: 44,937"), result.stdout)
         XCTAssertTrue(result.stdout.contains("BatchNorm:  kept in the file"), result.stdout)
         let checkpoint = try Checkpoint.load(path: folder.appendingPathComponent("model.safetensors").path)
         XCTAssertEqual(checkpoint.provenance.source, source)
