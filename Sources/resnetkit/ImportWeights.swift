@@ -42,16 +42,6 @@ struct ImportWeights: ParsableCommand {
 
     func run() throws {
         Console.quiet = quiet
-        do {
-            try importWeights()
-        } catch let error as FileError {
-            // One line, `error: path: problem`, and no output file (the checkpoint is written atomically).
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode.failure
-        }
-    }
-
-    func importWeights() throws {
         if !force && FileManager.default.fileExists(atPath: out) {
             throw FileError(out, "already exists (use --force to replace it)")
         }

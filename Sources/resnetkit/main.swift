@@ -9,4 +9,14 @@ if ResNetKit.linkedSubcommands.contains(programName) {
     arguments.insert(programName, at: 0)
 }
 BLASRuntime.ensureOptimizedKernel(log: Console.debug)
-ResNetKit.main(arguments)
+do {
+    var command = try ResNetKit.parseAsRoot(arguments)
+    try command.run()
+} catch let error as FileError {
+    // A problem with a file the user gave: one line, `error: path: problem`, status 1.
+    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    exit(1)
+} catch {
+    // Usage errors, --help, and the commands' own exit codes, as swift-argument-parser reports them.
+    ResNetKit.exit(withError: error)
+}
