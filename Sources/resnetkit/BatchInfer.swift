@@ -85,11 +85,6 @@ struct BatchInfer: ParsableCommand {
     @Flag(help: "No progress bar or summary (errors still go to stderr).")
     var quiet = false
 
-    /// A bad combination of options: exit status 1, message on stderr.
-    struct UsageError: Error, CustomStringConvertible {
-        var description: String
-        init(_ description: String) { self.description = description }
-    }
 
     func run() throws {
         Console.quiet = quiet

@@ -1,5 +1,11 @@
 import Foundation
 
+/// A bad combination of options that the argument parser cannot see: one line on stderr, exit status 1.
+struct UsageError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// Messages for people: progress and notes on stderr (silenced by --quiet), results on stdout.
 enum Console {
     nonisolated(unsafe) static var quiet = false

@@ -43,7 +43,7 @@ struct Evaluate: ParsableCommand {
 
     func run() throws {
         Console.quiet = quiet
-        guard batchSize >= 1 else { throw FineTune.UsageError("--batch-size must be at least 1") }
+        guard batchSize >= 1 else { throw UsageError("--batch-size must be at least 1") }
         for path in paths where !FileManager.default.fileExists(atPath: path) { throw FileError(path, "no such file or folder") }
         let checkpoint = try ModelImporter.load(path: model).checkpoint
         let classes = checkpoint.config.numClasses

@@ -118,10 +118,6 @@ struct FineTune: ParsableCommand {
     @Flag(help: "No progress output (errors still go to stderr).")
     var quiet = false
 
-    struct UsageError: Error, CustomStringConvertible {
-        var description: String
-        init(_ description: String) { self.description = description }
-    }
 
     /// One training phase of the recipe.
     struct Phase {

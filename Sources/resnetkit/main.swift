@@ -12,8 +12,8 @@ BLASRuntime.ensureOptimizedKernel(log: Console.debug)
 do {
     var command = try ResNetKit.parseAsRoot(arguments)
     try command.run()
-} catch let error as FileError {
-    // A problem with a file the user gave: one line, `error: path: problem`, status 1.
+} catch let error where error is FileError || error is UsageError {
+    // A problem with a file the user gave (`error: path: problem`) or with the options: one line, status 1.
     FileHandle.standardError.write(Data("error: \(error)\n".utf8))
     exit(1)
 } catch {
