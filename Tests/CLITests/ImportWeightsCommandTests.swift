@@ -92,6 +92,33 @@ final class ImportWeightsCommandTests: XCTestCase {
         }
     }
 
+    /// The ONNX refusals, end to end: one `error:` line naming the file, non-zero status, nothing written.
+    func testBadONNXFilesFailWithOneLineAndLeaveNothing() throws {
+        let onnx = CLI.repository.appendingPathComponent("fixtures/onnx")
+        let scratch = try CLI.temporaryDirectory(self)
+        let good = try Data(contentsOf: onnx.appendingPathComponent("ts_unfolded.onnx"))
+        let truncated = scratch.appendingPathComponent("truncated.onnx")
+        try good.prefix(good.count / 2).write(to: truncated)
+        let cases = [
+            (onnx.appendingPathComponent("bad_bottleneck.onnx").path, "Bottleneck blocks: not ResNet-18"),
+            (onnx.appendingPathComponent("bad_resnet34.onnx").path, "not a ResNet-18: more than 8 residual blocks"),
+            (onnx.appendingPathComponent("bad_mobilenet.onnx").path, "not a ResNet-18: the first convolution is 3x3 stride 2"),
+            (onnx.appendingPathComponent("bad_unsupported_op.onnx").path, "unsupported operator LeakyRelu (node '/layer1/layer1.1/relu/Relu')"),
+            (onnx.appendingPathComponent("bad_short_tensor.onnx").path, "shape [4, 4, 3, 3] of float needs 576 bytes, the file holds 288"),
+            (onnx.appendingPathComponent("bad_external_escape.onnx").path, "is outside the model's folder"),
+            (truncated.path, "not a valid ONNX model: the protobuf is truncated or corrupt"),
+        ]
+        for (source, message) in cases {
+            let folder = try CLI.temporaryDirectory(self)
+            let result = try CLI.run(["import-weights", source], currentDirectory: folder)
+            XCTAssertEqual(result.status, 1, source)
+            XCTAssertTrue(result.stderr.hasPrefix("error: \(source): "), result.stderr)
+            XCTAssertTrue(result.stderr.contains(message), result.stderr)
+            XCTAssertEqual(result.stderr.filter { $0 == "\n" }.count, 1, result.stderr)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path), [], source)
+        }
+    }
+
     func testClassCountMustMatch() throws {
         let folder = try CLI.temporaryDirectory(self)
         let source = Self.fixture("flat.h5")
