@@ -112,19 +112,26 @@ final class FoldedImportTrainingTests: XCTestCase {
             """)
     }
 
+    /// The calibrated import with every BatchNorm replaced by placeholders: running_mean 0, running_var 1,
+    /// weight 1, bias = the folded conv bias b' (the calibrated bias is b' + mean).
+    func naiveRebuild(_ checkpoint: Checkpoint) throws -> StateDict {
+        var naive = checkpoint.state
+        for bn in checkpoint.architecture.namedConvolutions.map(\.batchNorm) {
+            let mean = try XCTUnwrap(naive["\(bn).running_mean"]), bias = try XCTUnwrap(naive["\(bn).bias"])
+            let convBias = zip(bias.data, mean.data).map { $0 - $1 }
+            naive["\(bn).bias"] = Tensor(shape: bias.shape, data: convBias)
+            naive["\(bn).weight"] = Tensor(repeating: 1, shape: bias.shape)
+            naive["\(bn).running_mean"] = Tensor(repeating: 0, shape: bias.shape)
+            naive["\(bn).running_var"] = Tensor(repeating: 1, shape: bias.shape)
+        }
+        return naive
+    }
+
     /// Contrast: rebuilding with placeholders (running_mean 0, running_var 1, weight 1, bias = conv bias b')
     /// keeps the eval function but not the train-mode one, so the assertions above would fail for it.
     func testNaiveRebuildChangesTheTrainModeFunction() throws {
         let f = try fixture()
-        var naive = f.imported.checkpoint.state
-        for bn in f.imported.checkpoint.architecture.namedConvolutions.map(\.batchNorm) {
-            let mean = try XCTUnwrap(naive["\(bn).running_mean"]), bias = try XCTUnwrap(naive["\(bn).bias"])
-            let convBias = zip(bias.data, mean.data).map { $0 - $1 }  // calibrated bias = b' + mean
-            naive["\(bn).bias"] = Tensor(shape: bias.shape, data: convBias)
-            naive["\(bn).weight"] = Tensor(shape: bias.shape, data: [Float](repeating: 1, count: convBias.count))
-            naive["\(bn).running_mean"] = Tensor(shape: bias.shape, data: [Float](repeating: 0, count: convBias.count))
-            naive["\(bn).running_var"] = Tensor(shape: bias.shape, data: [Float](repeating: 1, count: convBias.count))
-        }
+        let naive = try naiveRebuild(f.imported.checkpoint)
         let step = try oneStep(naive, f)
         let evalError = ONNXFixtures.relativeError(step.logits, try reference(f, "eval/folded/logits"))
         let lossError = relative(step.loss, try reference(f, "train/rebuilt/loss")[0])
@@ -210,15 +217,7 @@ final class FoldedImportTrainingTests: XCTestCase {
         XCTAssertEqual(logitError, pyGap, accuracy: 1e-4, "gap to the original = PyTorch's train/eval gap of the original")
 
         // Contrast: the naive rebuild is far from the original.
-        var naive = f.imported.checkpoint.state
-        for bn in f.imported.checkpoint.architecture.namedConvolutions.map(\.batchNorm) {
-            let mean = try XCTUnwrap(naive["\(bn).running_mean"]), bias = try XCTUnwrap(naive["\(bn).bias"])
-            let convBias = zip(bias.data, mean.data).map { $0 - $1 }  // calibrated bias = b' + mean
-            naive["\(bn).bias"] = Tensor(shape: bias.shape, data: convBias)
-            naive["\(bn).weight"] = Tensor(shape: bias.shape, data: [Float](repeating: 1, count: convBias.count))
-            naive["\(bn).running_mean"] = Tensor(shape: bias.shape, data: [Float](repeating: 0, count: convBias.count))
-            naive["\(bn).running_var"] = Tensor(shape: bias.shape, data: [Float](repeating: 1, count: convBias.count))
-        }
+        let naive = try naiveRebuild(f.imported.checkpoint)
         let naiveStep = try oneStep(naive, f)
         let naiveLogitError = ONNXFixtures.relativeError(naiveStep.logits, pyLogits)
         let naiveLossError = relative(naiveStep.loss, pyLoss), naiveStepError = relative(naiveStep.lossAfterStep, pyAfter)
