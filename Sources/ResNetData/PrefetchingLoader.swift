@@ -89,6 +89,10 @@ final class LoaderPipeline: @unchecked Sendable {
     private var cancelled = false
     /// Output size, fixed by the crop or by the first image that decodes.
     private var size: (height: Int, width: Int)?
+    /// Ids handed out so far, with their files: a second file with the same id (`a.tif` beside `a.tiff`, or one
+    /// name under two folders) is a failure, so that every id appears once in the output. Grows with the number
+    /// of images (about 100 bytes each), like the set of done ids that a resumed run keeps.
+    private var seen: [String: String] = [:]
 
     init(enumerator: ImageEnumerator, preprocessing: Preprocessing, batchSize: Int, workers: Int,
          queueDepth: Int, accept: @escaping (ImageEntry) -> Bool) {
@@ -139,7 +143,10 @@ final class LoaderPipeline: @unchecked Sendable {
                 guard accept(entry) else { continue }
                 if let problem = entry.problem {
                     failures.append(ImageFailure(id: entry.id, path: entry.path, reason: problem))
+                } else if let first = seen[entry.id] {
+                    failures.append(ImageFailure(id: entry.id, path: entry.path, reason: "duplicate id: \(first) has the same id"))
                 } else {
+                    seen[entry.id] = entry.path
                     entries.append(entry)
                 }
             }

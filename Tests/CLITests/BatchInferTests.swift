@@ -236,6 +236,25 @@ final class BatchInferTests: XCTestCase {
         }
     }
 
+    /// Two files with one id (a.tif and a.tiff): the first is classified, the second listed as a duplicate.
+    func testDuplicateIDsAreReportedNotWrittenTwice() throws {
+        let folder = try CLI.temporaryDirectory(self).appendingPathComponent("images")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let id = try XCTUnwrap(Self.imageIDs.first)
+        let source = Self.images.appendingPathComponent("\(id).tif")
+        try FileManager.default.copyItem(at: source, to: folder.appendingPathComponent("\(id).tif"))
+        try FileManager.default.copyItem(at: source, to: folder.appendingPathComponent("\(id).tiff"))
+        let out = folder.deletingLastPathComponent().appendingPathComponent("preds.csv")
+        let result = try CLI.run(["batch-infer", folder.path, "--out", out.path, "--model", Self.model])
+        XCTAssertEqual(result.status, 3, result.stderr)
+        XCTAssertEqual(try rows(out, header: "id,logit_0,logit_1,label").map { $0[0] }, [id])
+        let errors = try String(contentsOf: URL(fileURLWithPath: out.path + ".errors.csv"), encoding: .utf8)
+            .split(separator: "\n").map(String.init)
+        XCTAssertEqual(errors.count, 2, errors.joined(separator: "\n"))
+        XCTAssertTrue(errors[1].hasPrefix("\(id),\(folder.path)/\(id).tif"), errors[1])
+        XCTAssertTrue(errors[1].contains("duplicate id: \(folder.path)/\(id).tif"), errors[1])
+    }
+
     func testMaxErrorsStopsEarlyWithStatus4() throws {
         let (folder, _) = try badFolder()
         let out = folder.deletingLastPathComponent().appendingPathComponent("preds.csv")
