@@ -80,16 +80,16 @@ final class FoldedImportTrainingTests: XCTestCase {
         let original = try oneStep(f.original, f)
 
         // (a) The import's train-mode forward is PyTorch's train-mode forward of the rebuilt model…
-        let logitError = ONNXFixtures.relativeError(folded.logits, try reference(f, "train/rebuilt/logits"))
+        let logitError = relativeError(folded.logits, try reference(f, "train/rebuilt/logits"))
         let lossError = relative(folded.loss, try reference(f, "train/rebuilt/loss")[0])
         XCTAssertLessThan(logitError, 1e-5, "train-mode logits vs PyTorch rebuilt")
         XCTAssertLessThan(lossError, 1e-5, "train-mode loss vs PyTorch rebuilt")
         // … and equals the folded file's eval function: same function in both modes.
-        let evalError = ONNXFixtures.relativeError(folded.logits, try reference(f, "eval/folded/logits"))
+        let evalError = relativeError(folded.logits, try reference(f, "eval/folded/logits"))
         XCTAssertLessThan(evalError, 1e-5, "train-mode logits vs ONNX Runtime eval logits of the folded file")
 
         // The original's side through the same engine is PyTorch's original (engine check for the comparison below).
-        let originalLogitError = ONNXFixtures.relativeError(original.logits, try reference(f, "train/original/logits"))
+        let originalLogitError = relativeError(original.logits, try reference(f, "train/original/logits"))
         let originalLossError = relative(original.loss, try reference(f, "train/original/loss")[0])
         XCTAssertLessThan(originalLogitError, 1e-5, "original train-mode logits vs PyTorch")
         XCTAssertLessThan(originalLossError, 1e-5, "original train-mode loss vs PyTorch")
@@ -103,7 +103,7 @@ final class FoldedImportTrainingTests: XCTestCase {
         let stepErrors = "post-step loss vs PyTorch: folded \(foldedStepError), original \(originalStepError)"
 
         // Measured only (see the type's comment): distance to the unfolded original.
-        let toOriginal = ONNXFixtures.relativeError(folded.logits, original.logits)
+        let toOriginal = relativeError(folded.logits, original.logits)
         print("""
             folded import: logits vs PyTorch rebuilt \(logitError), loss \(lossError), vs folded eval \(evalError); \
             original: logits \(originalLogitError), loss \(originalLossError); \(stepErrors)
@@ -133,7 +133,7 @@ final class FoldedImportTrainingTests: XCTestCase {
         let f = try fixture()
         let naive = try naiveRebuild(f.imported.checkpoint)
         let step = try oneStep(naive, f)
-        let evalError = ONNXFixtures.relativeError(step.logits, try reference(f, "eval/folded/logits"))
+        let evalError = relativeError(step.logits, try reference(f, "eval/folded/logits"))
         let lossError = relative(step.loss, try reference(f, "train/rebuilt/loss")[0])
         let naiveStepError = relative(step.lossAfterStep, try reference(f, "step/naive/loss")[0])
         XCTAssertLessThan(naiveStepError, 1e-4, "naive post-step loss vs PyTorch (engine check)")
@@ -194,18 +194,18 @@ final class FoldedImportTrainingTests: XCTestCase {
         let pyAfter = try reference(f, "step/original/loss")[0], evalLogits = try reference(f, "eval/folded/logits")
 
         // Engine check: the original through this engine is PyTorch's original (train forward and the step).
-        let engineLogits = ONNXFixtures.relativeError(original.logits, pyLogits)
+        let engineLogits = relativeError(original.logits, pyLogits)
         let engineLoss = relative(original.loss, pyLoss), engineAfter = relative(original.lossAfterStep, pyAfter)
         XCTAssertLessThan(engineLogits, 1e-5, "original train-mode logits vs PyTorch")
         XCTAssertLessThan(engineLoss, 1e-5, "original train-mode loss vs PyTorch")
         XCTAssertLessThan(engineAfter, 1e-4, "original post-step loss vs PyTorch")
 
         // The import keeps the folded function in train mode on X2.
-        let evalError = ONNXFixtures.relativeError(folded.logits, evalLogits)
+        let evalError = relativeError(folded.logits, evalLogits)
         XCTAssertLessThan(evalError, 1e-5, "import's train-mode logits vs ONNX Runtime eval logits of the folded file")
 
         // The claim: against PyTorch's original.
-        let logitError = ONNXFixtures.relativeError(folded.logits, pyLogits)
+        let logitError = relativeError(folded.logits, pyLogits)
         let lossError = relative(folded.loss, pyLoss)
         let stepError = relative(folded.lossAfterStep, pyAfter)
         XCTAssertLessThan(logitError, 0.07, "train-mode logits vs PyTorch's original")
@@ -213,13 +213,13 @@ final class FoldedImportTrainingTests: XCTestCase {
         XCTAssertLessThan(stepError, 0.35, "post-step loss vs PyTorch's original")
         XCTAssertLessThan(folded.lossAfterStep, folded.loss - 0.5, "the step lowers the loss, as the original's does")
         // The logit gap is PyTorch's own original-train vs original-eval gap (biased vs unbiased variance).
-        let pyGap = ONNXFixtures.relativeError(evalLogits, pyLogits)
+        let pyGap = relativeError(evalLogits, pyLogits)
         XCTAssertEqual(logitError, pyGap, accuracy: 1e-4, "gap to the original = PyTorch's train/eval gap of the original")
 
         // Contrast: the naive rebuild is far from the original.
         let naive = try naiveRebuild(f.imported.checkpoint)
         let naiveStep = try oneStep(naive, f)
-        let naiveLogitError = ONNXFixtures.relativeError(naiveStep.logits, pyLogits)
+        let naiveLogitError = relativeError(naiveStep.logits, pyLogits)
         let naiveLossError = relative(naiveStep.loss, pyLoss), naiveStepError = relative(naiveStep.lossAfterStep, pyAfter)
         XCTAssertGreaterThan(naiveLogitError, 0.5, "naive rebuild's train-mode logits should be far from the original's")
         XCTAssertGreaterThan(naiveLossError, 0.05, "naive rebuild's loss should be far from the original's")

@@ -27,17 +27,6 @@ enum HDF5Fixtures {
         let plan = try InferencePlan(architecture: imported.checkpoint.architecture, state: imported.checkpoint.state)
         return plan.run(images: nhwc(fromNCHW: input, batch: 2, channels: 3, height: 40, width: 40), count: 2, height: 40, width: 40)
     }
-
-    /// max |a − b| / max |b|.
-    static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
-        guard a.count == b.count else { return .infinity }
-        var diff: Float = 0, scale: Float = 0
-        for i in 0..<a.count {
-            diff = max(diff, abs(a[i] - b[i]))
-            scale = max(scale, abs(b[i]))
-        }
-        return diff / max(scale, .leastNormalMagnitude)
-    }
 }
 
 final class HDF5ImporterTests: XCTestCase {
@@ -49,7 +38,7 @@ final class HDF5ImporterTests: XCTestCase {
         let imported = try importFixture(file)
         let got = try HDF5Fixtures.logits(of: imported)
         let want = try HDF5Fixtures.floats(HDF5Fixtures.directory.appendingPathComponent(expected))
-        let error = HDF5Fixtures.relativeError(got, want)
+        let error = relativeError(got, want)
         XCTAssertLessThan(error, tolerance, "\(file): relative error \(error)", line: line)
         return imported
     }
@@ -189,7 +178,7 @@ final class HDF5KerasNestedTests: XCTestCase {
     func testNestedModelInFloat64MatchesPyTorch() throws {
         let imported = try HDF5Importer.importModel(path: HDF5Fixtures.path("keras_nested_float64.h5"), options: ImportOptions())
         let expected = try HDF5Fixtures.floats(HDF5Fixtures.directory.appendingPathComponent("logits_keras_default_eps.f32"))
-        XCTAssertLessThan(HDF5Fixtures.relativeError(try HDF5Fixtures.logits(of: imported), expected), 1e-4)
+        XCTAssertLessThan(relativeError(try HDF5Fixtures.logits(of: imported), expected), 1e-4)
         XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1e-3)
         XCTAssertTrue(imported.notes.contains("102 float64/float16 tensors converted to float32"), "\(imported.notes)")
     }

@@ -77,6 +77,6 @@ final class HDF5ReferenceTests: XCTestCase {
         let plan = try InferencePlan(architecture: imported.checkpoint.architecture, state: imported.checkpoint.state)
         let logits = plan.run(images: nhwc(fromNCHW: input, batch: 4, channels: 3, height: 96, width: 96), count: 4, height: 96, width: 96)
         let expected = try HDF5Fixtures.floats(HDF5Fixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
-        XCTAssertLessThan(HDF5Fixtures.relativeError(logits, expected), 1e-5)
+        XCTAssertLessThan(relativeError(logits, expected), 1e-5)
     }
 }

@@ -38,14 +38,14 @@ final class ONNXCalibrationTests: XCTestCase {
         for (name, tensor) in imported.checkpoint.state where !name.hasSuffix("num_batches_tracked") && !convWeights.contains(name) {
             let want = try XCTUnwrap(expected["rebuilt/\(name)"], name)
             XCTAssertEqual(tensor.shape, want.shape, name)
-            XCTAssertLessThan(ONNXFixtures.relativeError(tensor.data, want.data), 1e-4, name)
+            XCTAssertLessThan(relativeError(tensor.data, want.data), 1e-4, name)
             compared += 1
         }
         XCTAssertEqual(compared, 20 * 4 + 2)
         XCTAssertTrue(imported.notes.joined().contains("4 calibration images of 64x64"), imported.notes.joined())
         let trainLogits = try XCTUnwrap(expected["train/rebuilt/logits"]).data
         let evalLogits = try XCTUnwrap(expected["eval/folded/logits"]).data
-        XCTAssertLessThan(ONNXFixtures.relativeError(trainLogits, evalLogits), 1e-5)
+        XCTAssertLessThan(relativeError(trainLogits, evalLogits), 1e-5)
     }
 
     /// Eval logits of the rebuilt model equal ONNX Runtime's for the folded file, on the calibration batch
@@ -55,8 +55,8 @@ final class ONNXCalibrationTests: XCTestCase {
         let plan = try InferencePlan(architecture: imported.checkpoint.architecture, state: imported.checkpoint.state)
         let batch = nhwc(fromNCHW: try ONNXFixtures.floats("calib_4x3x64x64.f32"), batch: 4, channels: 3, height: 64, width: 64)
         let onCalibration = plan.run(images: batch, count: 4, height: 64, width: 64)
-        XCTAssertLessThan(ONNXFixtures.relativeError(onCalibration, try XCTUnwrap(expected["eval/folded/logits"]).data), 1e-4)
-        XCTAssertLessThan(ONNXFixtures.relativeError(try ONNXFixtures.logits(imported.checkpoint), try ONNXFixtures.floats("ts_folded.logits.f32")), 1e-4)
+        XCTAssertLessThan(relativeError(onCalibration, try XCTUnwrap(expected["eval/folded/logits"]).data), 1e-4)
+        XCTAssertLessThan(relativeError(try ONNXFixtures.logits(imported.checkpoint), try ONNXFixtures.floats("ts_folded.logits.f32")), 1e-4)
     }
 
     /// Without images the statistics come from synthetic inputs: still the file's eval function, and
@@ -68,6 +68,6 @@ final class ONNXCalibrationTests: XCTestCase {
         XCTAssertNotEqual(variance, [Float](repeating: 1 - 1e-5, count: variance.count))
         let gamma = try XCTUnwrap(imported.checkpoint.state["layer1.0.bn1.weight"]).data
         for (g, v) in zip(gamma, variance) { XCTAssertEqual(g, (v + 1e-5).squareRoot(), accuracy: 1e-6) }
-        XCTAssertLessThan(ONNXFixtures.relativeError(try ONNXFixtures.logits(imported.checkpoint), try ONNXFixtures.floats("ts_folded.logits.f32")), 1e-4)
+        XCTAssertLessThan(relativeError(try ONNXFixtures.logits(imported.checkpoint), try ONNXFixtures.floats("ts_folded.logits.f32")), 1e-4)
     }
 }

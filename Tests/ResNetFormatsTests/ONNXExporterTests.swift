@@ -24,7 +24,7 @@ final class ONNXExporterTests: XCTestCase {
             XCTAssertEqual(back.producer, "resnetkit 0.1.0")
             XCTAssertTrue(back.batchNormFolded)
             XCTAssertEqual(back.checkpoint.config.numClasses, 3)
-            let error = ONNXFixtures.relativeError(try ONNXFixtures.logits(back.checkpoint), expected)
+            let error = relativeError(try ONNXFixtures.logits(back.checkpoint), expected)
             XCTAssertLessThan(error, 1e-4, "opset \(opset): relative error vs ONNX Runtime \(error)")
         }
     }

@@ -13,7 +13,7 @@ final class ONNXImporterTests: XCTestCase {
         XCTAssertEqual(imported.batchNormFolded, folded, file: file, line: line)
         let got = try ONNXFixtures.logits(imported.checkpoint)
         let expected = try ONNXFixtures.floats("\(name).logits.f32")
-        let error = ONNXFixtures.relativeError(got, expected)
+        let error = relativeError(got, expected)
         XCTAssertLessThan(error, 1e-4, "\(name): relative error \(error)", file: file, line: line)
         return imported
     }
@@ -63,7 +63,7 @@ final class ONNXImporterTests: XCTestCase {
                          batch: 4, channels: 3, height: 96, width: 96)
         let got = plan.run(images: input, count: 4, height: 96, width: 96)
         let expected = try ONNXFixtures.floats(ONNXFixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
-        let error = ONNXFixtures.relativeError(got, expected)
+        let error = relativeError(got, expected)
         XCTAssertLessThan(error, 1e-4, "relative error vs PyTorch \(error)")
     }
 }

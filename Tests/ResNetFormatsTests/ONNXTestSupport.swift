@@ -33,18 +33,6 @@ enum ONNXFixtures {
         return plan.run(images: try input(), count: 2, height: 64, width: 64)
     }
 
-    /// max |a − b| / max |b|; infinite when either side holds NaN or infinities.
-    static func relativeError(_ a: [Float], _ b: [Float]) -> Float {
-        precondition(a.count == b.count, "\(a.count) values vs \(b.count)")
-        guard (a + b).allSatisfy(\.isFinite) else { return .infinity }
-        var diff: Float = 0, scale: Float = 0
-        for i in 0..<a.count {
-            diff = max(diff, abs(a[i] - b[i]))
-            scale = max(scale, abs(b[i]))
-        }
-        return diff / max(scale, .leastNormalMagnitude)
-    }
-
     /// Asserts that `body` throws a one-line `path: problem` error (FileError) whose problem contains `fragment`.
     static func assertFileError(_ path: String, contains fragment: String, file: StaticString = #filePath, line: UInt = #line,
                          _ body: () throws -> Void) {
