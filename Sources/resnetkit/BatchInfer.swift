@@ -184,11 +184,8 @@ struct BatchInfer: ParsableCommand {
             var best = row.startIndex
             for k in row.indices where row[k] > row[best] { best = k }
             if format == "kaggle" || probs {
-                // Stable softmax in Double.
-                let top = Double(row[best])
-                let exps = row.map { exp(Double($0) - top) }
-                let sum = exps.reduce(0, +)
-                for k in 0..<classes { probabilities[k] = Float(exps[k] / sum) }
+                let logSum = logSumExp(row)
+                for k in 0..<classes { probabilities[k] = Float(exp(Double(row[row.startIndex + k]) - logSum)) }
             }
             var fields = [CSV.encodeField(id)]
             if format == "kaggle" {

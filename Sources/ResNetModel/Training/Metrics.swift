@@ -15,11 +15,10 @@ public struct ClassificationMetrics: Equatable, Sendable {
         var total = 0.0, correct = 0
         var confusion = [[Int]](repeating: [Int](repeating: 0, count: classes), count: classes)
         for (n, label) in labels.enumerated() {
-            let row = logits[(n * classes)..<((n + 1) * classes)].map(Double.init)
-            let largest = row.max()!
-            let logSum = largest + log(row.reduce(0) { $0 + exp($1 - largest) })
-            total += logSum - row[label]
-            let predicted = row.firstIndex(of: largest)!
+            let row = logits[(n * classes)..<((n + 1) * classes)]
+            total += logSumExp(row) - Double(row[row.startIndex + label])
+            var predicted = 0  // the first largest logit, as argmax picks it
+            for k in 1..<classes where row[row.startIndex + k] > row[row.startIndex + predicted] { predicted = k }
             confusion[label][predicted] += 1
             if predicted == label { correct += 1 }
         }

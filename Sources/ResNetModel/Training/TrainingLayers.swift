@@ -523,11 +523,7 @@ func crossEntropy(_ logits: UnsafePointer<Float>, labels: [Int], classes: Int,
     var total: Double = 0
     for n in 0..<batch {
         let row = logits + n * classes, g = gradient + n * classes
-        var largest = -Float.infinity
-        for k in 0..<classes { largest = max(largest, row[k]) }
-        var sum: Double = 0
-        for k in 0..<classes { sum += Double(exp(row[k] - largest)) }
-        let logSum = Double(largest) + log(sum)
+        let logSum = logSumExp(UnsafeBufferPointer(start: row, count: classes))
         total += logSum - Double(row[labels[n]])
         for k in 0..<classes {
             let p = Float(exp(Double(row[k]) - logSum))
