@@ -1,5 +1,15 @@
 import Foundation
 
+/// Offset of the first largest value (PyTorch's argmax on ties): the predicted class of a logits row.
+public func argmax<Row: Collection>(_ row: Row) -> Int where Row.Element == Float {
+    var best = row.startIndex, index = row.startIndex
+    while index != row.endIndex {
+        if row[index] > row[best] { best = index }
+        index = row.index(after: index)
+    }
+    return row.distance(from: row.startIndex, to: best)
+}
+
 /// log Σₖ exp(xₖ), shifted by the maximum so that no exponential overflows, summed in Double: the stable core
 /// of log-softmax, cross-entropy and softmax probabilities.
 public func logSumExp<Row: Collection>(_ row: Row) -> Double where Row.Element == Float {

@@ -181,8 +181,7 @@ struct BatchInfer: ParsableCommand {
         var probabilities = [Float](repeating: 0, count: classes)
         for (n, id) in ids.enumerated() {
             let row = logits[(n * classes)..<((n + 1) * classes)]
-            var best = row.startIndex
-            for k in row.indices where row[k] > row[best] { best = k }
+            let best = argmax(row)
             if format == "kaggle" || probs {
                 let logSum = logSumExp(row)
                 for k in 0..<classes { probabilities[k] = Float(exp(Double(row[row.startIndex + k]) - logSum)) }
@@ -193,7 +192,7 @@ struct BatchInfer: ParsableCommand {
             } else {
                 fields += row.map { "\($0)" }
                 if probs { fields += probabilities.map { "\($0)" } }
-                fields.append("\(best - row.startIndex)")
+                fields.append("\(best)")
             }
             text += fields.joined(separator: ",") + "\n"
         }

@@ -364,10 +364,9 @@ struct FineTune: ParsableCommand {
 
     static func correctCount(_ logits: UnsafePointer<Float>, labels: [Int], classes: Int) -> Int {
         var correct = 0
-        for (n, label) in labels.enumerated() {
-            var best = 0
-            for k in 1..<classes where logits[n * classes + k] > logits[n * classes + best] { best = k }
-            if best == label { correct += 1 }
+        for (n, label) in labels.enumerated()
+        where argmax(UnsafeBufferPointer(start: logits + n * classes, count: classes)) == label {
+            correct += 1
         }
         return correct
     }

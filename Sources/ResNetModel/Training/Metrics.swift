@@ -17,8 +17,7 @@ public struct ClassificationMetrics: Equatable, Sendable {
         for (n, label) in labels.enumerated() {
             let row = logits[(n * classes)..<((n + 1) * classes)]
             total += logSumExp(row) - Double(row[row.startIndex + label])
-            var predicted = 0  // the first largest logit, as argmax picks it
-            for k in 1..<classes where row[row.startIndex + k] > row[row.startIndex + predicted] { predicted = k }
+            let predicted = argmax(row)
             confusion[label][predicted] += 1
             if predicted == label { correct += 1 }
         }
