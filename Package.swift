@@ -45,7 +45,7 @@ let package = Package(
         .executableTarget(name: "resnetkit-bench", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport"],
                           path: "tools/bench"),
 
-        .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats"]),
+        .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel"]),
         .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData"]),
         .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetSupport"]),

@@ -37,7 +37,8 @@ public enum Parallelism {
 
     /// Runs `body` over `0..<count` split into at most `threads` contiguous ranges; serial when small.
     @inline(__always)
-    static func forEachRange(_ count: Int, minimumPerThread: Int, _ body: (Range<Int>) -> Void) {
+    static func forEachRange(_ count: Int, minimumPerThread: Int, threads: Int = threads,
+                             _ body: (Range<Int>) -> Void) {
         let parts = max(1, min(threads, count / max(1, minimumPerThread)))
         if parts == 1 { body(0..<count); return }
         DispatchQueue.concurrentPerform(iterations: parts) { part in
@@ -92,10 +93,10 @@ public struct Geometry: Equatable, Sendable {
 /// of convolution `s`. For a fixed kernel row the kw-run of input pixels is contiguous in NHWC, so each
 /// (pixel, kh) is one copy plus zero fill at the borders.
 func im2col(_ s: ConvShape, _ input: UnsafePointer<Float>, _ g: Geometry, firstRow: Int, rows: Int,
-            _ col: UnsafeMutablePointer<Float>) {
+            _ col: UnsafeMutablePointer<Float>, threads: Int = Parallelism.threads) {
     let out = g.output(of: s)
     let k = s.kernel, cin = s.inChannels, patch = s.patchSize
-    Parallelism.forEachRange(rows, minimumPerThread: max(1, 16_384 / patch)) { range in
+    Parallelism.forEachRange(rows, minimumPerThread: max(1, 16_384 / patch), threads: threads) { range in
         for r in range {
             let p = firstRow + r
             let wo = p % out.width, ho = (p / out.width) % out.height, n = p / (out.width * out.height)
@@ -120,8 +121,9 @@ func im2col(_ s: ConvShape, _ input: UnsafePointer<Float>, _ g: Geometry, firstR
 
 /// out[p, c] = max(0?, out[p, c] + bias[c] + residual[p, c]) over `rows` rows: the fused conv epilogue.
 func biasResidualReLU(_ out: UnsafeMutablePointer<Float>, rows: Int, channels: Int,
-                      bias: UnsafePointer<Float>, residual: UnsafePointer<Float>?, relu: Bool) {
-    Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / channels)) { range in
+                      bias: UnsafePointer<Float>, residual: UnsafePointer<Float>?, relu: Bool,
+                      threads: Int = Parallelism.threads) {
+    Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / channels), threads: threads) { range in
         for r in range {
             let o = out + r * channels
             if let residual {
@@ -144,11 +146,12 @@ func biasResidualReLU(_ out: UnsafeMutablePointer<Float>, rows: Int, channels: I
 /// `argmax`, when given, receives the flat input index of each output's maximum (for the backward pass).
 @discardableResult
 func maxPool3x3s2(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
-                  _ output: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>? = nil) -> Geometry {
+                  _ output: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>? = nil,
+                  threads: Int = Parallelism.threads) -> Geometry {
     let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
     let oh = (g.height + 2 * pad - k) / s + 1, ow = (g.width + 2 * pad - k) / s + 1
     let outG = Geometry(batch: g.batch, height: oh, width: ow)
-    Parallelism.forEachRange(outG.pixels, minimumPerThread: 256) { range in
+    Parallelism.forEachRange(outG.pixels, minimumPerThread: 256, threads: threads) { range in
         for p in range {
             let x = p % ow, y = (p / ow) % oh, n = p / (ow * oh)
             let dst = output + p * channels

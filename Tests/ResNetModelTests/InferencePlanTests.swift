@@ -1,5 +1,6 @@
 import ResNetFormats
 import ResNetModel
+import ResNetSupport
 import XCTest
 
 final class InferencePlanTests: XCTestCase {
@@ -42,6 +43,25 @@ final class InferencePlanTests: XCTestCase {
             let one = Array(input[(i * 96 * 96 * 3)..<((i + 1) * 96 * 96 * 3)])
             let got = plan.run(images: one, count: 1, height: 96, width: 96)
             XCTAssertLessThan(relativeError(got, Array(expected[(i * 1000)..<((i + 1) * 1000)])), 1e-5)
+        }
+    }
+
+    /// Uneven lane splits (3 images over 2 lanes, 4 over 3) give PyTorch's logits, and OpenBLAS's thread
+    /// count, lowered to 1 inside the lanes, is restored afterwards.
+    func testBatchSplitAcrossLanesGivesPyTorchLogits() throws {
+        let checkpoint = try Reference.checkpoint()
+        let nchw = try Reference.floats("input_4x3x49x49.f32")
+        let expected = try Reference.floats("logits_4x1000_from_49.f32")
+        let input = nhwc(fromNCHW: nchw, batch: 4, channels: 3, height: 49, width: 49)
+        let saved = Parallelism.threads
+        defer { Parallelism.threads = saved }
+        let blasThreads = BLASRuntime.threads
+        for (lanes, count) in [(2, 3), (3, 4)] {
+            Parallelism.threads = lanes
+            let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+            let got = plan.run(images: Array(input[..<(count * 49 * 49 * 3)]), count: count, height: 49, width: 49)
+            XCTAssertLessThan(relativeError(got, Array(expected[..<(count * 1000)])), 1e-5, "\(count) images over \(lanes) lanes")
+            XCTAssertEqual(BLASRuntime.threads, blasThreads)
         }
     }
 
