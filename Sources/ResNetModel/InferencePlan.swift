@@ -1,5 +1,4 @@
 import COpenBLAS
-import Dispatch
 
 /// The eval-mode network compiled for speed: every BatchNorm folded into the convolution (or linear
 /// layer) it belongs to, weights in im2col order, bias + residual + ReLU fused into one pass over each
@@ -60,6 +59,7 @@ public final class InferencePlan {
     }
 
     private var lanes: [Workspace] = []
+    private let laneThreads = LaneThreads()
 
     public var numClasses: Int { architecture.config.numClasses }
 
@@ -184,7 +184,7 @@ public final class InferencePlan {
         let blasThreads = openblas_get_num_threads()
         openblas_set_num_threads(1)
         defer { openblas_set_num_threads(blasThreads) }
-        DispatchQueue.concurrentPerform(iterations: laneCount) { lane in
+        laneThreads.run(laneCount) { lane in
             let first = count * lane / laneCount, end = count * (lane + 1) / laneCount
             forward(images + first * imageFloats, count: end - first, height: height, width: width,
                     logits + first * numClasses, lanes[lane], threads: 1)

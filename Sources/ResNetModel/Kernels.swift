@@ -195,3 +195,43 @@ func globalAveragePool(_ input: UnsafePointer<Float>, _ g: Geometry, channels: I
         for c in 0..<channels { dst[c] *= scale }
     }
 }
+
+/// GEMMs for the training layers, split across `Parallelism.threads` lanes, each part one single-threaded
+/// OpenBLAS call (the reason is in `InferencePlan`). Products are split by rows of the output, the weight
+/// gradient by its columns, so no part overlaps another. Training runs on one thread: not reentrant.
+enum SplitGEMM {
+    nonisolated(unsafe) private static var lanes = LaneThreads()
+
+    /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
+    private static func split(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
+        let parts = max(1, min(Parallelism.threads, count / max(1, minimum)))
+        let blasThreads = openblas_get_num_threads()
+        if blasThreads != 1 { openblas_set_num_threads(1) }
+        defer { if blasThreads != 1 { openblas_set_num_threads(blasThreads) } }
+        lanes.run(parts) { lane in part(count * lane / parts ..< count * (lane + 1) / parts) }
+    }
+
+    /// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c.
+    static func abT(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
+                    _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
+        split(m, minimum: 64) { r in
+            gemmABt(r.count, n, k, a + r.lowerBound * lda, lda, b, ldb, c + r.lowerBound * ldc, ldc, beta: beta)
+        }
+    }
+
+    /// c[m, n] = a[m, k] · b[k, n] + beta · c.
+    static func ab(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
+                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
+        split(m, minimum: 64) { r in
+            gemmAB(r.count, n, k, a + r.lowerBound * lda, lda, b, ldb, c + r.lowerBound * ldc, ldc, beta: beta)
+        }
+    }
+
+    /// c[m, n] = a[k, m]ᵀ · b[k, n] + beta · c, split by columns n.
+    static func aTb(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
+                    _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
+        split(n, minimum: 32) { r in
+            gemmAtB(m, r.count, k, a, lda, b + r.lowerBound, ldb, c + r.lowerBound, ldc, beta: beta)
+        }
+    }
+}

@@ -113,7 +113,7 @@ final class Conv2dLayer {
         let y = output.reserve(out.pixels * cout)
         let w = UnsafePointer(weight.value.baseAddress!)
         if isPointwise {
-            gemmABt(out.pixels, cout, patch, x, patch, w, patch, y, cout)
+            SplitGEMM.abT(out.pixels, cout, patch, x, patch, w, patch, y, cout)
             return (y, out)
         }
         let perImage = out.height * out.width, chunk = imagesPerChunk(out)
@@ -122,7 +122,7 @@ final class Conv2dLayer {
         while first < out.batch {
             let rows = min(chunk, out.batch - first) * perImage
             im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
-            gemmABt(rows, cout, patch, col, patch, w, patch, y + first * perImage * cout, cout)
+            SplitGEMM.abT(rows, cout, patch, col, patch, w, patch, y + first * perImage * cout, cout)
             first += chunk
         }
         return (y, out)
@@ -136,8 +136,8 @@ final class Conv2dLayer {
         let w = UnsafePointer(weight.value.baseAddress!), dW = weight.gradient.baseAddress!
         let dx: UnsafeMutablePointer<Float>? = needsInputGradient ? inputGradient.reserve(g.pixels * shape.inChannels) : nil
         if isPointwise {
-            if weight.requiresGrad { gemmAtB(cout, patch, out.pixels, dy, cout, x, patch, dW, patch) }
-            if let dx { gemmAB(out.pixels, patch, cout, dy, cout, w, patch, dx, patch) }
+            if weight.requiresGrad { SplitGEMM.aTb(cout, patch, out.pixels, dy, cout, x, patch, dW, patch) }
+            if let dx { SplitGEMM.ab(out.pixels, patch, cout, dy, cout, w, patch, dx, patch) }
             return dx
         }
         dx?.update(repeating: 0, count: g.pixels * shape.inChannels)
@@ -150,10 +150,10 @@ final class Conv2dLayer {
             let dyChunk = dy + first * perImage * cout
             if weight.requiresGrad {
                 im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
-                gemmAtB(cout, patch, rows, dyChunk, cout, col, patch, dW, patch, beta: first == 0 ? 0 : 1)
+                SplitGEMM.aTb(cout, patch, rows, dyChunk, cout, col, patch, dW, patch, beta: first == 0 ? 0 : 1)
             }
             if let dx {
-                gemmAB(rows, patch, cout, dyChunk, cout, w, patch, dCol, patch)
+                SplitGEMM.ab(rows, patch, cout, dyChunk, cout, w, patch, dCol, patch)
                 col2imAdd(shape, dCol, g, firstImage: first, images: images, dx)
             }
             first += chunk
@@ -395,7 +395,7 @@ final class LinearLayer {
         input = x
         self.batch = batch
         let y = output.reserve(batch * outputs)
-        gemmABt(batch, outputs, inputs, x, inputs, UnsafePointer(weight.value.baseAddress!), inputs, y, outputs)
+        SplitGEMM.abT(batch, outputs, inputs, x, inputs, UnsafePointer(weight.value.baseAddress!), inputs, y, outputs)
         let b = bias.value
         for n in 0..<batch {
             let row = y + n * outputs
@@ -418,7 +418,7 @@ final class LinearLayer {
             dy = UnsafePointer(masked)
         }
         if weight.requiresGrad {
-            gemmAtB(outputs, inputs, batch, dy, outputs, x, inputs, weight.gradient.baseAddress!, inputs)
+            SplitGEMM.aTb(outputs, inputs, batch, dy, outputs, x, inputs, weight.gradient.baseAddress!, inputs)
         }
         if bias.requiresGrad {
             let db = bias.gradient
@@ -427,7 +427,7 @@ final class LinearLayer {
         }
         guard needsInputGradient else { return nil }
         let dx = inputGradient.reserve(batch * inputs)
-        gemmAB(batch, inputs, outputs, dy, outputs, UnsafePointer(weight.value.baseAddress!), inputs, dx, inputs)
+        SplitGEMM.ab(batch, inputs, outputs, dy, outputs, UnsafePointer(weight.value.baseAddress!), inputs, dx, inputs)
         return dx
     }
 }
