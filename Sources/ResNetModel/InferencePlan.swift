@@ -3,6 +3,7 @@ import COpenBLAS
 /// The eval-mode network compiled for speed: every BatchNorm folded into the convolution (or linear
 /// layer) it belongs to, weights in im2col order, bias + residual + ReLU fused into one pass over each
 /// GEMM's output, activations in buffers reused across batches. Build once, run many batches.
+/// The 3x3 stride-1 convolutions of the early stages run as Winograd F(2x2, 3x3) (`WinogradConv`).
 ///
 /// A batch is split across `Parallelism.threads` lanes, each running the whole network on its slice with
 /// single-threaded OpenBLAS calls: on these GEMM shapes that is nearly twice as fast as one multi-threaded
@@ -14,6 +15,8 @@ public final class InferencePlan {
         var shape: ConvShape
         var weight: [Float]
         var bias: [Float]
+        /// The same convolution as Winograd F(2x2, 3x3), for the 3x3 stride-1 ones.
+        var winograd: WinogradConv?
     }
 
     struct FoldedBlock {
@@ -34,6 +37,25 @@ public final class InferencePlan {
     /// Upper bound on each lane's im2col buffer, in floats: the batch is processed in row chunks so memory
     /// stays flat.
     public var columnBudget = 2 << 20
+    /// How the 3x3 stride-1 convolutions are computed.
+    public var algorithm = ConvolutionAlgorithm.automatic
+
+    public enum ConvolutionAlgorithm: Sendable {
+        /// Winograd where a lane has at least `winogradTilesPerChannel` tiles per output channel: below that,
+        /// packing the 16 transformed weight matrices for too few rows costs more than the multiplies saved.
+        case automatic
+        /// im2col + GEMM everywhere.
+        case im2col
+        /// Winograd for every convolution it supports, however small.
+        case winograd
+    }
+
+    static let winogradTilesPerChannel = 2
+    /// Floats of transformed input and products per Winograd chunk: about half of L2.
+    static let winogradChunkFloats = 1 << 19
+    /// Rows per im2col chunk: enough that the column matrix stays in L2, but at least `minimumChunkRows` so
+    /// that packing the weights for each chunk stays cheap.
+    static let cacheColumnFloats = 1 << 18, minimumChunkRows = 512
 
     /// One lane's scratch memory: four activation buffers and the im2col column, grown, never shrunk.
     final class Workspace {
@@ -74,7 +96,11 @@ public final class InferencePlan {
             for o in 0..<shape.outChannels {
                 for i in 0..<perOutput { weight[o * perOutput + i] *= scale[o] }
             }
-            return FoldedConv(shape: shape, weight: weight, bias: shift)
+            // Winograd weights take 16/9 the space; wider layers never have enough tiles to use them.
+            let winograd = WinogradConv.supports(shape) && shape.outChannels <= 256
+                ? WinogradConv(patchMajorWeight: weight, bias: shift, inChannels: shape.inChannels, outChannels: shape.outChannels)
+                : nil
+            return FoldedConv(shape: shape, weight: weight, bias: shift, winograd: winograd)
         }
         stem = fold("conv1", "bn1", architecture.stem)
         blocks = architecture.blocks.map { b in
@@ -134,6 +160,14 @@ public final class InferencePlan {
         return sizes
     }
 
+    private func usesWinograd(tiles: Int, outChannels: Int) -> Bool {
+        switch algorithm {
+        case .automatic: return tiles >= Self.winogradTilesPerChannel * outChannels
+        case .im2col: return false
+        case .winograd: return true
+        }
+    }
+
     /// One folded convolution over a whole batch, with the fused epilogue. Returns the output geometry.
     private func run(_ conv: FoldedConv, _ input: UnsafePointer<Float>, _ g: Geometry,
                      _ output: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, relu: Bool,
@@ -141,6 +175,16 @@ public final class InferencePlan {
         let s = conv.shape
         let out = g.output(of: s)
         let rows = out.pixels, patch = s.patchSize, cout = s.outChannels
+        if let winograd = conv.winograd, usesWinograd(tiles: winograd.tiles(g), outChannels: cout) {
+            let chunk = winograd.tilesPerChunk(budget: Self.winogradChunkFloats)
+            let scratch = 16 * chunk * (s.inChannels + cout)
+            lane.reserveColumn(scratch + s.inChannels)
+            let zeros = lane.column.baseAddress! + scratch
+            zeros.update(repeating: 0, count: s.inChannels)
+            winograd.run(input, g, output, residual: residual, relu: relu, scratch: lane.column.baseAddress!,
+                         chunk: chunk, zeros: zeros)
+            return out
+        }
         conv.weight.withUnsafeBufferPointer { w in
             conv.bias.withUnsafeBufferPointer { b in
                 if s.kernel == 1 && s.stride == 1 && s.padding == 0 {
@@ -150,7 +194,7 @@ public final class InferencePlan {
                                      relu: relu, threads: threads)
                     return
                 }
-                let chunk = max(1, min(rows, columnBudget / patch))
+                let chunk = max(1, min(rows, columnBudget / patch, max(Self.cacheColumnFloats / patch, Self.minimumChunkRows)))
                 lane.reserveColumn(chunk * patch)
                 let column = lane.column.baseAddress!
                 var first = 0

@@ -4,10 +4,12 @@ import ResNetSupport
 import XCTest
 
 final class InferencePlanTests: XCTestCase {
-    func referenceLogits(side: Int, columnBudget: Int? = nil) throws -> (got: [Float], expected: [Float]) {
+    func referenceLogits(side: Int, columnBudget: Int? = nil,
+                         algorithm: InferencePlan.ConvolutionAlgorithm = .automatic) throws -> (got: [Float], expected: [Float]) {
         let checkpoint = try Reference.checkpoint()
         let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
         if let columnBudget { plan.columnBudget = columnBudget }
+        plan.algorithm = algorithm
         let nchw = try Reference.floats("input_4x3x\(side)x\(side).f32")
         let input = nhwc(fromNCHW: nchw, batch: 4, channels: 3, height: side, width: side)
         return (plan.run(images: input, count: 4, height: side, width: side),
@@ -23,6 +25,17 @@ final class InferencePlanTests: XCTestCase {
     func testLogitsMatchPyTorchAt49() throws {
         let (got, expected) = try referenceLogits(side: 49)
         XCTAssertLessThan(relativeError(got, expected), 1e-5)
+    }
+
+    /// Winograd on every convolution it supports (layers 1–3; at 49x49 their sides 13 and 7 are odd, so
+    /// tiles overhang the border) and im2col everywhere both give PyTorch's logits.
+    func testEachConvolutionAlgorithmMatchesPyTorch() throws {
+        for algorithm in [InferencePlan.ConvolutionAlgorithm.winograd, .im2col] {
+            for side in [49, 96] {
+                let (got, expected) = try referenceLogits(side: side, algorithm: algorithm)
+                XCTAssertLessThan(relativeError(got, expected), 1e-5, "\(algorithm) at \(side)")
+            }
+        }
     }
 
     /// A tiny im2col budget forces many row chunks per convolution; results must not change.

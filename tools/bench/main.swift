@@ -5,6 +5,7 @@ import ResNetSupport
 
 // resnetkit-bench: throughput figures printed as a table (never a timed unit test).
 //   resnetkit-bench infer [--model CKPT] [--batches 16,64] [--sides 49,96] [--seconds S] [--threads N]
+//   resnetkit-bench compare [--sides 49,96]   (im2col vs Winograd where it pays, img per CPU-second)
 //   resnetkit-bench train          (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
 
@@ -43,6 +44,13 @@ func now() -> Double {
     return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
 }
 
+/// User + system CPU seconds of this process so far.
+func cpuSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6
+}
+
 /// Peak resident set size of this process so far, in MB (VmHWM).
 func peakRSSMegabytes() -> Double {
     guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
@@ -55,7 +63,8 @@ func benchmarkInference(_ options: Options) throws {
     BLASRuntime.setThreads(options.threads)
     Parallelism.threads = options.threads
     print("ResNetKit inference, OpenBLAS core \(BLASRuntime.coreName), \(options.threads) threads, model \(options.model)")
-    print("batch  side   img/s    ms/batch  peak RSS MB")
+    // img/CPU-s (images per CPU-second) moves less than img/s when other work shares the machine.
+    print("batch  side   img/s    ms/batch  peak RSS MB  img/CPU-s")
     for side in options.sides {
         for batch in options.batches {
             let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
@@ -71,15 +80,45 @@ func benchmarkInference(_ options: Options) throws {
             }
             run()  // warm-up: buffers, OpenBLAS threads
             var iterations = 0
-            let start = now()
+            let start = now(), cpuStart = cpuSeconds()
             while now() - start < options.seconds || iterations < 3 {
                 run()
                 iterations += 1
             }
-            let elapsed = now() - start
+            let elapsed = now() - start, cpu = cpuSeconds() - cpuStart
             let rate = Double(iterations * batch) / elapsed
-            print(String(format: "%5d  %4d  %7.1f  %9.1f  %8.0f", batch, side, rate, 1000 * elapsed / Double(iterations), peakRSSMegabytes()))
+            print(String(format: "%5d  %4d  %7.1f  %9.1f  %8.0f  %11.1f", batch, side, rate, 1000 * elapsed / Double(iterations),
+                         peakRSSMegabytes(), Double(iterations * batch) / cpu))
         }
+    }
+}
+
+/// `compare`: im2col everywhere against the automatic choice (Winograd where it pays), batch 64, the two
+/// plans interleaved round by round so that other load on the machine hits both alike; CPU time based.
+func compareAlgorithms(_ options: Options) throws {
+    let checkpoint = try Checkpoint.load(path: options.model)
+    BLASRuntime.setThreads(options.threads)
+    Parallelism.threads = options.threads
+    print("side  im2col img/CPU-s  automatic img/CPU-s  ratio")
+    for side in options.sides {
+        let batch = 64, rounds = max(2, Int(options.seconds * 2))
+        let plans = try [InferencePlan.ConvolutionAlgorithm.im2col, .automatic].map { algorithm in
+            let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+            plan.algorithm = algorithm
+            return plan
+        }
+        let images = (0..<(batch * side * side * 3)).map { _ in Float.random(in: 0..<1) }
+        var logits = [Float](repeating: 0, count: batch * plans[0].numClasses)
+        var cpu = [0.0, 0.0]
+        for round in 0..<rounds {
+            for (index, plan) in plans.enumerated() {
+                let start = cpuSeconds()
+                for _ in 0..<3 { plan.run(images: images, count: batch, height: side, width: side, logits: &logits) }
+                if round > 0 { cpu[index] += cpuSeconds() - start }  // round 0 warms up
+            }
+        }
+        let rates = cpu.map { Double(batch * 3 * (rounds - 1)) / $0 }
+        print(String(format: "%4d  %16.1f  %19.1f  %5.2fx", side, rates[0], rates[1], rates[1] / rates[0]))
     }
 }
 
@@ -87,6 +126,7 @@ let options = Options(Array(CommandLine.arguments.dropFirst()))
 do {
     switch options.mode {
     case "infer": try benchmarkInference(options)
+    case "compare": try compareAlgorithms(options)
     case "train": runTrainingBenchmark()
     default:
         FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, train)\n".utf8))
