@@ -15,7 +15,7 @@ public final class InferencePlan {
         var shape: ConvShape
         var weight: [Float]
         var bias: [Float]
-        /// The same convolution as Winograd F(2x2, 3x3), for the 3x3 stride-1 ones.
+        /// The same convolution as Winograd F(2x2, 3x3): built the first time a batch's geometry calls for it.
         var winograd: WinogradConv?
     }
 
@@ -32,7 +32,7 @@ public final class InferencePlan {
 
     public let architecture: Architecture
     let stem: FoldedConv
-    let blocks: [FoldedBlock]
+    private(set) var blocks: [FoldedBlock]
     let head: [FoldedLinear]
     /// Upper bound on each lane's im2col buffer, in floats: the batch is processed in row chunks so memory
     /// stays flat.
@@ -41,8 +41,8 @@ public final class InferencePlan {
     public var algorithm = ConvolutionAlgorithm.automatic
 
     public enum ConvolutionAlgorithm: Sendable {
-        /// Winograd where a lane has at least `winogradTilesPerChannel` tiles per output channel: below that,
-        /// packing the 16 transformed weight matrices for too few rows costs more than the multiplies saved.
+        /// Winograd where its 2x2 tiles cover at most `winogradMaximumCover` times the layer's pixels (an odd
+        /// side wastes a row of tiles: 3x3 pixels take four tiles, 16 outputs, which is not worth it).
         case automatic
         /// im2col + GEMM everywhere.
         case im2col
@@ -50,7 +50,7 @@ public final class InferencePlan {
         case winograd
     }
 
-    static let winogradTilesPerChannel = 2
+    static let winogradMaximumCover = 1.4
     /// Floats of transformed input and products per Winograd chunk: about half of L2.
     static let winogradChunkFloats = 1 << 19
     /// Rows per im2col chunk: enough that the column matrix stays in L2, but at least `minimumChunkRows` so
@@ -96,11 +96,7 @@ public final class InferencePlan {
             for o in 0..<shape.outChannels {
                 for i in 0..<perOutput { weight[o * perOutput + i] *= scale[o] }
             }
-            // Winograd weights take 16/9 the space; wider layers never have enough tiles to use them.
-            let winograd = WinogradConv.supports(shape) && shape.outChannels <= 256
-                ? WinogradConv(patchMajorWeight: weight, bias: shift, inChannels: shape.inChannels, outChannels: shape.outChannels)
-                : nil
-            return FoldedConv(shape: shape, weight: weight, bias: shift, winograd: winograd)
+            return FoldedConv(shape: shape, weight: weight, bias: shift)
         }
         stem = fold("conv1", "bn1", architecture.stem)
         blocks = architecture.blocks.map { b in
@@ -160,11 +156,31 @@ public final class InferencePlan {
         return sizes
     }
 
-    private func usesWinograd(tiles: Int, outChannels: Int) -> Bool {
+    /// Whether a convolution runs as Winograd on an input of this size.
+    private func usesWinograd(_ s: ConvShape, _ g: Geometry) -> Bool {
+        guard WinogradConv.supports(s) else { return false }
         switch algorithm {
-        case .automatic: return tiles >= Self.winogradTilesPerChannel * outChannels
+        case .automatic:
+            let covered = Double(((g.height + 1) / 2 * 2) * ((g.width + 1) / 2 * 2))
+            return covered <= Self.winogradMaximumCover * Double(g.height * g.width)
         case .im2col: return false
         case .winograd: return true
+        }
+    }
+
+    /// Builds the Winograd weights that batches of this image size need (16/9 the space of the originals,
+    /// so only those), before the lanes share the plan.
+    private func prepareWinograd(height: Int, width: Int) {
+        var g = Geometry(batch: 1, height: architecture.stemOutputSide(height), width: architecture.stemOutputSide(width))
+        func prepare(_ conv: inout FoldedConv, _ g: Geometry) {
+            guard conv.winograd == nil, usesWinograd(conv.shape, g) else { return }
+            conv.winograd = WinogradConv(patchMajorWeight: conv.weight, bias: conv.bias,
+                                         inChannels: conv.shape.inChannels, outChannels: conv.shape.outChannels)
+        }
+        for index in blocks.indices {
+            prepare(&blocks[index].conv1, g)
+            g = g.output(of: blocks[index].conv1.shape)
+            prepare(&blocks[index].conv2, g)
         }
     }
 
@@ -175,7 +191,7 @@ public final class InferencePlan {
         let s = conv.shape
         let out = g.output(of: s)
         let rows = out.pixels, patch = s.patchSize, cout = s.outChannels
-        if let winograd = conv.winograd, usesWinograd(tiles: winograd.tiles(g), outChannels: cout) {
+        if let winograd = conv.winograd, usesWinograd(s, g) {
             let chunk = winograd.tilesPerChunk(budget: Self.winogradChunkFloats)
             let scratch = 16 * chunk * (s.inChannels + cout)
             lane.reserveColumn(scratch + s.inChannels)
@@ -219,6 +235,7 @@ public final class InferencePlan {
         precondition(count > 0 && height > 0 && width > 0, "empty batch")
         let laneCount = max(1, min(Parallelism.threads, count))
         while lanes.count < laneCount { lanes.append(Workspace()) }
+        prepareWinograd(height: height, width: width)
         let imageFloats = height * width * 3
         if laneCount == 1 {
             // One image (or one thread): let OpenBLAS and the kernels share the work instead.
