@@ -5,7 +5,8 @@
 #   tools/compare_finetune.sh [OUT] [extra recipe options for both tools...]
 #
 # OUT (default /tmp/cmpset): the synthetic Kaggle-layout set from tools/make_labelled_set.py (--train 2000 --test 600
-# --seed 1; made when OUT/train_labels.csv is missing) and the starting model, imported from the reference ONNX file
+# --seed 1; made when OUT/train_labels.csv is missing; for real images, make OUT first with tools/make_digits_set.py,
+# the UCI handwritten digits) and the starting model, imported from the reference ONNX file
 # (random-weight backbone; made when OUT/model.safetensors is missing). Both tools train on OUT/train and validate
 # on OUT/test (--valid-dir/--valid-labels, so both see exactly the same validation images) with
 #   --head-epochs 2 --finetune-epochs 2 --batch-size 16 (other options: the recipe's defaults)

@@ -5,6 +5,9 @@
 /// positions ξ the products over input channels are one GEMM, M_ξ[tiles, Cout] = V_ξ[tiles, Cin] · U_ξᵀ.
 /// The output transform Y = Aᵀ M A gives the 2x2 pixels, and applies bias, residual and ReLU on the way.
 /// B, G and A hold only 0, ±1 and ±½, so the transforms are exact up to float rounding of the sums.
+///
+/// V and M are tile-major ([tiles, 16, C]) so that each tile's transform touches one contiguous block; the
+/// GEMMs read V_ξ and write M_ξ with a leading dimension of 16·C. Tiles go in chunks that fit about L2.
 struct WinogradConv {
     let inChannels: Int, outChannels: Int
     /// U_ξ for ξ = 4·i + j: 16 matrices [Cout, Cin], rows in the GEMM's Bᵀ orientation.
@@ -16,18 +19,17 @@ struct WinogradConv {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.bias = bias
+        // G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1] applied to a column (a, b, c).
+        func g(_ a: Float, _ b: Float, _ c: Float) -> SIMD4<Float> { SIMD4(a, (a + b + c) / 2, (a - b + c) / 2, c) }
         var u = [Float](repeating: 0, count: 16 * outChannels * inChannels)
         for o in 0..<outChannels {
             for c in 0..<inChannels {
-                var g = [[Float]](repeating: [0, 0, 0], count: 3)
-                for kh in 0..<3 { for kw in 0..<3 { g[kh][kw] = w[((o * 3 + kh) * 3 + kw) * inChannels + c] } }
-                // G g: rows g0, (g0+g1+g2)/2, (g0−g1+g2)/2, g2; then the same on the columns.
-                let rows: [[Float]] = (0..<3).map { j in [g[0][j], (g[0][j] + g[1][j] + g[2][j]) / 2,
-                                                          (g[0][j] - g[1][j] + g[2][j]) / 2, g[2][j]] }
+                func tap(_ kh: Int, _ kw: Int) -> Float { w[((o * 3 + kh) * 3 + kw) * inChannels + c] }
+                // G g one filter column at a time, then each row of the result times Gᵀ.
+                let columns = (0..<3).map { kw in g(tap(0, kw), tap(1, kw), tap(2, kw)) }
                 for i in 0..<4 {
-                    let r = [rows[0][i], rows[1][i], rows[2][i]]
-                    let t = [r[0], (r[0] + r[1] + r[2]) / 2, (r[0] - r[1] + r[2]) / 2, r[2]]
-                    for j in 0..<4 { u[((i * 4 + j) * outChannels + o) * inChannels + c] = t[j] }
+                    let row = g(columns[0][i], columns[1][i], columns[2][i])
+                    for j in 0..<4 { u[((i * 4 + j) * outChannels + o) * inChannels + c] = row[j] }
                 }
             }
         }
@@ -41,7 +43,8 @@ struct WinogradConv {
     func tilesPerChunk(budget: Int) -> Int { max(16, budget / (16 * (inChannels + outChannels))) }
 
     /// input [N·H·W, Cin] → output [N·H·W, Cout] = ReLU?(conv(input) + bias + residual).
-    /// `scratch` holds at least 16 · chunk · (Cin + Cout) floats; `zeros` at least Cin zeros (the padding).
+    /// `scratch` holds at least 16 · chunk · (Cin + Cout) floats (V, then M); `zeros` at least Cin zeros
+    /// (what the padding reads).
     /// Channel counts must be multiples of 4 (`WinogradConv.supports`).
     func run(_ input: UnsafePointer<Float>, _ g: Geometry, _ output: UnsafeMutablePointer<Float>,
              residual: UnsafePointer<Float>?, relu: Bool, scratch: UnsafeMutablePointer<Float>,
