@@ -196,19 +196,28 @@ func globalAveragePool(_ input: UnsafePointer<Float>, _ g: Geometry, channels: I
     }
 }
 
-/// GEMMs for the training layers, split across `Parallelism.threads` lanes, each part one single-threaded
-/// OpenBLAS call (the reason is in `InferencePlan`). Products are split by rows of the output, the weight
-/// gradient by its columns, so no part overlaps another. Training runs on one thread: not reentrant.
-enum SplitGEMM {
+/// The lanes that training work is split across: persistent threads (`Parallelism.threads` of them, the
+/// calling thread included). Training runs on one thread: not reentrant.
+enum TrainingLanes {
     nonisolated(unsafe) private static var lanes = LaneThreads()
 
     /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
-    private static func split(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
+    static func forEachRange(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
         let parts = max(1, min(Parallelism.threads, count / max(1, minimum)))
+        lanes.run(parts) { lane in part(count * lane / parts ..< count * (lane + 1) / parts) }
+    }
+}
+
+/// GEMMs for the training layers, split across the training lanes, each part one single-threaded OpenBLAS
+/// call (the reason is in `InferencePlan`). Products are split by rows of the output, the weight gradient by
+/// its columns, so no part overlaps another.
+enum SplitGEMM {
+    /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
+    private static func split(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
         let blasThreads = openblas_get_num_threads()
         if blasThreads != 1 { openblas_set_num_threads(1) }
         defer { if blasThreads != 1 { openblas_set_num_threads(blasThreads) } }
-        lanes.run(parts) { lane in part(count * lane / parts ..< count * (lane + 1) / parts) }
+        TrainingLanes.forEachRange(count, minimum: minimum, part)
     }
 
     /// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c.
