@@ -220,6 +220,9 @@ public final class TrainableResNet {
         return plan
     }
 
+    /// Whether backward reaches the stem (and so the max pool).
+    private var stemTrains: Bool { stemConv.weight.requiresGrad || !stemBN.isFrozen }
+
     private func usesBatchStatistics(_ layer: BatchNormLayer, training: Bool) -> Bool {
         training && !(frozenBatchNorm == .eval && layer.isFrozen)
     }
@@ -239,7 +242,7 @@ public final class TrainableResNet {
         } else {
             var (x, g) = stemConv.forward(images, input)
             let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))
-            (x, g) = maxPool.forward(s, g)
+            (x, g) = maxPool.forward(s, g, recordWindow: training && stemTrains)
             for block in blocks { (x, g) = block.forward(x, g, statistics: stats) }
             finalGeometry = g
             globalAveragePool(x, g, channels: features, f)
@@ -277,7 +280,6 @@ public final class TrainableResNet {
         let loss = crossEntropy(logits, labels: labels, classes: numClasses, gradient: dLogits)
 
         // Where backward can stop: the index of the first unit (stem = 0, blocks 1…8) with a trainable parameter.
-        let stemTrains = stemConv.weight.requiresGrad || !stemBN.isFrozen
         let firstTrainableBlock = blocks.firstIndex { $0.parameters.contains { $0.requiresGrad } }
         let backboneTrains = stemTrains || firstTrainableBlock != nil
 
