@@ -236,38 +236,46 @@ enum TrainingLanes {
 }
 
 /// GEMMs for the training layers, split across the training lanes, each part one single-threaded OpenBLAS
-/// call (the reason is in `InferencePlan`). Products are split by rows of the output, the weight gradient by
-/// its columns, so no part overlaps another.
+/// call (the reason is in `InferencePlan`). The m×n output is split along its larger side: every lane reads
+/// the whole operand along the other side, so that should be the smaller one (layer4's forward at batch 16
+/// is 64 pixels × 512 channels: split by pixels, both lanes would pack all 9 MB of its weight).
 enum SplitGEMM {
-    /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
-    private static func split(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
+    /// Runs `part(rows, columns)` over the parts of an m×n output, one per lane.
+    private static func split(_ m: Int, _ n: Int, _ part: (Range<Int>, Range<Int>) -> Void) {
         let blasThreads = openblas_get_num_threads()
         if blasThreads != 1 { openblas_set_num_threads(1) }
         defer { if blasThreads != 1 { openblas_set_num_threads(blasThreads) } }
-        TrainingLanes.forEachRange(count, minimum: minimum, part)
+        if m >= n {
+            TrainingLanes.forEachRange(m, minimum: 64) { part($0, 0..<n) }
+        } else {
+            TrainingLanes.forEachRange(n, minimum: 64) { part(0..<m, $0) }
+        }
     }
 
     /// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c.
     static func abT(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
                     _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(m, minimum: 64) { r in
-            gemmABt(r.count, n, k, a + r.lowerBound * lda, lda, b, ldb, c + r.lowerBound * ldc, ldc, beta: beta)
+        split(m, n) { rows, columns in
+            gemmABt(rows.count, columns.count, k, a + rows.lowerBound * lda, lda, b + columns.lowerBound * ldb, ldb,
+                    c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
         }
     }
 
     /// c[m, n] = a[m, k] · b[k, n] + beta · c.
     static func ab(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
                    _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(m, minimum: 64) { r in
-            gemmAB(r.count, n, k, a + r.lowerBound * lda, lda, b, ldb, c + r.lowerBound * ldc, ldc, beta: beta)
+        split(m, n) { rows, columns in
+            gemmAB(rows.count, columns.count, k, a + rows.lowerBound * lda, lda, b + columns.lowerBound, ldb,
+                   c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
         }
     }
 
-    /// c[m, n] = a[k, m]ᵀ · b[k, n] + beta · c, split by columns n.
+    /// c[m, n] = a[k, m]ᵀ · b[k, n] + beta · c.
     static func aTb(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
                     _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(n, minimum: 32) { r in
-            gemmAtB(m, r.count, k, a, lda, b + r.lowerBound, ldb, c + r.lowerBound, ldc, beta: beta)
+        split(m, n) { rows, columns in
+            gemmAtB(rows.count, columns.count, k, a + rows.lowerBound, lda, b + columns.lowerBound, ldb,
+                    c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
         }
     }
 }
