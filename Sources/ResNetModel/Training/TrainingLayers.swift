@@ -233,11 +233,16 @@ final class BatchNormLayer {
         let c = channels
         if batchStatistics {
             // One pass of per-channel Σx and Σx² in double precision (no cancellation worth the name at these
-            // sizes), split across threads.
+            // sizes), split across the lanes.
             let (sum, squares) = channelSums(rows: rows, channels: c) { range, s, q in
                 for r in range {
                     let row = x + r * c
-                    for j in 0..<c { let v = Double(row[j]); s[j] += v; q[j] += v * v }
+                    forEachChunk(c) { j in
+                        let v = SIMD8<Double>(row.vector(j))
+                        s.add(v, at: j); q.add(v * v, at: j)
+                    } remainder: { j in
+                        let v = Double(row[j]); s[j] += v; q[j] += v * v
+                    }
                 }
             }
             let unbiasedScale = rows > 1 ? Double(rows) / Double(rows - 1) : 1
@@ -264,15 +269,18 @@ final class BatchNormLayer {
         }
         let y = output.reserve(rows * c)
         let relu = relu
-        scale.withUnsafeBufferPointer { a in
-            shift.withUnsafeBufferPointer { b in
-                Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / c)) { range in
+        scale.withUnsafeBufferPointer { scale in
+            shift.withUnsafeBufferPointer { shift in
+                let a = scale.baseAddress!, b = shift.baseAddress!
+                TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
                     for r in range {
                         let src = x + r * c, dst = y + r * c
-                        if relu {
-                            for j in 0..<c { dst[j] = max(0, src[j] * a[j] + b[j]) }
-                        } else {
-                            for j in 0..<c { dst[j] = src[j] * a[j] + b[j] }
+                        forEachChunk(c) { j in
+                            let v = src.vector(j) * a.vector(j) + b.vector(j)
+                            dst.store(relu ? v.clampedBelowAtZero : v, at: j)
+                        } remainder: { j in
+                            let v = src[j] * a[j] + b[j]
+                            dst[j] = relu ? max(0, v) : v
                         }
                     }
                 }
@@ -286,82 +294,76 @@ final class BatchNormLayer {
     func backward(_ dyIn: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
         guard let x = input else { return nil }
         let c = channels, rows = rows
-        let dx = inputGradient.reserve(rows * c)
         // With ReLU, dŷ = dy where the output is positive: applied on the fly in both passes.
         let y: UnsafePointer<Float>? = relu ? UnsafePointer(output.pointer) : nil
-        let (sumDy, sumDyXhat) = mean.withUnsafeBufferPointer { m in
-            invStd.withUnsafeBufferPointer { s in
-                channelSums(rows: rows, channels: c) { range, sd, sdx in
+        var scale = [Float](repeating: 0, count: c), meanDy = scale, meanDyXhat = scale
+        return mean.withUnsafeBufferPointer { mean in
+            invStd.withUnsafeBufferPointer { invStd in
+                let m = mean.baseAddress!, s = invStd.baseAddress!
+                let (sumDy, sumDyXhat) = channelSums(rows: rows, channels: c) { range, sd, sdx in
                     for r in range {
-                        let g = dyIn + r * c, v = x + r * c
-                        if let y {
-                            let out = y + r * c
-                            for j in 0..<c {
-                                let gj = out[j] > 0 ? g[j] : 0
-                                sd[j] += Double(gj)
-                                sdx[j] += Double(gj * ((v[j] - m[j]) * s[j]))
-                            }
-                        } else {
-                            for j in 0..<c {
-                                sd[j] += Double(g[j])
-                                sdx[j] += Double(g[j] * ((v[j] - m[j]) * s[j]))
-                            }
+                        let g = dyIn + r * c, v = x + r * c, out = y.map { $0 + r * c }
+                        forEachChunk(c) { j in
+                            var gj = g.vector(j)
+                            if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
+                            sd.add(SIMD8<Double>(gj), at: j)
+                            sdx.add(SIMD8<Double>(gj * ((v.vector(j) - m.vector(j)) * s.vector(j))), at: j)
+                        } remainder: { j in
+                            let gj = out.map { $0[j] > 0 ? g[j] : 0 } ?? g[j]
+                            sd[j] += Double(gj)
+                            sdx[j] += Double(gj * ((v[j] - m[j]) * s[j]))
                         }
                     }
                 }
-            }
-        }
-        if weight.requiresGrad { for j in 0..<c { weight.gradient[j] = Float(sumDyXhat[j]) } }
-        if bias.requiresGrad { for j in 0..<c { bias.gradient[j] = Float(sumDy[j]) } }
-        guard needsInputGradient else { return nil }
-        var scale = [Float](repeating: 0, count: c), meanDy = scale, meanDyXhat = scale
-        for j in 0..<c {
-            scale[j] = weight.value[j] * invStd[j]
-            meanDy[j] = usedBatchStatistics ? Float(sumDy[j] / Double(rows)) : 0
-            meanDyXhat[j] = usedBatchStatistics ? Float(sumDyXhat[j] / Double(rows)) : 0
-        }
-        scale.withUnsafeBufferPointer { a in
-            meanDy.withUnsafeBufferPointer { md in
-                meanDyXhat.withUnsafeBufferPointer { mdx in
-                    mean.withUnsafeBufferPointer { m in
-                        invStd.withUnsafeBufferPointer { s in
-                            Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / c)) { range in
+                if weight.requiresGrad { for j in 0..<c { weight.gradient[j] = Float(sumDyXhat[j]) } }
+                if bias.requiresGrad { for j in 0..<c { bias.gradient[j] = Float(sumDy[j]) } }
+                guard needsInputGradient else { return nil }
+                for j in 0..<c {
+                    scale[j] = weight.value[j] * s[j]
+                    meanDy[j] = usedBatchStatistics ? Float(sumDy[j] / Double(rows)) : 0
+                    meanDyXhat[j] = usedBatchStatistics ? Float(sumDyXhat[j] / Double(rows)) : 0
+                }
+                let dx = inputGradient.reserve(rows * c)
+                scale.withUnsafeBufferPointer { scale in
+                    meanDy.withUnsafeBufferPointer { meanDy in
+                        meanDyXhat.withUnsafeBufferPointer { meanDyXhat in
+                            let a = scale.baseAddress!, md = meanDy.baseAddress!, mdx = meanDyXhat.baseAddress!
+                            TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
                                 for r in range {
-                                    let g = dyIn + r * c, v = x + r * c, d = dx + r * c
-                                    if let y {
-                                        let out = y + r * c
-                                        for j in 0..<c {
-                                            let xhat = (v[j] - m[j]) * s[j]
-                                            d[j] = a[j] * ((out[j] > 0 ? g[j] : 0) - md[j] - xhat * mdx[j])
-                                        }
-                                    } else {
-                                        for j in 0..<c {
-                                            let xhat = (v[j] - m[j]) * s[j]
-                                            d[j] = a[j] * (g[j] - md[j] - xhat * mdx[j])
-                                        }
+                                    let g = dyIn + r * c, v = x + r * c, d = dx + r * c, out = y.map { $0 + r * c }
+                                    forEachChunk(c) { j in
+                                        var gj = g.vector(j)
+                                        if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
+                                        let xhat = (v.vector(j) - m.vector(j)) * s.vector(j)
+                                        d.store(a.vector(j) * (gj - md.vector(j) - xhat * mdx.vector(j)), at: j)
+                                    } remainder: { j in
+                                        let gj = out.map { $0[j] > 0 ? g[j] : 0 } ?? g[j]
+                                        let xhat = (v[j] - m[j]) * s[j]
+                                        d[j] = a[j] * (gj - md[j] - xhat * mdx[j])
                                     }
                                 }
                             }
                         }
                     }
                 }
+                return dx
             }
         }
-        return dx
     }
 }
 
 /// Per-channel sums over the rows of a [rows, C] matrix: `body` accumulates its row range into two
-/// zeroed double arrays of C; threads get their own arrays, added up in a fixed order (deterministic).
+/// zeroed double arrays of C; lanes get their own arrays, added up in a fixed order (deterministic).
 func channelSums(rows: Int, channels c: Int,
                  _ body: (Range<Int>, UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>) -> Void) -> ([Double], [Double]) {
     let parts = max(1, min(Parallelism.threads, rows * c / 65_536))
     var partial = [Double](repeating: 0, count: parts * 2 * c)
     partial.withUnsafeMutableBufferPointer { buffer in
         let base = buffer.baseAddress!
-        if parts == 1 { body(0..<rows, base, base + c); return }
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
-            body(rows * part / parts ..< rows * (part + 1) / parts, base + part * 2 * c, base + part * 2 * c + c)
+        TrainingLanes.forEachRange(parts, minimum: 1) { lanes in
+            for part in lanes {
+                body(rows * part / parts ..< rows * (part + 1) / parts, base + part * 2 * c, base + part * 2 * c + c)
+            }
         }
     }
     var first = [Double](repeating: 0, count: c), second = first
@@ -372,6 +374,38 @@ func channelSums(rows: Int, channels c: Int,
         }
     }
     return (first, second)
+}
+
+/// Runs `vector(j)` for each whole chunk of eight channels of a row of `channels`, then `remainder(j)` for
+/// each channel left over (the same arithmetic, one float at a time).
+@inline(__always)
+func forEachChunk(_ channels: Int, _ vector: (Int) -> Void, remainder: (Int) -> Void) {
+    var j = 0
+    while j + 8 <= channels { vector(j); j += 8 }
+    while j < channels { remainder(j); j += 1 }
+}
+
+extension UnsafePointer<Float> {
+    /// The eight floats from `i` on.
+    @inline(__always) func vector(_ i: Int) -> SIMD8<Float> { UnsafeRawPointer(self + i).loadUnaligned(as: SIMD8<Float>.self) }
+}
+
+extension UnsafeMutablePointer<Float> {
+    @inline(__always) func vector(_ i: Int) -> SIMD8<Float> { UnsafePointer(self).vector(i) }
+    @inline(__always) func store(_ v: SIMD8<Float>, at i: Int) { UnsafeMutableRawPointer(self + i).storeBytes(of: v, as: SIMD8<Float>.self) }
+}
+
+extension SIMD8<Float> {
+    /// max(0, x) lane by lane, as `Swift.max(0, x)` (`pointwiseMax` is not inlined: a call per chunk).
+    @inline(__always) var clampedBelowAtZero: SIMD8<Float> { SIMD8<Float>.zero.replacing(with: self, where: self .>= 0) }
+}
+
+extension UnsafeMutablePointer<Double> {
+    /// self[i ..< i + 8] += v.
+    @inline(__always) func add(_ v: SIMD8<Double>, at i: Int) {
+        let sum = UnsafeRawPointer(self + i).loadUnaligned(as: SIMD8<Double>.self) + v
+        UnsafeMutableRawPointer(self + i).storeBytes(of: sum, as: SIMD8<Double>.self)
+    }
 }
 
 /// Linear: y[N, out] = x[N, in] · Wᵀ + b, W [out, in] (torchvision layout), optionally followed by ReLU.
