@@ -240,16 +240,25 @@ enum TrainingLanes {
 /// the whole operand along the other side, so that should be the smaller one (layer4's forward at batch 16
 /// is 64 pixels × 512 channels: split by pixels, both lanes would pack all 9 MB of its weight).
 enum SplitGEMM {
+    /// Whether an m×n output is split by rows (else by columns).
+    static func splitsRows(_ m: Int, _ n: Int) -> Bool { m >= n }
+
     /// Runs `part(rows, columns)` over the parts of an m×n output, one per lane.
     private static func split(_ m: Int, _ n: Int, _ part: (Range<Int>, Range<Int>) -> Void) {
+        if splitsRows(m, n) {
+            onLanes(m) { part($0, 0..<n) }
+        } else {
+            onLanes(n) { part(0..<m, $0) }
+        }
+    }
+
+    /// Runs `part(range)` over `0..<count` split across the lanes, OpenBLAS single-threaded meanwhile: for GEMMs
+    /// split by hand (and work done with them in the same lane).
+    static func onLanes(_ count: Int, _ part: (Range<Int>) -> Void) {
         let blasThreads = openblas_get_num_threads()
         if blasThreads != 1 { openblas_set_num_threads(1) }
         defer { if blasThreads != 1 { openblas_set_num_threads(blasThreads) } }
-        if m >= n {
-            TrainingLanes.forEachRange(m, minimum: 64) { part($0, 0..<n) }
-        } else {
-            TrainingLanes.forEachRange(n, minimum: 64) { part(0..<m, $0) }
-        }
+        TrainingLanes.forEachRange(count, minimum: 64, part)
     }
 
     /// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c.

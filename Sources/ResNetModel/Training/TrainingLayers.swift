@@ -120,12 +120,30 @@ final class Conv2dLayer {
         let col = workspace.column.reserve(chunk * perImage * patch)
         var first = 0
         while first < out.batch {
-            let rows = min(chunk, out.batch - first) * perImage
-            im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
-            SplitGEMM.abT(rows, cout, patch, col, patch, w, patch, y + first * perImage * cout, cout)
+            let rows = min(chunk, out.batch - first) * perImage, firstRow = first * perImage
+            if SplitGEMM.splitsRows(rows, cout) {
+                // Each lane fills its own rows of the column and multiplies them: one hand-off, rows still cached.
+                SplitGEMM.onLanes(rows) { r in
+                    let laneCol = col + r.lowerBound * patch
+                    im2col(shape, x, g, firstRow: firstRow + r.lowerBound, rows: r.count, laneCol, threads: 1)
+                    gemmABt(r.count, cout, patch, laneCol, patch, w, patch, y + (firstRow + r.lowerBound) * cout, cout)
+                }
+            } else {
+                fillColumn(x, g, firstRow: firstRow, rows: rows, col)
+                SplitGEMM.abT(rows, cout, patch, col, patch, w, patch, y + firstRow * cout, cout)
+            }
             first += chunk
         }
         return (y, out)
+    }
+
+    /// im2col of `rows` output pixels from `firstRow` on, split across the training lanes.
+    private func fillColumn(_ x: UnsafePointer<Float>, _ g: Geometry, firstRow: Int, rows: Int,
+                            _ col: UnsafeMutablePointer<Float>) {
+        let patch = shape.patchSize
+        TrainingLanes.forEachRange(rows, minimum: max(1, 16_384 / patch)) { r in
+            im2col(shape, x, g, firstRow: firstRow + r.lowerBound, rows: r.count, col + r.lowerBound * patch, threads: 1)
+        }
     }
 
     /// dy [N·Ho·Wo, Cout] → dx [N·H·W, Cin] (when `needsInputGradient`); dW overwritten when required.
@@ -149,7 +167,7 @@ final class Conv2dLayer {
             let images = min(chunk, out.batch - first), rows = images * perImage
             let dyChunk = dy + first * perImage * cout
             if weight.requiresGrad {
-                im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
+                fillColumn(x, g, firstRow: first * perImage, rows: rows, col)
                 SplitGEMM.aTb(cout, patch, rows, dyChunk, cout, col, patch, dW, patch, beta: first == 0 ? 0 : 1)
             }
             if let dx {
@@ -163,12 +181,12 @@ final class Conv2dLayer {
 }
 
 /// The adjoint of im2col: adds each column row back onto the input pixels it was copied from.
-/// Images are independent, so threads split the chunk by image and never write the same pixel.
+/// Images are independent, so lanes split the chunk by image and never write the same pixel.
 func col2imAdd(_ s: ConvShape, _ col: UnsafePointer<Float>, _ g: Geometry, firstImage: Int, images: Int,
                _ dx: UnsafeMutablePointer<Float>) {
     let out = g.output(of: s)
     let k = s.kernel, cin = s.inChannels, patch = s.patchSize, perImage = out.height * out.width
-    Parallelism.forEachRange(images, minimumPerThread: 1) { range in
+    TrainingLanes.forEachRange(images, minimum: 1) { range in
         for i in range {
             let n = firstImage + i
             for q in 0..<perImage {
@@ -237,7 +255,7 @@ final class BatchNormLayer {
             let (sum, squares) = channelSums(rows: rows, channels: c) { range, s, q in
                 for r in range {
                     let row = x + r * c
-                    forEachChunk(c) { j in
+                    forEachChunk(0..<c) { j in
                         let v = SIMD8<Double>(row.vector(j))
                         s.add(v, at: j); q.add(v * v, at: j)
                     } remainder: { j in
@@ -275,7 +293,7 @@ final class BatchNormLayer {
                 TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
                     for r in range {
                         let src = x + r * c, dst = y + r * c
-                        forEachChunk(c) { j in
+                        forEachChunk(0..<c) { j in
                             let v = src.vector(j) * a.vector(j) + b.vector(j)
                             dst.store(relu ? v.clampedBelowAtZero : v, at: j)
                         } remainder: { j in
@@ -303,7 +321,7 @@ final class BatchNormLayer {
                 let (sumDy, sumDyXhat) = channelSums(rows: rows, channels: c) { range, sd, sdx in
                     for r in range {
                         let g = dyIn + r * c, v = x + r * c, out = y.map { $0 + r * c }
-                        forEachChunk(c) { j in
+                        forEachChunk(0..<c) { j in
                             var gj = g.vector(j)
                             if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
                             sd.add(SIMD8<Double>(gj), at: j)
@@ -331,7 +349,7 @@ final class BatchNormLayer {
                             TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
                                 for r in range {
                                     let g = dyIn + r * c, v = x + r * c, d = dx + r * c, out = y.map { $0 + r * c }
-                                    forEachChunk(c) { j in
+                                    forEachChunk(0..<c) { j in
                                         var gj = g.vector(j)
                                         if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
                                         let xhat = (v.vector(j) - m.vector(j)) * s.vector(j)
@@ -376,13 +394,13 @@ func channelSums(rows: Int, channels c: Int,
     return (first, second)
 }
 
-/// Runs `vector(j)` for each whole chunk of eight channels of a row of `channels`, then `remainder(j)` for
-/// each channel left over (the same arithmetic, one float at a time).
+/// Runs `vector(j)` for each whole chunk of eight indices of `range` (eight channels of a row, say), then
+/// `remainder(j)` for each index left over (the same arithmetic, one float at a time).
 @inline(__always)
-func forEachChunk(_ channels: Int, _ vector: (Int) -> Void, remainder: (Int) -> Void) {
-    var j = 0
-    while j + 8 <= channels { vector(j); j += 8 }
-    while j < channels { remainder(j); j += 1 }
+func forEachChunk(_ range: Range<Int>, _ vector: (Int) -> Void, remainder: (Int) -> Void) {
+    var j = range.lowerBound
+    while j + 8 <= range.upperBound { vector(j); j += 8 }
+    while j < range.upperBound { remainder(j); j += 1 }
 }
 
 extension UnsafePointer<Float> {
@@ -519,7 +537,14 @@ final class MaxPoolLayer {
             window = .allocate(capacity: count)
         }
         let y = output.reserve(count)
-        maxPool3x3s2(x, g, channels: channels, y, window: recordWindow ? window.baseAddress! : nil)
+        // Lanes split the batch by image.
+        let inputImage = g.height * g.width * channels, outputImage = out.height * out.width * channels
+        TrainingLanes.forEachRange(g.batch, minimum: 1) { images in
+            let first = images.lowerBound
+            maxPool3x3s2(x + first * inputImage, Geometry(batch: images.count, height: g.height, width: g.width),
+                         channels: channels, y + first * outputImage,
+                         window: recordWindow ? window.baseAddress! + first * outputImage : nil, threads: 1)
+        }
         windowRecorded = recordWindow
         inputGeometry = g
         outputGeometry = out
@@ -537,7 +562,7 @@ final class MaxPoolLayer {
         let tapOffsets = (0..<(k * k)).map { (($0 / k) * g.width + $0 % k) * c }
         let perImage = out.height * out.width, taps = UnsafePointer(window.baseAddress!)
         tapOffsets.withUnsafeBufferPointer { tapOffsets in
-            Parallelism.forEachRange(out.batch, minimumPerThread: 1) { range in
+            TrainingLanes.forEachRange(out.batch, minimum: 1) { range in
                 for p in (range.lowerBound * perImage)..<(range.upperBound * perImage) {
                     let x = p % out.width, y = (p / out.width) % out.height, n = p / perImage
                     let corner = ((n * g.height + y * s - pad) * g.width + x * s - pad) * c
