@@ -107,6 +107,7 @@ final class Handoff: Sendable {
         while count.load(ordering: .acquiring) < value {
             spins += 1
             guard spins % 1024 == 0 else { continue }
+            sched_yield()  // a thread with work to do (another lane set's, a data loader's) goes first
             let now = DispatchTime.now().uptimeNanoseconds
             if deadline == 0 { deadline = now + Self.spinNanoseconds }
             guard now >= deadline else { continue }
