@@ -143,41 +143,68 @@ func biasResidualReLU(_ out: UnsafeMutablePointer<Float>, rows: Int, channels: I
 }
 
 /// Max pool 3x3 / 2, padding 1 (padding never wins, as in PyTorch) over NHWC. Returns the output geometry.
-/// `argmax`, when given, receives the flat input index of each output's maximum (for the backward pass).
+/// The first maximum in scan order wins, as in PyTorch. `window`, when given, receives for each output the tap
+/// (ky·k + kx) of its maximum, for the backward pass.
 @discardableResult
 func maxPool3x3s2(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
-                  _ output: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>? = nil,
+                  _ output: UnsafeMutablePointer<Float>, window: UnsafeMutablePointer<UInt8>? = nil,
                   threads: Int = Parallelism.threads) -> Geometry {
     let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
     let oh = (g.height + 2 * pad - k) / s + 1, ow = (g.width + 2 * pad - k) / s + 1
     let outG = Geometry(batch: g.batch, height: oh, width: ow)
     Parallelism.forEachRange(outG.pixels, minimumPerThread: 256, threads: threads) { range in
-        for p in range {
-            let x = p % ow, y = (p / ow) % oh, n = p / (ow * oh)
-            let dst = output + p * channels
-            dst.update(repeating: -.infinity, count: channels)
-            argmax?.advanced(by: p * channels).update(repeating: -1, count: channels)
-            for ky in 0..<k {
-                let iy = y * s - pad + ky
-                guard iy >= 0, iy < g.height else { continue }
-                for kx in 0..<k {
-                    let ix = x * s - pad + kx
-                    guard ix >= 0, ix < g.width else { continue }
-                    let pixel = (n * g.height + iy) * g.width + ix
-                    let src = input + pixel * channels
-                    if let argmax {
-                        let am = argmax + p * channels
-                        for c in 0..<channels where src[c] > dst[c] || am[c] < 0 {
-                            dst[c] = src[c]; am[c] = Int32(pixel * channels + c)
-                        }
-                    } else {
-                        for c in 0..<channels { dst[c] = max(dst[c], src[c]) }
+        // The valid taps of one output: input rows and their tap numbers (at most k·k).
+        withUnsafeTemporaryAllocation(of: (UnsafePointer<Float>, UInt8).self, capacity: k * k) { taps in
+            for p in range {
+                let x = p % ow, y = (p / ow) % oh, n = p / (ow * oh)
+                var count = 0
+                for ky in 0..<k {
+                    let iy = y * s - pad + ky
+                    guard iy >= 0, iy < g.height else { continue }
+                    for kx in 0..<k {
+                        let ix = x * s - pad + kx
+                        guard ix >= 0, ix < g.width else { continue }
+                        taps[count] = (input + ((n * g.height + iy) * g.width + ix) * channels, UInt8(ky * k + kx))
+                        count += 1
                     }
                 }
+                maxOverTaps(taps.baseAddress!, count: count, channels: channels, output + p * channels,
+                            window: window.map { $0 + p * channels })
             }
         }
     }
     return outG
+}
+
+/// Channel-wise maximum over `count` ≥ 1 input rows: the first tap initialises, a later one wins only when
+/// strictly greater. Eight channels at a time in registers, then the remainder.
+@inline(__always)
+private func maxOverTaps(_ taps: UnsafePointer<(UnsafePointer<Float>, UInt8)>, count: Int, channels: Int,
+                         _ dst: UnsafeMutablePointer<Float>, window: UnsafeMutablePointer<UInt8>?) {
+    typealias Vector = SIMD8<Float>
+    var c = 0
+    while c + Vector.scalarCount <= channels {
+        var best = UnsafeRawPointer(taps[0].0 + c).loadUnaligned(as: Vector.self)
+        var bestTap = SIMD8<Int32>(repeating: Int32(taps[0].1))
+        for t in 1..<count {
+            let v = UnsafeRawPointer(taps[t].0 + c).loadUnaligned(as: Vector.self)
+            let greater = v .> best
+            best.replace(with: v, where: greater)
+            if window != nil { bestTap.replace(with: Int32(taps[t].1), where: greater) }
+        }
+        UnsafeMutableRawPointer(dst + c).storeBytes(of: best, as: Vector.self)
+        if let window {
+            UnsafeMutableRawPointer(window + c).storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: bestTap), as: SIMD8<UInt8>.self)
+        }
+        c += Vector.scalarCount
+    }
+    while c < channels {
+        var best = taps[0].0[c], bestTap = taps[0].1
+        for t in 1..<count where taps[t].0[c] > best { best = taps[t].0[c]; bestTap = taps[t].1 }
+        dst[c] = best
+        window?[c] = bestTap
+        c += 1
+    }
 }
 
 /// Global average pool over NHWC: [N, H·W, C] → [N, C].
@@ -196,42 +223,68 @@ func globalAveragePool(_ input: UnsafePointer<Float>, _ g: Geometry, channels: I
     }
 }
 
-/// GEMMs for the training layers, split across `Parallelism.threads` lanes, each part one single-threaded
-/// OpenBLAS call (the reason is in `InferencePlan`). Products are split by rows of the output, the weight
-/// gradient by its columns, so no part overlaps another. Training runs on one thread: not reentrant.
-enum SplitGEMM {
+/// The lanes that training work is split across: persistent threads (`Parallelism.threads` of them, the
+/// calling thread included). Training runs on one thread: not reentrant.
+enum TrainingLanes {
     nonisolated(unsafe) private static var lanes = LaneThreads()
 
     /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
-    private static func split(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
+    static func forEachRange(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
         let parts = max(1, min(Parallelism.threads, count / max(1, minimum)))
+        lanes.run(parts) { lane in part(count * lane / parts ..< count * (lane + 1) / parts) }
+    }
+}
+
+/// GEMMs for the training layers, split across the training lanes, each part one single-threaded OpenBLAS
+/// call (the reason is in `InferencePlan`). The m×n output is split along its larger side: every lane reads
+/// the whole operand along the other side, so that should be the smaller one (layer4's forward at batch 16
+/// is 64 pixels × 512 channels: split by pixels, both lanes would pack all 9 MB of its weight).
+enum SplitGEMM {
+    /// Whether an m×n output is split by rows (else by columns).
+    static func splitsRows(_ m: Int, _ n: Int) -> Bool { m >= n }
+
+    /// Runs `part(rows, columns)` over the parts of an m×n output, one per lane.
+    private static func split(_ m: Int, _ n: Int, _ part: (Range<Int>, Range<Int>) -> Void) {
+        if splitsRows(m, n) {
+            onLanes(m) { part($0, 0..<n) }
+        } else {
+            onLanes(n) { part(0..<m, $0) }
+        }
+    }
+
+    /// Runs `part(range)` over `0..<count` split across the lanes, OpenBLAS single-threaded meanwhile: for GEMMs
+    /// split by hand (and work done with them in the same lane).
+    static func onLanes(_ count: Int, _ part: (Range<Int>) -> Void) {
         let blasThreads = openblas_get_num_threads()
         if blasThreads != 1 { openblas_set_num_threads(1) }
         defer { if blasThreads != 1 { openblas_set_num_threads(blasThreads) } }
-        lanes.run(parts) { lane in part(count * lane / parts ..< count * (lane + 1) / parts) }
+        TrainingLanes.forEachRange(count, minimum: 64, part)
     }
 
     /// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c.
     static func abT(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
                     _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(m, minimum: 64) { r in
-            gemmABt(r.count, n, k, a + r.lowerBound * lda, lda, b, ldb, c + r.lowerBound * ldc, ldc, beta: beta)
+        split(m, n) { rows, columns in
+            gemmABt(rows.count, columns.count, k, a + rows.lowerBound * lda, lda, b + columns.lowerBound * ldb, ldb,
+                    c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
         }
     }
 
     /// c[m, n] = a[m, k] · b[k, n] + beta · c.
     static func ab(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
                    _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(m, minimum: 64) { r in
-            gemmAB(r.count, n, k, a + r.lowerBound * lda, lda, b, ldb, c + r.lowerBound * ldc, ldc, beta: beta)
+        split(m, n) { rows, columns in
+            gemmAB(rows.count, columns.count, k, a + rows.lowerBound * lda, lda, b + columns.lowerBound, ldb,
+                   c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
         }
     }
 
-    /// c[m, n] = a[k, m]ᵀ · b[k, n] + beta · c, split by columns n.
+    /// c[m, n] = a[k, m]ᵀ · b[k, n] + beta · c.
     static func aTb(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
                     _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(n, minimum: 32) { r in
-            gemmAtB(m, r.count, k, a, lda, b + r.lowerBound, ldb, c + r.lowerBound, ldc, beta: beta)
+        split(m, n) { rows, columns in
+            gemmAtB(rows.count, columns.count, k, a + rows.lowerBound, lda, b + columns.lowerBound, ldb,
+                    c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
         }
     }
 }

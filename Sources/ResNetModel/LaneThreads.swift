@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import Synchronization
 
 /// Persistent threads that run the lanes of a batch side by side: `run(count) { lane in … }` runs lane 0 on
 /// the calling thread and lane i on worker i, and returns when all are done.
@@ -10,21 +11,26 @@ import Glibc
 final class LaneThreads {
     private final class Worker {
         let index: Int
-        let start = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0)
+        /// Jobs posted by the caller and finished by the worker, counted.
+        let posted = Handoff(), finished = Handoff()
+        /// The caller's count of posted jobs.
+        var jobs = 0
         var job: ((Int) -> Void)?
         var thread = pthread_t()
 
         init(index: Int) { self.index = index }
 
         func loop() {
+            var done = 0
             while true {
-                start.wait()
+                posted.wait(until: done + 1)
                 guard runJob() else { return }  // no job: shut down
-                done.signal()
+                done += 1
+                finished.post(done)
             }
         }
 
-        /// Its own function so that the job's last reference here is gone before `done` is signalled.
+        /// Its own function so that the job's last reference here is gone before `finished` is posted.
         private func runJob() -> Bool {
             guard let job else { return false }
             job(index)
@@ -42,12 +48,13 @@ final class LaneThreads {
         withoutActuallyEscaping(body) { body in
             for worker in workers.prefix(helpers) {
                 worker.job = body
-                worker.start.signal()
+                worker.jobs += 1
+                worker.posted.post(worker.jobs)
             }
             body(0)
             for lane in (helpers + 1)..<count { body(lane) }  // only if threads could not be created
             for worker in workers.prefix(helpers) {
-                worker.done.wait()
+                worker.finished.wait(until: worker.jobs)
                 worker.job = nil
             }
         }
@@ -72,8 +79,45 @@ final class LaneThreads {
     deinit {
         for worker in workers {
             worker.job = nil
-            worker.start.signal()
+            worker.jobs += 1
+            worker.posted.post(worker.jobs)
             pthread_join(worker.thread, nil)
+        }
+    }
+}
+
+/// A count that one thread raises and another waits on. The waiter spins for a while before it sleeps: on
+/// this VM, waking a sleeping thread costs some 40 µs, and training hands work to a lane hundreds of times a
+/// step, each time for well under a millisecond.
+final class Handoff: Sendable {
+    private let count = Atomic<Int>(0)
+    private let sleeping = Atomic<Bool>(false)
+    private let wake = DispatchSemaphore(value: 0)
+    /// How long a waiter spins before it sleeps.
+    private static let spinNanoseconds: UInt64 = 200_000
+
+    func post(_ value: Int) {
+        count.store(value, ordering: .sequentiallyConsistent)
+        if sleeping.load(ordering: .sequentiallyConsistent) { wake.signal() }
+    }
+
+    /// Returns once the count has reached `value`.
+    func wait(until value: Int) {
+        var deadline: UInt64 = 0, spins = 0
+        while count.load(ordering: .acquiring) < value {
+            spins += 1
+            guard spins % 1024 == 0 else { continue }
+            sched_yield()  // a thread with work to do (another lane set's, a data loader's) goes first
+            let now = DispatchTime.now().uptimeNanoseconds
+            if deadline == 0 { deadline = now + Self.spinNanoseconds }
+            guard now >= deadline else { continue }
+            // Sleep. The poster stores the count, then reads `sleeping`; this side stores `sleeping`, then reads
+            // the count: in that order one of the two sees the other, so a post is never missed. A wake-up left
+            // over from an earlier post only costs one more turn of the loop.
+            sleeping.store(true, ordering: .sequentiallyConsistent)
+            if count.load(ordering: .sequentiallyConsistent) < value { wake.wait() }
+            sleeping.store(false, ordering: .sequentiallyConsistent)
+            deadline = 0
         }
     }
 }

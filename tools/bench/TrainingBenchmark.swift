@@ -6,12 +6,12 @@ import ResNetModel
 /// (frozen backbone; its BatchNorm in train mode as the seed, or in eval mode, which runs the fused inference
 /// plan) and the whole model; random weights and images.
 /// Compare with `tools/bench_train_pytorch.py` run on the same machine.
-func runTrainingBenchmark(steps: Int = 10) {
+func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10) {
     let architecture = Architecture(ModelConfig(numClasses: 2, head: .mlp, dropout: 0.5))
     var rng = SplitMix64(seed: 1)
     let state = ParameterInitialization.model(architecture, rng: &rng)
     print("training benchmark: ResNet-18 + MLP head, 49x49, \(steps) timed steps after 2 warm-up steps")
-    for batch in [16, 64] {
+    for batch in batches {
         let images = (0..<(batch * 49 * 49 * 3)).map { _ in rng.nextUnitFloat() }
         let labels = (0..<batch).map { $0 % 2 }
         for (phase, frozen, frozenBN) in [("head, frozen BN train", true, FrozenBatchNormMode.train),

@@ -6,7 +6,8 @@ import ResNetSupport
 // resnetkit-bench: throughput figures printed as a table (never a timed unit test).
 //   resnetkit-bench infer [--model CKPT] [--batches 16,64] [--sides 49,96] [--seconds S] [--threads N]
 //   resnetkit-bench compare [--sides 49,96]   (im2col vs Winograd where it pays, img per CPU-second)
-//   resnetkit-bench train          (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
+//   resnetkit-bench train [--batches 16,64] [--steps 10]
+//                                  (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
 
 BLASRuntime.ensureOptimizedKernel()
@@ -18,6 +19,7 @@ struct Options {
     var sides = [49, 96]
     var seconds = 3.0
     var threads = 2
+    var steps = 10
 
     init(_ args: [String]) {
         var rest = args[...]
@@ -30,6 +32,7 @@ struct Options {
             case "--sides": sides = value.split(separator: ",").compactMap { Int($0) }
             case "--seconds": seconds = Double(value) ?? seconds
             case "--threads": threads = Int(value) ?? threads
+            case "--steps": steps = Int(value) ?? steps
             default:
                 FileHandle.standardError.write(Data("unknown option \(flag)\n".utf8))
                 exit(2)
@@ -127,9 +130,9 @@ do {
     switch options.mode {
     case "infer": try benchmarkInference(options)
     case "compare": try compareAlgorithms(options)
-    case "train": runTrainingBenchmark()
+    case "train": runTrainingBenchmark(batches: options.batches, steps: options.steps)
     default:
-        FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, train)\n".utf8))
+        FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, compare, train)\n".utf8))
         exit(2)
     }
 } catch {

@@ -52,9 +52,9 @@ public final class AdamW {
     public var weightDecay: Double
     public let parameters: [TrainableParameter]
     /// Per-parameter state, in the parameter's internal layout: first and second moments, step count.
-    var moment1: [[Float]]
-    var moment2: [[Float]]
-    var steps: [Int]
+    private let moment1: [UnsafeMutableBufferPointer<Float>]
+    private let moment2: [UnsafeMutableBufferPointer<Float>]
+    private var steps: [Int]
 
     public init(parameters: [TrainableParameter], lr: Double = 1e-3, betas: (Double, Double) = (0.9, 0.999),
                 eps: Double = 1e-8, weightDecay: Double = 0.01) {
@@ -64,37 +64,85 @@ public final class AdamW {
         self.beta2 = betas.1
         self.eps = eps
         self.weightDecay = weightDecay
-        moment1 = parameters.map { [Float](repeating: 0, count: $0.count) }
-        moment2 = moment1
+        let zeros = { (p: TrainableParameter) -> UnsafeMutableBufferPointer<Float> in
+            let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: p.count)
+            buffer.initialize(repeating: 0)
+            return buffer
+        }
+        moment1 = parameters.map(zeros)
+        moment2 = parameters.map(zeros)
         steps = Array(repeating: 0, count: parameters.count)
     }
 
+    deinit {
+        moment1.forEach { $0.deallocate() }
+        moment2.forEach { $0.deallocate() }
+    }
+
+    /// What one parameter's update needs: its buffers and the scalars of its step.
+    private struct Update {
+        var value: UnsafeMutablePointer<Float>, gradient: UnsafePointer<Float>
+        var moment1: UnsafeMutablePointer<Float>, moment2: UnsafeMutablePointer<Float>
+        /// Where the parameter starts in the concatenation of all updated parameters, and its length.
+        var offset: Int, count: Int
+        var decay: Float, stepSize: Float, correction2Sqrt: Float
+    }
+
+    /// One pass over all trainable parameters as one concatenated range, split across the training lanes
+    /// (many tensors are small: a split per tensor would be a thread hand-off for a few hundred floats).
     public func step() {
+        var updates: [Update] = []
+        var total = 0
         for (index, p) in parameters.enumerated() where p.requiresGrad {
             steps[index] += 1
             let t = Double(steps[index])
-            let decay = Float(1 - lr * weightDecay)
-            let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2)
-            let stepSize = Float(lr / (1 - pow(beta1, t)))
-            let correction2Sqrt = Float((1 - pow(beta2, t)).squareRoot())
-            let epsilon = Float(eps)
-            let value = p.value, grad = p.gradient
-            moment1[index].withUnsafeMutableBufferPointer { m in
-                moment2[index].withUnsafeMutableBufferPointer { v in
-                    let m = m, v = v
-                    Parallelism.forEachRange(p.count, minimumPerThread: 1 << 16) { range in
-                        for i in range {
-                            let g = grad[i]
-                            let w = value[i] * decay
-                            // lerp(m, g, 1 − b1) = m + (1 − b1)(g − m), as torch's lerp_ computes it.
-                            m[i] += oneMinusB1 * (g - m[i])
-                            v[i] = v[i] * b2 + oneMinusB2 * g * g
-                            let denom = v[i].squareRoot() / correction2Sqrt + epsilon
-                            value[i] = w - stepSize * (m[i] / denom)
-                        }
-                    }
+            updates.append(Update(value: p.value.baseAddress!, gradient: UnsafePointer(p.gradient.baseAddress!),
+                                  moment1: moment1[index].baseAddress!, moment2: moment2[index].baseAddress!,
+                                  offset: total, count: p.count, decay: Float(1 - lr * weightDecay),
+                                  stepSize: Float(lr / (1 - pow(beta1, t))),
+                                  correction2Sqrt: Float((1 - pow(beta2, t)).squareRoot())))
+            total += p.count
+        }
+        let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2), epsilon = Float(eps)
+        updates.withUnsafeBufferPointer { updates in
+            TrainingLanes.forEachRange(total, minimum: 1 << 14) { range in
+                for u in updates where u.offset < range.upperBound && u.offset + u.count > range.lowerBound {
+                    let first = max(0, range.lowerBound - u.offset), end = min(u.count, range.upperBound - u.offset)
+                    Self.update(u, first ..< end, b2: b2, oneMinusB1: oneMinusB1, oneMinusB2: oneMinusB2,
+                                epsilon: epsilon)
                 }
             }
+        }
+    }
+
+    /// Elements `range` of one parameter, eight at a time: SIMD lanes round exactly as the scalar tail, the
+    /// operations and their order being torch's.
+    private static func update(_ u: Update, _ range: Range<Int>, b2: Float, oneMinusB1: Float, oneMinusB2: Float,
+                               epsilon: Float) {
+        typealias Vector = SIMD8<Float>
+        var i = range.lowerBound
+        while i + Vector.scalarCount <= range.upperBound {
+            let g = UnsafeRawPointer(u.gradient + i).loadUnaligned(as: Vector.self)
+            let w = UnsafeRawPointer(u.value + i).loadUnaligned(as: Vector.self) * u.decay
+            var m = UnsafeRawPointer(u.moment1 + i).loadUnaligned(as: Vector.self)
+            var v = UnsafeRawPointer(u.moment2 + i).loadUnaligned(as: Vector.self)
+            // lerp(m, g, 1 − b1) = m + (1 − b1)(g − m), as torch's lerp_ computes it.
+            m += oneMinusB1 * (g - m)
+            v = v * b2 + oneMinusB2 * g * g
+            let denom = v.squareRoot() / u.correction2Sqrt + epsilon
+            UnsafeMutableRawPointer(u.moment1 + i).storeBytes(of: m, as: Vector.self)
+            UnsafeMutableRawPointer(u.moment2 + i).storeBytes(of: v, as: Vector.self)
+            UnsafeMutableRawPointer(u.value + i).storeBytes(of: w - u.stepSize * (m / denom), as: Vector.self)
+            i += Vector.scalarCount
+        }
+        while i < range.upperBound {
+            let g = u.gradient[i]
+            let w = u.value[i] * u.decay
+            u.moment1[i] += oneMinusB1 * (g - u.moment1[i])
+            u.moment2[i] = u.moment2[i] * b2 + oneMinusB2 * g * g
+            let denom = u.moment2[i].squareRoot() / u.correction2Sqrt + epsilon
+            u.value[i] = w - u.stepSize * (u.moment1[i] / denom)
+            i += 1
         }
     }
 
@@ -103,8 +151,8 @@ public final class AdamW {
     public func state() -> (tensors: StateDict, steps: [String: Int]) {
         var tensors: StateDict = [:], counts: [String: Int] = [:]
         for (index, p) in parameters.enumerated() where steps[index] > 0 {
-            tensors["\(p.name).exp_avg"] = Tensor(shape: p.shape, data: p.torchLayout(moment1[index]))
-            tensors["\(p.name).exp_avg_sq"] = Tensor(shape: p.shape, data: p.torchLayout(moment2[index]))
+            tensors["\(p.name).exp_avg"] = Tensor(shape: p.shape, data: p.torchLayout(Array(moment1[index])))
+            tensors["\(p.name).exp_avg_sq"] = Tensor(shape: p.shape, data: p.torchLayout(Array(moment2[index])))
             counts[p.name] = steps[index]
         }
         return (tensors, counts)
@@ -117,8 +165,8 @@ public final class AdamW {
             guard m.count == p.count, v.count == p.count else {
                 throw StateDictError(problems: ["\(p.name): optimizer state has \(m.count) values, expected \(p.count)"])
             }
-            moment1[index] = p.internalLayout(m.data)
-            moment2[index] = p.internalLayout(v.data)
+            _ = moment1[index].update(from: p.internalLayout(m.data))
+            _ = moment2[index].update(from: p.internalLayout(v.data))
             steps[index] = max(0, counts[p.name] ?? 0)
         }
     }

@@ -44,8 +44,12 @@ final class BasicBlockLayer {
         let count = out.pixels * conv2.shape.outChannels
         let y = output.reserve(count)
         let residual = shortcut
-        Parallelism.forEachRange(count, minimumPerThread: 65_536) { range in
-            for i in range { y[i] = max(0, a[i] + residual[i]) }
+        TrainingLanes.forEachRange(count, minimum: 65_536) { range in
+            forEachChunk(range) { i in
+                y.store((a.vector(i) + residual.vector(i)).clampedBelowAtZero, at: i)
+            } remainder: { i in
+                y[i] = max(0, a[i] + residual[i])
+            }
         }
         return (y, out)
     }
@@ -54,8 +58,12 @@ final class BasicBlockLayer {
     func backward(_ dy: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
         let count = rows * conv2.shape.outChannels
         let g = outputGradient.reserve(count), y = output.pointer
-        Parallelism.forEachRange(count, minimumPerThread: 65_536) { range in
-            for i in range { g[i] = y[i] > 0 ? dy[i] : 0 }
+        TrainingLanes.forEachRange(count, minimum: 65_536) { range in
+            forEachChunk(range) { i in
+                g.store(SIMD8<Float>.zero.replacing(with: dy.vector(i), where: y.vector(i) .> 0), at: i)
+            } remainder: { i in
+                g[i] = y[i] > 0 ? dy[i] : 0
+            }
         }
         let conv1Trains = conv1.weight.requiresGrad || !bn1.isFrozen
         let dA = bn2.backward(g, needsInputGradient: true)!
@@ -220,6 +228,9 @@ public final class TrainableResNet {
         return plan
     }
 
+    /// Whether backward reaches the stem (and so the max pool).
+    private var stemTrains: Bool { stemConv.weight.requiresGrad || !stemBN.isFrozen }
+
     private func usesBatchStatistics(_ layer: BatchNormLayer, training: Bool) -> Bool {
         training && !(frozenBatchNorm == .eval && layer.isFrozen)
     }
@@ -239,7 +250,7 @@ public final class TrainableResNet {
         } else {
             var (x, g) = stemConv.forward(images, input)
             let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))
-            (x, g) = maxPool.forward(s, g)
+            (x, g) = maxPool.forward(s, g, recordWindow: training && stemTrains)
             for block in blocks { (x, g) = block.forward(x, g, statistics: stats) }
             finalGeometry = g
             globalAveragePool(x, g, channels: features, f)
@@ -277,7 +288,6 @@ public final class TrainableResNet {
         let loss = crossEntropy(logits, labels: labels, classes: numClasses, gradient: dLogits)
 
         // Where backward can stop: the index of the first unit (stem = 0, blocks 1…8) with a trainable parameter.
-        let stemTrains = stemConv.weight.requiresGrad || !stemBN.isFrozen
         let firstTrainableBlock = blocks.firstIndex { $0.parameters.contains { $0.requiresGrad } }
         let backboneTrains = stemTrains || firstTrainableBlock != nil
 

@@ -120,12 +120,30 @@ final class Conv2dLayer {
         let col = workspace.column.reserve(chunk * perImage * patch)
         var first = 0
         while first < out.batch {
-            let rows = min(chunk, out.batch - first) * perImage
-            im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
-            SplitGEMM.abT(rows, cout, patch, col, patch, w, patch, y + first * perImage * cout, cout)
+            let rows = min(chunk, out.batch - first) * perImage, firstRow = first * perImage
+            if SplitGEMM.splitsRows(rows, cout) {
+                // Each lane fills its own rows of the column and multiplies them: one hand-off, rows still cached.
+                SplitGEMM.onLanes(rows) { r in
+                    let laneCol = col + r.lowerBound * patch
+                    im2col(shape, x, g, firstRow: firstRow + r.lowerBound, rows: r.count, laneCol, threads: 1)
+                    gemmABt(r.count, cout, patch, laneCol, patch, w, patch, y + (firstRow + r.lowerBound) * cout, cout)
+                }
+            } else {
+                fillColumn(x, g, firstRow: firstRow, rows: rows, col)
+                SplitGEMM.abT(rows, cout, patch, col, patch, w, patch, y + firstRow * cout, cout)
+            }
             first += chunk
         }
         return (y, out)
+    }
+
+    /// im2col of `rows` output pixels from `firstRow` on, split across the training lanes.
+    private func fillColumn(_ x: UnsafePointer<Float>, _ g: Geometry, firstRow: Int, rows: Int,
+                            _ col: UnsafeMutablePointer<Float>) {
+        let patch = shape.patchSize
+        TrainingLanes.forEachRange(rows, minimum: max(1, 16_384 / patch)) { r in
+            im2col(shape, x, g, firstRow: firstRow + r.lowerBound, rows: r.count, col + r.lowerBound * patch, threads: 1)
+        }
     }
 
     /// dy [N·Ho·Wo, Cout] → dx [N·H·W, Cin] (when `needsInputGradient`); dW overwritten when required.
@@ -149,7 +167,7 @@ final class Conv2dLayer {
             let images = min(chunk, out.batch - first), rows = images * perImage
             let dyChunk = dy + first * perImage * cout
             if weight.requiresGrad {
-                im2col(shape, x, g, firstRow: first * perImage, rows: rows, col)
+                fillColumn(x, g, firstRow: first * perImage, rows: rows, col)
                 SplitGEMM.aTb(cout, patch, rows, dyChunk, cout, col, patch, dW, patch, beta: first == 0 ? 0 : 1)
             }
             if let dx {
@@ -163,12 +181,12 @@ final class Conv2dLayer {
 }
 
 /// The adjoint of im2col: adds each column row back onto the input pixels it was copied from.
-/// Images are independent, so threads split the chunk by image and never write the same pixel.
+/// Images are independent, so lanes split the chunk by image and never write the same pixel.
 func col2imAdd(_ s: ConvShape, _ col: UnsafePointer<Float>, _ g: Geometry, firstImage: Int, images: Int,
                _ dx: UnsafeMutablePointer<Float>) {
     let out = g.output(of: s)
     let k = s.kernel, cin = s.inChannels, patch = s.patchSize, perImage = out.height * out.width
-    Parallelism.forEachRange(images, minimumPerThread: 1) { range in
+    TrainingLanes.forEachRange(images, minimum: 1) { range in
         for i in range {
             let n = firstImage + i
             for q in 0..<perImage {
@@ -233,11 +251,16 @@ final class BatchNormLayer {
         let c = channels
         if batchStatistics {
             // One pass of per-channel Σx and Σx² in double precision (no cancellation worth the name at these
-            // sizes), split across threads.
+            // sizes), split across the lanes.
             let (sum, squares) = channelSums(rows: rows, channels: c) { range, s, q in
                 for r in range {
                     let row = x + r * c
-                    for j in 0..<c { let v = Double(row[j]); s[j] += v; q[j] += v * v }
+                    forEachChunk(0..<c) { j in
+                        let v = SIMD8<Double>(row.vector(j))
+                        s.add(v, at: j); q.add(v * v, at: j)
+                    } remainder: { j in
+                        let v = Double(row[j]); s[j] += v; q[j] += v * v
+                    }
                 }
             }
             let unbiasedScale = rows > 1 ? Double(rows) / Double(rows - 1) : 1
@@ -264,15 +287,18 @@ final class BatchNormLayer {
         }
         let y = output.reserve(rows * c)
         let relu = relu
-        scale.withUnsafeBufferPointer { a in
-            shift.withUnsafeBufferPointer { b in
-                Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / c)) { range in
+        scale.withUnsafeBufferPointer { scale in
+            shift.withUnsafeBufferPointer { shift in
+                let a = scale.baseAddress!, b = shift.baseAddress!
+                TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
                     for r in range {
                         let src = x + r * c, dst = y + r * c
-                        if relu {
-                            for j in 0..<c { dst[j] = max(0, src[j] * a[j] + b[j]) }
-                        } else {
-                            for j in 0..<c { dst[j] = src[j] * a[j] + b[j] }
+                        forEachChunk(0..<c) { j in
+                            let v = src.vector(j) * a.vector(j) + b.vector(j)
+                            dst.store(relu ? v.clampedBelowAtZero : v, at: j)
+                        } remainder: { j in
+                            let v = src[j] * a[j] + b[j]
+                            dst[j] = relu ? max(0, v) : v
                         }
                     }
                 }
@@ -286,82 +312,76 @@ final class BatchNormLayer {
     func backward(_ dyIn: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
         guard let x = input else { return nil }
         let c = channels, rows = rows
-        let dx = inputGradient.reserve(rows * c)
         // With ReLU, dŷ = dy where the output is positive: applied on the fly in both passes.
         let y: UnsafePointer<Float>? = relu ? UnsafePointer(output.pointer) : nil
-        let (sumDy, sumDyXhat) = mean.withUnsafeBufferPointer { m in
-            invStd.withUnsafeBufferPointer { s in
-                channelSums(rows: rows, channels: c) { range, sd, sdx in
+        var scale = [Float](repeating: 0, count: c), meanDy = scale, meanDyXhat = scale
+        return mean.withUnsafeBufferPointer { mean in
+            invStd.withUnsafeBufferPointer { invStd in
+                let m = mean.baseAddress!, s = invStd.baseAddress!
+                let (sumDy, sumDyXhat) = channelSums(rows: rows, channels: c) { range, sd, sdx in
                     for r in range {
-                        let g = dyIn + r * c, v = x + r * c
-                        if let y {
-                            let out = y + r * c
-                            for j in 0..<c {
-                                let gj = out[j] > 0 ? g[j] : 0
-                                sd[j] += Double(gj)
-                                sdx[j] += Double(gj * ((v[j] - m[j]) * s[j]))
-                            }
-                        } else {
-                            for j in 0..<c {
-                                sd[j] += Double(g[j])
-                                sdx[j] += Double(g[j] * ((v[j] - m[j]) * s[j]))
-                            }
+                        let g = dyIn + r * c, v = x + r * c, out = y.map { $0 + r * c }
+                        forEachChunk(0..<c) { j in
+                            var gj = g.vector(j)
+                            if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
+                            sd.add(SIMD8<Double>(gj), at: j)
+                            sdx.add(SIMD8<Double>(gj * ((v.vector(j) - m.vector(j)) * s.vector(j))), at: j)
+                        } remainder: { j in
+                            let gj = out.map { $0[j] > 0 ? g[j] : 0 } ?? g[j]
+                            sd[j] += Double(gj)
+                            sdx[j] += Double(gj * ((v[j] - m[j]) * s[j]))
                         }
                     }
                 }
-            }
-        }
-        if weight.requiresGrad { for j in 0..<c { weight.gradient[j] = Float(sumDyXhat[j]) } }
-        if bias.requiresGrad { for j in 0..<c { bias.gradient[j] = Float(sumDy[j]) } }
-        guard needsInputGradient else { return nil }
-        var scale = [Float](repeating: 0, count: c), meanDy = scale, meanDyXhat = scale
-        for j in 0..<c {
-            scale[j] = weight.value[j] * invStd[j]
-            meanDy[j] = usedBatchStatistics ? Float(sumDy[j] / Double(rows)) : 0
-            meanDyXhat[j] = usedBatchStatistics ? Float(sumDyXhat[j] / Double(rows)) : 0
-        }
-        scale.withUnsafeBufferPointer { a in
-            meanDy.withUnsafeBufferPointer { md in
-                meanDyXhat.withUnsafeBufferPointer { mdx in
-                    mean.withUnsafeBufferPointer { m in
-                        invStd.withUnsafeBufferPointer { s in
-                            Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / c)) { range in
+                if weight.requiresGrad { for j in 0..<c { weight.gradient[j] = Float(sumDyXhat[j]) } }
+                if bias.requiresGrad { for j in 0..<c { bias.gradient[j] = Float(sumDy[j]) } }
+                guard needsInputGradient else { return nil }
+                for j in 0..<c {
+                    scale[j] = weight.value[j] * s[j]
+                    meanDy[j] = usedBatchStatistics ? Float(sumDy[j] / Double(rows)) : 0
+                    meanDyXhat[j] = usedBatchStatistics ? Float(sumDyXhat[j] / Double(rows)) : 0
+                }
+                let dx = inputGradient.reserve(rows * c)
+                scale.withUnsafeBufferPointer { scale in
+                    meanDy.withUnsafeBufferPointer { meanDy in
+                        meanDyXhat.withUnsafeBufferPointer { meanDyXhat in
+                            let a = scale.baseAddress!, md = meanDy.baseAddress!, mdx = meanDyXhat.baseAddress!
+                            TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
                                 for r in range {
-                                    let g = dyIn + r * c, v = x + r * c, d = dx + r * c
-                                    if let y {
-                                        let out = y + r * c
-                                        for j in 0..<c {
-                                            let xhat = (v[j] - m[j]) * s[j]
-                                            d[j] = a[j] * ((out[j] > 0 ? g[j] : 0) - md[j] - xhat * mdx[j])
-                                        }
-                                    } else {
-                                        for j in 0..<c {
-                                            let xhat = (v[j] - m[j]) * s[j]
-                                            d[j] = a[j] * (g[j] - md[j] - xhat * mdx[j])
-                                        }
+                                    let g = dyIn + r * c, v = x + r * c, d = dx + r * c, out = y.map { $0 + r * c }
+                                    forEachChunk(0..<c) { j in
+                                        var gj = g.vector(j)
+                                        if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
+                                        let xhat = (v.vector(j) - m.vector(j)) * s.vector(j)
+                                        d.store(a.vector(j) * (gj - md.vector(j) - xhat * mdx.vector(j)), at: j)
+                                    } remainder: { j in
+                                        let gj = out.map { $0[j] > 0 ? g[j] : 0 } ?? g[j]
+                                        let xhat = (v[j] - m[j]) * s[j]
+                                        d[j] = a[j] * (gj - md[j] - xhat * mdx[j])
                                     }
                                 }
                             }
                         }
                     }
                 }
+                return dx
             }
         }
-        return dx
     }
 }
 
 /// Per-channel sums over the rows of a [rows, C] matrix: `body` accumulates its row range into two
-/// zeroed double arrays of C; threads get their own arrays, added up in a fixed order (deterministic).
+/// zeroed double arrays of C; lanes get their own arrays, added up in a fixed order (deterministic).
 func channelSums(rows: Int, channels c: Int,
                  _ body: (Range<Int>, UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>) -> Void) -> ([Double], [Double]) {
     let parts = max(1, min(Parallelism.threads, rows * c / 65_536))
     var partial = [Double](repeating: 0, count: parts * 2 * c)
     partial.withUnsafeMutableBufferPointer { buffer in
         let base = buffer.baseAddress!
-        if parts == 1 { body(0..<rows, base, base + c); return }
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
-            body(rows * part / parts ..< rows * (part + 1) / parts, base + part * 2 * c, base + part * 2 * c + c)
+        TrainingLanes.forEachRange(parts, minimum: 1) { lanes in
+            for part in lanes {
+                body(rows * part / parts ..< rows * (part + 1) / parts, base + part * 2 * c, base + part * 2 * c + c)
+            }
         }
     }
     var first = [Double](repeating: 0, count: c), second = first
@@ -372,6 +392,38 @@ func channelSums(rows: Int, channels c: Int,
         }
     }
     return (first, second)
+}
+
+/// Runs `vector(j)` for each whole chunk of eight indices of `range` (eight channels of a row, say), then
+/// `remainder(j)` for each index left over (the same arithmetic, one float at a time).
+@inline(__always)
+func forEachChunk(_ range: Range<Int>, _ vector: (Int) -> Void, remainder: (Int) -> Void) {
+    var j = range.lowerBound
+    while j + 8 <= range.upperBound { vector(j); j += 8 }
+    while j < range.upperBound { remainder(j); j += 1 }
+}
+
+extension UnsafePointer<Float> {
+    /// The eight floats from `i` on.
+    @inline(__always) func vector(_ i: Int) -> SIMD8<Float> { UnsafeRawPointer(self + i).loadUnaligned(as: SIMD8<Float>.self) }
+}
+
+extension UnsafeMutablePointer<Float> {
+    @inline(__always) func vector(_ i: Int) -> SIMD8<Float> { UnsafePointer(self).vector(i) }
+    @inline(__always) func store(_ v: SIMD8<Float>, at i: Int) { UnsafeMutableRawPointer(self + i).storeBytes(of: v, as: SIMD8<Float>.self) }
+}
+
+extension SIMD8<Float> {
+    /// max(0, x) lane by lane, as `Swift.max(0, x)` (`pointwiseMax` is not inlined: a call per chunk).
+    @inline(__always) var clampedBelowAtZero: SIMD8<Float> { SIMD8<Float>.zero.replacing(with: self, where: self .>= 0) }
+}
+
+extension UnsafeMutablePointer<Double> {
+    /// self[i ..< i + 8] += v.
+    @inline(__always) func add(_ v: SIMD8<Double>, at i: Int) {
+        let sum = UnsafeRawPointer(self + i).loadUnaligned(as: SIMD8<Double>.self) + v
+        UnsafeMutableRawPointer(self + i).storeBytes(of: sum, as: SIMD8<Double>.self)
+    }
 }
 
 /// Linear: y[N, out] = x[N, in] · Wᵀ + b, W [out, in] (torchvision layout), optionally followed by ReLU.
@@ -462,40 +514,62 @@ final class DropoutLayer {
     }
 }
 
-/// Max pool 3x3/2 pad 1 with argmax; backward routes each output gradient to its argmax.
+/// Max pool 3x3/2 pad 1; forward records which tap of each window won, backward routes each output gradient
+/// to that input.
 final class MaxPoolLayer {
     let channels: Int
     let output = FloatBuffer(), inputGradient = FloatBuffer()
-    private var argmax = UnsafeMutableBufferPointer<Int32>(start: nil, count: 0)
+    private var window = UnsafeMutableBufferPointer<UInt8>(start: nil, count: 0)
+    private var windowRecorded = false
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
     private var outputGeometry = Geometry(batch: 0, height: 0, width: 0)
 
     init(channels: Int) { self.channels = channels }
-    deinit { argmax.deallocate() }
+    deinit { window.deallocate() }
 
-    func forward(_ x: UnsafePointer<Float>, _ g: Geometry) -> (UnsafeMutablePointer<Float>, Geometry) {
+    /// `recordWindow`: keep what backward needs (a forward whose backward stops before this layer need not).
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, recordWindow: Bool) -> (UnsafeMutablePointer<Float>, Geometry) {
         let side = { (s: Int) in (s + 2 * Architecture.maxPoolPadding - Architecture.maxPoolKernel) / Architecture.maxPoolStride + 1 }
         let out = Geometry(batch: g.batch, height: side(g.height), width: side(g.width))
         let count = out.pixels * channels
-        if argmax.count < count {
-            argmax.deallocate()
-            argmax = .allocate(capacity: count)
+        if recordWindow && window.count < count {
+            window.deallocate()
+            window = .allocate(capacity: count)
         }
         let y = output.reserve(count)
-        maxPool3x3s2(x, g, channels: channels, y, argmax: argmax.baseAddress!)
+        // Lanes split the batch by image.
+        let inputImage = g.height * g.width * channels, outputImage = out.height * out.width * channels
+        TrainingLanes.forEachRange(g.batch, minimum: 1) { images in
+            let first = images.lowerBound
+            maxPool3x3s2(x + first * inputImage, Geometry(batch: images.count, height: g.height, width: g.width),
+                         channels: channels, y + first * outputImage,
+                         window: recordWindow ? window.baseAddress! + first * outputImage : nil, threads: 1)
+        }
+        windowRecorded = recordWindow
         inputGeometry = g
         outputGeometry = out
         return (y, out)
     }
 
-    /// dy [N·Ho·Wo, C] → dx [N·H·W, C]; threads split by image (an image's argmaxes stay in that image).
+    /// dy [N·Ho·Wo, C] → dx [N·H·W, C]; threads split by image (a window stays in its image).
     func backward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
-        let dx = inputGradient.reserve(inputGeometry.pixels * channels)
-        dx.update(repeating: 0, count: inputGeometry.pixels * channels)
-        let perImage = outputGeometry.height * outputGeometry.width * channels
-        let am = argmax.baseAddress!
-        Parallelism.forEachRange(outputGeometry.batch, minimumPerThread: 1) { range in
-            for i in (range.lowerBound * perImage)..<(range.upperBound * perImage) { dx[Int(am[i])] += dy[i] }
+        precondition(windowRecorded, "max pool backward after a forward that did not record its windows")
+        let g = inputGeometry, out = outputGeometry, c = channels
+        let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
+        let dx = inputGradient.reserve(g.pixels * c)
+        dx.update(repeating: 0, count: g.pixels * c)
+        // Offset of each tap from its window's top-left corner, in floats.
+        let tapOffsets = (0..<(k * k)).map { (($0 / k) * g.width + $0 % k) * c }
+        let perImage = out.height * out.width, taps = UnsafePointer(window.baseAddress!)
+        tapOffsets.withUnsafeBufferPointer { tapOffsets in
+            TrainingLanes.forEachRange(out.batch, minimum: 1) { range in
+                for p in (range.lowerBound * perImage)..<(range.upperBound * perImage) {
+                    let x = p % out.width, y = (p / out.width) % out.height, n = p / perImage
+                    let corner = ((n * g.height + y * s - pad) * g.width + x * s - pad) * c
+                    let grad = dy + p * c, tap = taps + p * c
+                    for j in 0..<c { dx[corner + tapOffsets[Int(tap[j])] + j] += grad[j] }
+                }
+            }
         }
         return dx
     }
