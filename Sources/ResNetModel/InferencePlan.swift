@@ -41,8 +41,7 @@ public final class InferencePlan {
     public var algorithm = ConvolutionAlgorithm.automatic
 
     public enum ConvolutionAlgorithm: Sendable {
-        /// Winograd where its 2x2 tiles cover at most `winogradMaximumCover` times the layer's pixels (an odd
-        /// side wastes a row of tiles: 3x3 pixels take four tiles, 16 outputs, which is not worth it).
+        /// Winograd where its 2x2 tiles cover the layer well (`WinogradConv.coversWell`).
         case automatic
         /// im2col + GEMM everywhere.
         case im2col
@@ -50,7 +49,6 @@ public final class InferencePlan {
         case winograd
     }
 
-    static let winogradMaximumCover = 1.4
     /// Floats of transformed input and products per Winograd chunk: about half of L2.
     static let winogradChunkFloats = 1 << 19
     /// Rows per im2col chunk: enough that the column matrix stays in L2, but at least `minimumChunkRows` so
@@ -160,9 +158,7 @@ public final class InferencePlan {
     private func usesWinograd(_ s: ConvShape, _ g: Geometry) -> Bool {
         guard WinogradConv.supports(s) else { return false }
         switch algorithm {
-        case .automatic:
-            let covered = Double(((g.height + 1) / 2 * 2) * ((g.width + 1) / 2 * 2))
-            return covered <= Self.winogradMaximumCover * Double(g.height * g.width)
+        case .automatic: return WinogradConv.coversWell(g)
         case .im2col: return false
         case .winograd: return true
         }

@@ -92,6 +92,12 @@ struct WinogradConv {
         }
     }
 
+    /// Whether 2x2 tiles cover a layer of this size well enough to pay: at most 1.4 times its pixels (an odd
+    /// 3x3 layer takes four tiles, 16 outputs for 9, which is not worth it).
+    static func coversWell(_ g: Geometry) -> Bool {
+        ((g.height + 1) / 2 * 2) * ((g.width + 1) / 2 * 2) * 5 <= 7 * g.height * g.width
+    }
+
     /// Whether F(2x2, 3x3) as implemented here applies: 3x3, stride 1, padding 1, channels in fours.
     static func supports(_ s: ConvShape) -> Bool {
         s.kernel == 3 && s.stride == 1 && s.padding == 1 && s.inChannels % 4 == 0 && s.outChannels % 4 == 0
