@@ -15,6 +15,8 @@
 # when the (mean) difference exceeds LIMIT points (default 2).
 # Environment: PYTHON (default /opt/pyref/bin/python), RESNETKIT (default .build/release/resnetkit, built if missing).
 set -euo pipefail
+# Let every library pick its own kernels (some machines preset OPENBLAS_CORETYPE for older builds).
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/cmpset}
 [ $# -gt 0 ] && shift
