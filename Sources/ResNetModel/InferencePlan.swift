@@ -3,7 +3,7 @@ import COpenBLAS
 /// The eval-mode network compiled for speed: every BatchNorm folded into the convolution (or linear
 /// layer) it belongs to, weights in im2col order, bias + residual + ReLU fused into one pass over each
 /// GEMM's output, activations in buffers reused across batches. Build once, run many batches.
-/// The 3x3 stride-1 convolutions of the early stages run as Winograd F(2x2, 3x3) (`WinogradConv`).
+/// The 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (`WinogradConv`) where its tiles fit the layer.
 ///
 /// A batch is split across `Parallelism.threads` lanes, each running the whole network on its slice with
 /// single-threaded OpenBLAS calls: on these GEMM shapes that is nearly twice as fast as one multi-threaded
