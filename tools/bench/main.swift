@@ -5,7 +5,7 @@ import ResNetSupport
 
 // resnetkit-bench: throughput figures printed as a table (never a timed unit test).
 //   resnetkit-bench infer [--model CKPT] [--batches 16,64] [--sides 49,96] [--seconds S] [--threads N]
-//   resnetkit-bench compare [--sides 49,96]   (im2col vs Winograd where it pays, img per CPU-second)
+//   resnetkit-bench compare [--sides 49,96] [--batches 64]   (im2col vs Winograd where it pays, img per CPU-second)
 //   resnetkit-bench train [--batches 16,64] [--steps 10]
 //                                  (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
@@ -96,7 +96,7 @@ func benchmarkInference(_ options: Options) throws {
     }
 }
 
-/// `compare`: im2col everywhere against the automatic choice (Winograd where it pays), batch 64, the two
+/// `compare`: im2col everywhere against the automatic choice (Winograd where it pays), at the last of --batches, the two
 /// plans interleaved round by round so that other load on the machine hits both alike; CPU time based.
 func compareAlgorithms(_ options: Options) throws {
     let checkpoint = try Checkpoint.load(path: options.model)
@@ -104,7 +104,7 @@ func compareAlgorithms(_ options: Options) throws {
     Parallelism.threads = options.threads
     print("side  im2col img/CPU-s  automatic img/CPU-s  ratio")
     for side in options.sides {
-        let batch = 64, rounds = max(2, Int(options.seconds * 2))
+        let batch = options.batches.last ?? 64, rounds = max(2, Int(options.seconds * 2))
         let plans = try [InferencePlan.ConvolutionAlgorithm.im2col, .automatic].map { algorithm in
             let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
             plan.algorithm = algorithm
