@@ -154,11 +154,15 @@ public final class InferencePlan {
         return sizes
     }
 
-    /// Whether a convolution runs as Winograd on an input of this size.
-    private func usesWinograd(_ s: ConvShape, _ g: Geometry) -> Bool {
+    /// Whether a convolution runs as Winograd on a lane's input of this size. `perLane`: also weigh the lane's
+    /// tile count (false when only asking whether its weights may be needed).
+    private func usesWinograd(_ s: ConvShape, _ g: Geometry, perLane: Bool = true) -> Bool {
         guard WinogradConv.supports(s) else { return false }
         switch algorithm {
-        case .automatic: return WinogradConv.coversWell(g)
+        case .automatic:
+            // With fewer than Cout/16 tiles in a lane (layer4 at batch 16), packing the 16 transformed weight
+            // matrices for so few rows costs more than the multiplies saved (measured: resnetkit-bench compare).
+            return WinogradConv.coversWell(g) && (!perLane || WinogradConv.tiles(g) * 16 >= s.outChannels)
         case .im2col: return false
         case .winograd: return true
         }
@@ -169,7 +173,7 @@ public final class InferencePlan {
     private func prepareWinograd(height: Int, width: Int) {
         var g = Geometry(batch: 1, height: architecture.stemOutputSide(height), width: architecture.stemOutputSide(width))
         func prepare(_ conv: inout FoldedConv, _ g: Geometry) {
-            guard conv.winograd == nil, usesWinograd(conv.shape, g) else { return }
+            guard conv.winograd == nil, usesWinograd(conv.shape, g, perLane: false) else { return }
             conv.winograd = WinogradConv(patchMajorWeight: conv.weight, bias: conv.bias,
                                          inChannels: conv.shape.inChannels, outChannels: conv.shape.outChannels)
         }

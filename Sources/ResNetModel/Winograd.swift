@@ -37,7 +37,7 @@ struct WinogradConv {
     }
 
     /// 2x2 output tiles of a layer with this input geometry (same size as the output).
-    func tiles(_ g: Geometry) -> Int { g.batch * ((g.height + 1) / 2) * ((g.width + 1) / 2) }
+    static func tiles(_ g: Geometry) -> Int { g.batch * ((g.height + 1) / 2) * ((g.width + 1) / 2) }
 
     /// Tiles per chunk so that V and M (16 · tiles · (Cin + Cout) floats) stay within `budget` floats.
     func tilesPerChunk(budget: Int) -> Int { max(16, budget / (16 * (inChannels + outChannels))) }
@@ -50,7 +50,7 @@ struct WinogradConv {
              residual: UnsafePointer<Float>?, relu: Bool, scratch: UnsafeMutablePointer<Float>,
              chunk: Int, zeros: UnsafePointer<Float>) {
         let tilesHigh = (g.height + 1) / 2, tilesWide = (g.width + 1) / 2
-        let tiles = tiles(g)
+        let tiles = Self.tiles(g)
         let cin = inChannels, cout = outChannels
         let patch = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: 16)
         defer { patch.deallocate() }
