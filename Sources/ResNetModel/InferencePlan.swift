@@ -159,10 +159,7 @@ public final class InferencePlan {
     private func usesWinograd(_ s: ConvShape, _ g: Geometry, perLane: Bool = true) -> Bool {
         guard WinogradConv.supports(s) else { return false }
         switch algorithm {
-        case .automatic:
-            // With fewer than Cout/16 tiles in a lane (layer4 at batch 16), packing the 16 transformed weight
-            // matrices for so few rows costs more than the multiplies saved (measured: resnetkit-bench compare).
-            return WinogradConv.coversWell(g) && (!perLane || WinogradConv.tiles(g) * 16 >= s.outChannels)
+        case .automatic: return perLane ? WinogradConv.pays(s, laneInput: g) : WinogradConv.coversWell(g)
         case .im2col: return false
         case .winograd: return true
         }

@@ -230,8 +230,13 @@ enum TrainingLanes {
 
     /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
     static func forEachRange(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
+        forEachPart(count, minimum: minimum) { _, range in part(range) }
+    }
+
+    /// The same, telling each part its lane (for per-lane scratch memory).
+    static func forEachPart(_ count: Int, minimum: Int, _ part: (_ lane: Int, Range<Int>) -> Void) {
         let parts = max(1, min(Parallelism.threads, count / max(1, minimum)))
-        lanes.run(parts) { lane in part(count * lane / parts ..< count * (lane + 1) / parts) }
+        lanes.run(parts) { lane in part(lane, count * lane / parts ..< count * (lane + 1) / parts) }
     }
 }
 
@@ -254,11 +259,16 @@ enum SplitGEMM {
 
     /// Runs `part(range)` over `0..<count` split across the lanes, OpenBLAS single-threaded meanwhile: for GEMMs
     /// split by hand (and work done with them in the same lane).
-    static func onLanes(_ count: Int, _ part: (Range<Int>) -> Void) {
+    static func onLanes(_ count: Int, minimum: Int = 64, _ part: (Range<Int>) -> Void) {
+        onLanes(count, minimum: minimum) { _, range in part(range) }
+    }
+
+    /// The same, telling each part its lane.
+    static func onLanes(_ count: Int, minimum: Int, _ part: (_ lane: Int, Range<Int>) -> Void) {
         let blasThreads = openblas_get_num_threads()
         if blasThreads != 1 { openblas_set_num_threads(1) }
         defer { if blasThreads != 1 { openblas_set_num_threads(blasThreads) } }
-        TrainingLanes.forEachRange(count, minimum: 64, part)
+        TrainingLanes.forEachPart(count, minimum: minimum, part)
     }
 
     /// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c.

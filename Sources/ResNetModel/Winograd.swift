@@ -98,6 +98,13 @@ struct WinogradConv {
         ((g.height + 1) / 2 * 2) * ((g.width + 1) / 2 * 2) * 5 <= 7 * g.height * g.width
     }
 
+    /// Whether Winograd pays for convolution `s` over one lane's share of a batch: it applies, its tiles cover
+    /// the layer well, and the lane has at least Cout/16 tiles. With fewer (layer4 at batch 16), packing the 16
+    /// transformed weight matrices for so few rows costs more than the multiplies saved (resnetkit-bench compare).
+    static func pays(_ s: ConvShape, laneInput g: Geometry) -> Bool {
+        supports(s) && coversWell(g) && tiles(g) * 16 >= s.outChannels
+    }
+
     /// Whether F(2x2, 3x3) as implemented here applies: 3x3, stride 1, padding 1, channels in fours.
     static func supports(_ s: ConvShape) -> Bool {
         s.kernel == 3 && s.stride == 1 && s.padding == 1 && s.inChannels % 4 == 0 && s.outChannels % 4 == 0

@@ -72,7 +72,8 @@ final class TrainingLayerTests: XCTestCase {
     }
 
     /// A frozen backbone gets no gradients at all, and the head's gradients are what they are when everything
-    /// trains (train-mode BatchNorm: the forward pass is the same either way).
+    /// trains (train-mode BatchNorm: the forward pass is the same function either way; the frozen 3x3
+    /// convolutions may run as Winograd, so equal up to float rounding: 1e-5 measured, the gradient tolerance 1e-4).
     func testFrozenBackboneComputesOnlyHeadGradients() throws {
         let (model, images, labels) = try smallModel(head: .mlp, dropout: 0)
         _ = loss(model, images, labels)
@@ -82,7 +83,7 @@ final class TrainingLayerTests: XCTestCase {
         let head = model.gradients()
         XCTAssertEqual(Set(head.keys), Set(all.keys.filter(TrainableResNet.isHeadName)))
         XCTAssertEqual(head.count, 8)
-        for (name, gradient) in head { XCTAssertEqual(gradient, all[name], name) }
+        for (name, gradient) in head { XCTAssertLessThan(relativeError(gradient, all[name] ?? []), 1e-4, name) }
     }
 
     /// Eval mode uses the running statistics: the training engine's eval forward equals the fused inference plan.

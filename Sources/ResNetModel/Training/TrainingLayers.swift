@@ -90,6 +90,9 @@ final class Conv2dLayer {
     let output = FloatBuffer(), inputGradient = FloatBuffer()
     private var input: UnsafePointer<Float>?
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
+    /// The frozen weight in Winograd form, and the weight version it was made from: a frozen backbone's
+    /// forward (the head phase) runs like the inference plan's. Trainable weights keep im2col.
+    private var winograd: (conv: WinogradConv, version: Int)?
 
     init(_ shape: ConvShape, weight: TrainableParameter, workspace: ColumnWorkspace) {
         self.shape = shape
@@ -116,6 +119,10 @@ final class Conv2dLayer {
             SplitGEMM.abT(out.pixels, cout, patch, x, patch, w, patch, y, cout)
             return (y, out)
         }
+        if usesWinograd(g) {
+            forwardWinograd(x, g, y)
+            return (y, out)
+        }
         let perImage = out.height * out.width, chunk = imagesPerChunk(out)
         let col = workspace.column.reserve(chunk * perImage * patch)
         var first = 0
@@ -135,6 +142,35 @@ final class Conv2dLayer {
             first += chunk
         }
         return (y, out)
+    }
+
+    /// Winograd for a frozen weight where it pays for each lane's share of the images (as in the inference
+    /// plan). A trainable weight keeps im2col: its backward needs the column matrix anyway.
+    private func usesWinograd(_ g: Geometry) -> Bool {
+        guard !weight.requiresGrad else { return false }
+        let lanes = max(1, min(Parallelism.threads, g.batch))
+        return WinogradConv.pays(shape, laneInput: Geometry(batch: g.batch / lanes, height: g.height, width: g.width))
+    }
+
+    /// y = conv(x) as Winograd F(2x2, 3x3), the batch's images split across the lanes.
+    private func forwardWinograd(_ x: UnsafePointer<Float>, _ g: Geometry, _ y: UnsafeMutablePointer<Float>) {
+        if winograd?.version != weight.version {
+            let zeros = [Float](repeating: 0, count: shape.outChannels)
+            winograd = (WinogradConv(patchMajorWeight: Array(weight.value), bias: zeros,
+                                     inChannels: shape.inChannels, outChannels: shape.outChannels), weight.version)
+        }
+        let conv = winograd!.conv
+        let cin = shape.inChannels, cout = shape.outChannels, area = g.height * g.width
+        let chunk = conv.tilesPerChunk(budget: InferencePlan.winogradChunkFloats)
+        let perLane = 16 * chunk * (cin + cout) + cin  // V and M, then the zeros the padding reads
+        let scratch = workspace.column.reserve(Parallelism.threads * perLane)
+        SplitGEMM.onLanes(g.batch, minimum: 1) { lane, images in
+            let own = scratch + lane * perLane, zeros = own + perLane - cin
+            zeros.update(repeating: 0, count: cin)
+            conv.run(x + images.lowerBound * area * cin, Geometry(batch: images.count, height: g.height, width: g.width),
+                     y + images.lowerBound * area * cout, residual: nil, relu: false, scratch: own, chunk: chunk,
+                     zeros: zeros)
+        }
     }
 
     /// im2col of `rows` output pixels from `firstRow` on, split across the training lanes.
@@ -606,3 +642,4 @@ func crossEntropy(_ logits: UnsafePointer<Float>, labels: [Int], classes: Int,
     }
     return Float(total / Double(batch))
 }
+
