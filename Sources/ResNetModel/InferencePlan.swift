@@ -154,23 +154,23 @@ public final class InferencePlan {
         return sizes
     }
 
-    /// Whether a convolution runs as Winograd on a lane's input of this size. `perLane`: also weigh the lane's
-    /// tile count (false when only asking whether its weights may be needed).
-    private func usesWinograd(_ s: ConvShape, _ g: Geometry, perLane: Bool = true) -> Bool {
+    /// Whether a convolution runs as Winograd on a lane's input of this size.
+    private func usesWinograd(_ s: ConvShape, _ g: Geometry) -> Bool {
         guard WinogradConv.supports(s) else { return false }
         switch algorithm {
-        case .automatic: return perLane ? WinogradConv.pays(s, laneInput: g) : WinogradConv.coversWell(g)
+        case .automatic: return WinogradConv.pays(s, laneInput: g)
         case .im2col: return false
         case .winograd: return true
         }
     }
 
-    /// Builds the Winograd weights that batches of this image size need (16/9 the space of the originals,
-    /// so only those), before the lanes share the plan.
-    private func prepareWinograd(height: Int, width: Int) {
-        var g = Geometry(batch: 1, height: architecture.stemOutputSide(height), width: architecture.stemOutputSide(width))
+    /// Builds the Winograd weights that lanes of up to `laneImages` images of this size need (16/9 the space of
+    /// the originals, so only those), before the lanes share the plan.
+    private func prepareWinograd(laneImages: Int, height: Int, width: Int) {
+        var g = Geometry(batch: laneImages, height: architecture.stemOutputSide(height),
+                         width: architecture.stemOutputSide(width))
         func prepare(_ conv: inout FoldedConv, _ g: Geometry) {
-            guard conv.winograd == nil, usesWinograd(conv.shape, g, perLane: false) else { return }
+            guard conv.winograd == nil, usesWinograd(conv.shape, g) else { return }
             conv.winograd = WinogradConv(patchMajorWeight: conv.weight, bias: conv.bias,
                                          inChannels: conv.shape.inChannels, outChannels: conv.shape.outChannels)
         }
@@ -232,7 +232,7 @@ public final class InferencePlan {
         precondition(count > 0 && height > 0 && width > 0, "empty batch")
         let laneCount = max(1, min(Parallelism.threads, count))
         while lanes.count < laneCount { lanes.append(Workspace()) }
-        prepareWinograd(height: height, width: width)
+        prepareWinograd(laneImages: (count + laneCount - 1) / laneCount, height: height, width: width)
         let imageFloats = height * width * 3
         if laneCount == 1 {
             // One image (or one thread): let OpenBLAS and the kernels share the work instead.

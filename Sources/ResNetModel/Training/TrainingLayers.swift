@@ -642,4 +642,3 @@ func crossEntropy(_ logits: UnsafePointer<Float>, labels: [Int], classes: Int,
     }
     return Float(total / Double(batch))
 }
-
