@@ -55,7 +55,7 @@ struct BatchInfer: ParsableCommand {
     @Option(name: .customLong("batch-size"), help: "Images per GEMM batch.")
     var batchSize = 64
 
-    @Option(help: "Threads for the GEMMs and for decoding (default: all cores).")
+    @Option(help: "Threads: lanes that each run the network on a share of every batch, and decoders (default: all cores).")
     var threads: Int?
 
     @Flag(help: "Descend into sub-folders.")
