@@ -49,8 +49,6 @@ public final class InferencePlan {
         case winograd
     }
 
-    /// Floats of transformed input and products per Winograd chunk: about half of L2.
-    static let winogradChunkFloats = 1 << 19
     /// Rows per im2col chunk: enough that the column matrix stays in L2, but at least `minimumChunkRows` so
     /// that packing the weights for each chunk stays cheap.
     static let cacheColumnFloats = 1 << 18, minimumChunkRows = 512
@@ -189,13 +187,8 @@ public final class InferencePlan {
         let out = g.output(of: s)
         let rows = out.pixels, patch = s.patchSize, cout = s.outChannels
         if let winograd = conv.winograd, usesWinograd(s, g) {
-            let chunk = winograd.tilesPerChunk(budget: Self.winogradChunkFloats)
-            let scratch = 16 * chunk * (s.inChannels + cout)
-            lane.reserveColumn(scratch + s.inChannels)
-            let zeros = lane.column.baseAddress! + scratch
-            zeros.update(repeating: 0, count: s.inChannels)
-            winograd.run(input, g, output, residual: residual, relu: relu, scratch: lane.column.baseAddress!,
-                         chunk: chunk, zeros: zeros)
+            lane.reserveColumn(winograd.scratchFloats)
+            winograd.run(input, g, output, residual: residual, relu: relu, scratch: lane.column.baseAddress!)
             return out
         }
         conv.weight.withUnsafeBufferPointer { w in

@@ -39,19 +39,25 @@ struct WinogradConv {
     /// 2x2 output tiles of a layer with this input geometry (same size as the output).
     static func tiles(_ g: Geometry) -> Int { g.batch * ((g.height + 1) / 2) * ((g.width + 1) / 2) }
 
-    /// Tiles per chunk so that V and M (16 · tiles · (Cin + Cout) floats) stay within `budget` floats.
-    func tilesPerChunk(budget: Int) -> Int { max(16, budget / (16 * (inChannels + outChannels))) }
+    /// Floats of transformed input and products per chunk of tiles: about half of L2.
+    static let chunkFloats = 1 << 19
 
-    /// input [N·H·W, Cin] → output [N·H·W, Cout] = ReLU?(conv(input) + bias + residual).
-    /// `scratch` holds at least 16 · chunk · (Cin + Cout) floats (V, then M); `zeros` at least Cin zeros
-    /// (what the padding reads).
-    /// Channel counts must be multiples of 4 (`WinogradConv.supports`).
+    /// Tiles per chunk, so that V and M (16 · tiles · (Cin + Cout) floats) stay within `chunkFloats`.
+    private var tilesPerChunk: Int { max(16, Self.chunkFloats / (16 * (inChannels + outChannels))) }
+
+    /// The scratch memory `run` needs: V and M for one chunk, then Cin zeros (what the padding reads).
+    var scratchFloats: Int { 16 * tilesPerChunk * (inChannels + outChannels) + inChannels }
+
+    /// input [N·H·W, Cin] → output [N·H·W, Cout] = ReLU?(conv(input) + bias + residual), using
+    /// `scratchFloats` floats of `scratch`. Channel counts must be multiples of 4 (`WinogradConv.supports`).
     func run(_ input: UnsafePointer<Float>, _ g: Geometry, _ output: UnsafeMutablePointer<Float>,
-             residual: UnsafePointer<Float>?, relu: Bool, scratch: UnsafeMutablePointer<Float>,
-             chunk: Int, zeros: UnsafePointer<Float>) {
+             residual: UnsafePointer<Float>?, relu: Bool, scratch: UnsafeMutablePointer<Float>) {
         let tilesHigh = (g.height + 1) / 2, tilesWide = (g.width + 1) / 2
-        let tiles = Self.tiles(g)
+        let tiles = Self.tiles(g), chunk = tilesPerChunk
         let cin = inChannels, cout = outChannels
+        let padding = scratch + scratchFloats - cin
+        padding.update(repeating: 0, count: cin)
+        let zeros = UnsafePointer(padding)
         let patch = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: 16)
         defer { patch.deallocate() }
         var first = 0

@@ -161,15 +161,11 @@ final class Conv2dLayer {
         }
         let conv = winograd!.conv
         let cin = shape.inChannels, cout = shape.outChannels, area = g.height * g.width
-        let chunk = conv.tilesPerChunk(budget: InferencePlan.winogradChunkFloats)
-        let perLane = 16 * chunk * (cin + cout) + cin  // V and M, then the zeros the padding reads
+        let perLane = conv.scratchFloats
         let scratch = workspace.column.reserve(Parallelism.threads * perLane)
         SplitGEMM.onLanes(g.batch, minimum: 1) { lane, images in
-            let own = scratch + lane * perLane, zeros = own + perLane - cin
-            zeros.update(repeating: 0, count: cin)
             conv.run(x + images.lowerBound * area * cin, Geometry(batch: images.count, height: g.height, width: g.width),
-                     y + images.lowerBound * area * cout, residual: nil, relu: false, scratch: own, chunk: chunk,
-                     zeros: zeros)
+                     y + images.lowerBound * area * cout, residual: nil, relu: false, scratch: scratch + lane * perLane)
         }
     }
 
