@@ -3,17 +3,7 @@ import XCTest
 
 /// batch-infer against ONNX Runtime's logits (fixtures/images/expected-logits*.csv, made by
 /// tools/make_default_fixtures.py), and its behaviour on resume, shards and bad files.
-final class BatchInferTests: XCTestCase {
-    static let fixtures = CLI.repository.appendingPathComponent("fixtures")
-    static let images = fixtures.appendingPathComponent("images")
-    static let model = fixtures.appendingPathComponent("default-model.safetensors").path
-
-    /// The fixture images' ids, sorted (the order batch-infer writes a small folder in).
-    static var imageIDs: [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: images.path)) ?? [])
-            .filter { $0.hasSuffix(".tif") }.map { String($0.dropLast(4)) }.sorted()
-    }
-
+final class BatchInferTests: XCTestCase, UsesDefaultFixtures {
     /// Data rows of a CSV whose fields hold no commas or quotes, as fields; header checked.
     func rows(_ url: URL, header: String, file: StaticString = #filePath, line: UInt = #line) throws -> [[String]] {
         let lines = try String(contentsOf: url, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)

@@ -74,3 +74,18 @@ enum CLI {
         return url
     }
 }
+
+/// The committed default fixtures (fixtures/images and the small default model), for the tests that run on them.
+protocol UsesDefaultFixtures {}
+
+extension UsesDefaultFixtures {
+    static var fixtures: URL { CLI.repository.appendingPathComponent("fixtures") }
+    static var images: URL { fixtures.appendingPathComponent("images") }
+    static var model: String { fixtures.appendingPathComponent("default-model.safetensors").path }
+
+    /// The fixture images' ids, sorted (the order batch-infer writes a small folder in).
+    static var imageIDs: [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: images.path)) ?? [])
+            .filter { $0.hasSuffix(".tif") }.map { String($0.dropLast(4)) }.sorted()
+    }
+}

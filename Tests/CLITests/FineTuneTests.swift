@@ -7,16 +7,7 @@ import ResNetModel
 import XCTest
 
 /// fine-tune and evaluate on the 12 fixture patches with the small default model (base width 8).
-final class FineTuneTests: XCTestCase {
-    static let fixtures = CLI.repository.appendingPathComponent("fixtures")
-    static let images = fixtures.appendingPathComponent("images")
-    static let model = fixtures.appendingPathComponent("default-model.safetensors").path
-
-    static var imageIDs: [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: images.path)) ?? [])
-            .filter { $0.hasSuffix(".tif") }.map { String($0.dropLast(4)) }.sorted()
-    }
-
+final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
     /// id,label with labels alternating over the sorted ids (`names` gives the label text of class 0 and 1).
     func writeLabels(_ dir: URL, names: [String] = ["0", "1"]) throws -> String {
         let url = dir.appendingPathComponent("labels.csv")

@@ -80,16 +80,19 @@ final class ImportWeightsCommandTests: XCTestCase {
             ("bad_resnet50.h5", "not a ResNet-18: 'layer1.0.conv3.weight' belongs to a Bottleneck block"),
             ("bad_strings.h5", "dataset 'fc.bias' holds text"),
         ]
-        for (name, message) in cases {
-            let folder = try CLI.temporaryDirectory(self)
-            let source = Self.fixture(name)
-            let result = try CLI.run(["import-weights", source], currentDirectory: folder)
-            XCTAssertNotEqual(result.status, 0, name)
-            XCTAssertTrue(result.stderr.hasPrefix("error: \(source): "), result.stderr)
-            XCTAssertTrue(result.stderr.contains(message), result.stderr)
-            XCTAssertEqual(result.stderr.filter { $0 == "\n" }.count, 1, result.stderr)
-            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path), [], name)
-        }
+        for (name, message) in cases { try assertRefused(Self.fixture(name), message) }
+    }
+
+    /// import-weights on `source` fails with status 1 and one `error:` line naming the file and holding
+    /// `message`, and writes nothing into the folder it runs in.
+    func assertRefused(_ source: String, _ message: String, line: UInt = #line) throws {
+        let folder = try CLI.temporaryDirectory(self)
+        let result = try CLI.run(["import-weights", source], currentDirectory: folder)
+        XCTAssertEqual(result.status, 1, source, line: line)
+        XCTAssertTrue(result.stderr.hasPrefix("error: \(source): "), result.stderr, line: line)
+        XCTAssertTrue(result.stderr.contains(message), result.stderr, line: line)
+        XCTAssertEqual(result.stderr.filter { $0 == "\n" }.count, 1, result.stderr, line: line)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path), [], source, line: line)
     }
 
     /// The ONNX refusals, end to end: one `error:` line naming the file, non-zero status, nothing written.
@@ -108,15 +111,7 @@ final class ImportWeightsCommandTests: XCTestCase {
             (onnx.appendingPathComponent("bad_external_escape.onnx").path, "is outside the model's folder"),
             (truncated.path, "not a valid ONNX model: the protobuf is truncated or corrupt"),
         ]
-        for (source, message) in cases {
-            let folder = try CLI.temporaryDirectory(self)
-            let result = try CLI.run(["import-weights", source], currentDirectory: folder)
-            XCTAssertEqual(result.status, 1, source)
-            XCTAssertTrue(result.stderr.hasPrefix("error: \(source): "), result.stderr)
-            XCTAssertTrue(result.stderr.contains(message), result.stderr)
-            XCTAssertEqual(result.stderr.filter { $0 == "\n" }.count, 1, result.stderr)
-            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path), [], source)
-        }
+        for (source, message) in cases { try assertRefused(source, message) }
     }
 
     func testClassCountMustMatch() throws {
