@@ -1,5 +1,5 @@
 /// Geometry of one convolution (square kernel, no bias: ResNet's convolutions are followed by BatchNorm).
-public struct ConvShape: Equatable, Sendable {
+public struct ConvShape: Hashable, Sendable {
     public var inChannels: Int
     public var outChannels: Int
     public var kernel: Int

@@ -3,7 +3,8 @@ import COpenBLAS
 /// The eval-mode network compiled for speed: every BatchNorm folded into the convolution (or linear
 /// layer) it belongs to, weights in im2col order, bias + residual + ReLU fused into one pass over each
 /// GEMM's output, activations in buffers reused across batches. Build once, run many batches.
-/// The 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (`WinogradConv`) where its tiles fit the layer.
+/// The 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (`WinogradConv`) where its tiles fit the layer,
+/// convolutions on maps so small that im2col would mostly multiply padding run tap by tap (`TapwiseConv`).
 ///
 /// A batch is split across `Parallelism.threads` lanes, each running the whole network on its slice with
 /// single-threaded OpenBLAS calls: on these GEMM shapes that is nearly twice as fast as one multi-threaded
@@ -37,26 +38,29 @@ public final class InferencePlan {
     /// Upper bound on each lane's im2col buffer, in floats: the batch is processed in row chunks so memory
     /// stays flat.
     public var columnBudget = 2 << 20
-    /// How the 3x3 stride-1 convolutions are computed.
+    /// How the convolutions are computed.
     public var algorithm = ConvolutionAlgorithm.automatic
-
-    public enum ConvolutionAlgorithm: Sendable {
-        /// Winograd where its 2x2 tiles cover the layer well (`WinogradConv.coversWell`).
-        case automatic
-        /// im2col + GEMM everywhere.
-        case im2col
-        /// Winograd for every convolution it supports, however small.
-        case winograd
-    }
 
     /// Rows per im2col chunk: enough that the column matrix stays in L2, but at least `minimumChunkRows` so
     /// that packing the weights for each chunk stays cheap.
     static let cacheColumnFloats = 1 << 18, minimumChunkRows = 512
 
-    /// One lane's scratch memory: four activation buffers and the im2col column, grown, never shrunk.
+    /// One lane's scratch memory: four activation buffers and the im2col column, grown, never shrunk; and the
+    /// tap lists of the convolutions it ran tap by tap.
     final class Workspace {
         var buffers: [UnsafeMutableBufferPointer<Float>] = []
         var column = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
+        var tapwise: [TapwiseKey: TapwiseConv] = [:]
+
+        struct TapwiseKey: Hashable { var shape: ConvShape, height: Int, width: Int }
+
+        func tapwise(_ s: ConvShape, _ g: Geometry) -> TapwiseConv {
+            let key = TapwiseKey(shape: s, height: g.height, width: g.width)
+            if let conv = tapwise[key] { return conv }
+            let conv = TapwiseConv(s, inputHeight: g.height, width: g.width)
+            tapwise[key] = conv
+            return conv
+        }
 
         func reserve(_ sizes: [Int]) {
             if buffers.count == sizes.count && zip(buffers, sizes).allSatisfy({ $0.count >= $1 }) { return }
@@ -152,23 +156,13 @@ public final class InferencePlan {
         return sizes
     }
 
-    /// Whether a convolution runs as Winograd on a lane's input of this size.
-    private func usesWinograd(_ s: ConvShape, _ g: Geometry) -> Bool {
-        guard WinogradConv.supports(s) else { return false }
-        switch algorithm {
-        case .automatic: return WinogradConv.pays(s, laneInput: g)
-        case .im2col: return false
-        case .winograd: return true
-        }
-    }
-
     /// Builds the Winograd weights that lanes of up to `laneImages` images of this size need (16/9 the space of
     /// the originals, so only those), before the lanes share the plan.
     private func prepareWinograd(laneImages: Int, height: Int, width: Int) {
         var g = Geometry(batch: laneImages, height: architecture.stemOutputSide(height),
                          width: architecture.stemOutputSide(width))
         func prepare(_ conv: inout FoldedConv, _ g: Geometry) {
-            guard conv.winograd == nil, usesWinograd(conv.shape, g) else { return }
+            guard conv.winograd == nil, algorithm.usesWinograd(conv.shape, laneInput: g) else { return }
             conv.winograd = WinogradConv(patchMajorWeight: conv.weight, bias: conv.bias,
                                          inChannels: conv.shape.inChannels, outChannels: conv.shape.outChannels)
         }
@@ -186,7 +180,7 @@ public final class InferencePlan {
         let s = conv.shape
         let out = g.output(of: s)
         let rows = out.pixels, patch = s.patchSize, cout = s.outChannels
-        if let winograd = conv.winograd, usesWinograd(s, g) {
+        if let winograd = conv.winograd, algorithm.usesWinograd(s, laneInput: g) {
             lane.reserveColumn(winograd.scratchFloats)
             winograd.run(input, g, output, residual: residual, relu: relu, scratch: lane.column.baseAddress!)
             return out
@@ -196,6 +190,12 @@ public final class InferencePlan {
                 if s.kernel == 1 && s.stride == 1 && s.padding == 0 {
                     // 1x1 stride 1: the activation already is the column matrix.
                     gemmABt(rows, cout, patch, input, patch, w.baseAddress!, patch, output, cout)
+                    biasResidualReLU(output, rows: rows, channels: cout, bias: b.baseAddress!, residual: residual,
+                                     relu: relu, threads: threads)
+                    return
+                }
+                if algorithm.usesTaps(s, input: g) {
+                    runTapwise(lane.tapwise(s, g), input, g, output, w.baseAddress!, lane)
                     biasResidualReLU(output, rows: rows, channels: cout, bias: b.baseAddress!, residual: residual,
                                      relu: relu, threads: threads)
                     return
@@ -216,6 +216,25 @@ public final class InferencePlan {
             }
         }
         return out
+    }
+
+    /// output = conv(input) tap by tap, in chunks of images whose gathered input fits the column budget.
+    private func runTapwise(_ conv: TapwiseConv, _ input: UnsafePointer<Float>, _ g: Geometry,
+                            _ output: UnsafeMutablePointer<Float>, _ weight: UnsafePointer<Float>, _ lane: Workspace) {
+        let cin = conv.shape.inChannels, cout = conv.shape.outChannels
+        let chunk = max(1, min(g.batch, columnBudget / max(1, conv.gatheredFloats(images: 1))))
+        let gathered = conv.gatheredFloats(images: chunk)
+        lane.reserveColumn(gathered + conv.productFloats(images: chunk, columns: cout))
+        let column = lane.column.baseAddress!
+        var first = 0
+        while first < g.batch {
+            let images = min(chunk, g.batch - first)
+            let x = input + first * conv.inputArea * cin
+            conv.gather(x, images: images, into: column)
+            conv.multiply(x, gathered: column, images: images, weight: weight, columns: 0..<cout,
+                          output: output + first * conv.outputArea * cout, outputStride: cout, products: column + gathered)
+            first += images
+        }
     }
 
     /// Logits for a batch of NHWC images ([count, height, width, 3], already normalised) into `logits`

@@ -5,7 +5,7 @@ import XCTest
 
 final class InferencePlanTests: XCTestCase {
     func referenceLogits(side: Int, columnBudget: Int? = nil,
-                         algorithm: InferencePlan.ConvolutionAlgorithm = .automatic) throws -> (got: [Float], expected: [Float]) {
+                         algorithm: ConvolutionAlgorithm = .automatic) throws -> (got: [Float], expected: [Float]) {
         let checkpoint = try Reference.checkpoint()
         let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
         if let columnBudget { plan.columnBudget = columnBudget }
@@ -28,9 +28,10 @@ final class InferencePlanTests: XCTestCase {
     }
 
     /// Winograd on every convolution it supports (layers 1–3; at 49x49 their sides 13 and 7 are odd, so
-    /// tiles overhang the border) and im2col everywhere both give PyTorch's logits.
+    /// tiles overhang the border), im2col everywhere and taps everywhere (the 7x7 stem and the stride-2
+    /// convolutions included) all give PyTorch's logits.
     func testEachConvolutionAlgorithmMatchesPyTorch() throws {
-        for algorithm in [InferencePlan.ConvolutionAlgorithm.winograd, .im2col] {
+        for algorithm in [ConvolutionAlgorithm.winograd, .im2col, .tapwise] {
             for side in [49, 96] {
                 let (got, expected) = try referenceLogits(side: side, algorithm: algorithm)
                 XCTAssertLessThan(relativeError(got, expected), 1e-5, "\(algorithm) at \(side)")
@@ -38,10 +39,13 @@ final class InferencePlanTests: XCTestCase {
         }
     }
 
-    /// A tiny im2col budget forces many row chunks per convolution; results must not change.
+    /// A tiny im2col budget forces many row chunks per convolution (and one image per tap-by-tap chunk);
+    /// results must not change.
     func testChunkedColumnsGiveTheSameLogits() throws {
-        let (got, expected) = try referenceLogits(side: 49, columnBudget: 5_000)
-        XCTAssertLessThan(relativeError(got, expected), 1e-5)
+        for algorithm in [ConvolutionAlgorithm.im2col, .tapwise] {
+            let (got, expected) = try referenceLogits(side: 49, columnBudget: 5_000, algorithm: algorithm)
+            XCTAssertLessThan(relativeError(got, expected), 1e-5, "\(algorithm)")
+        }
     }
 
     /// One image at a time, reusing the plan's buffers across batch sizes, gives PyTorch's logits.

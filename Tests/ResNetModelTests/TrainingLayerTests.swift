@@ -52,6 +52,16 @@ final class TrainingLayerTests: XCTestCase {
                                ["fc.weight", "fc.bias", "conv1.weight", "bn1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.bias"])
     }
 
+    /// Every convolution tap by tap (33x33 input: layer4's maps are 3x3 and 2x2, the stride-2 ones start from
+    /// odd sides), the stem included.
+    func testTapwiseGradientsMatchFiniteDifferences() throws {
+        let (model, images, labels) = try smallModel(head: .linear, dropout: 0)
+        model.convolutionAlgorithm = .tapwise
+        checkFiniteDifferences(model, images, labels,
+                               ["conv1.weight", "bn1.bias", "layer1.1.conv2.weight", "layer2.0.conv1.weight",
+                                "layer3.0.downsample.0.weight", "layer4.0.conv1.weight", "layer4.1.conv2.weight"])
+    }
+
     func testMLPHeadWithDropoutGradientsMatchFiniteDifferences() throws {
         let (model, images, labels) = try smallModel(head: .mlp, dropout: 0.5)
         checkFiniteDifferences(model, images, labels, ["head.fc1.weight", "head.bn1.weight", "head.fc2.bias", "layer3.1.conv1.weight"])

@@ -44,26 +44,42 @@ final class TrainingReferenceTests: XCTestCase {
     }
 
     func testStepZeroLogitsLossAndEveryGradientMatchPyTorch() throws {
+        try checkStepZero(algorithm: .automatic)
+    }
+
+    /// im2col everywhere and taps everywhere (the stride-2 convolutions included), forward and backward, also
+    /// give PyTorch's step 0. With taps, the stem's 147-term sums become 49 sums of 3 in another order, and
+    /// that rounding flips a pre-ReLU value within about 1e-6 of zero, passing or blocking its whole gradient:
+    /// bn1.bias is off by 1 %, so conv1 and bn1 are left to the finite-difference test
+    /// (`TrainingLayerTests.testTapwiseGradientsMatchFiniteDifferences`).
+    func testStepZeroMatchesPyTorchWithEachConvolutionAlgorithm() throws {
+        try checkStepZero(algorithm: .im2col)
+        try checkStepZero(algorithm: .tapwise, skipping: ["conv1.weight", "bn1.weight", "bn1.bias"])
+    }
+
+    func checkStepZero(algorithm: ConvolutionAlgorithm, skipping: Set<String> = []) throws {
         let f = try Self.fixture()
         let model = try f.model()
+        model.convolutionAlgorithm = algorithm
         let logits = model.forward(images: f.images, count: 16, height: 49, width: 49, training: true)
         let loss = model.backward(labels: f.labels)
         let logitError = relativeError(logits, try f.tensor("step0/logits"))
         let lossError = abs(loss - (try f.tensor("step0/loss"))[0]) / abs(try f.tensor("step0/loss")[0])
-        XCTAssertLessThan(logitError, 1e-5, "logits")
-        XCTAssertLessThan(lossError, 1e-5, "loss")
+        XCTAssertLessThan(logitError, 1e-5, "logits (\(algorithm))")
+        XCTAssertLessThan(lossError, 1e-5, "loss (\(algorithm))")
         let gradients = model.gradients()
         let referenceNames = f.tensors.keys.filter { $0.hasPrefix("step0/grad/") }
         XCTAssertEqual(referenceNames.count, model.parameters.count, "one reference gradient per parameter")
         var worst: (String, Float) = ("", 0)
         for name in referenceNames {
             let parameter = String(name.dropFirst("step0/grad/".count))
+            if skipping.contains(parameter) { continue }
             guard let mine = gradients[parameter] else { XCTFail("no gradient for \(parameter)"); continue }
             let error = relativeError(mine, try f.tensor(name))
-            XCTAssertLessThan(error, 1e-4, parameter)
+            XCTAssertLessThan(error, 1e-4, "\(parameter) (\(algorithm))")
             if error > worst.1 { worst = (parameter, error) }
         }
-        print("step 0: logits rel. error \(logitError), loss \(lossError), worst gradient \(worst.0) \(worst.1)")
+        print("step 0 (\(algorithm)): logits rel. error \(logitError), loss \(lossError), worst gradient \(worst.0) \(worst.1)")
     }
 
     func testOneCycleScheduleMatchesPyTorch() throws {

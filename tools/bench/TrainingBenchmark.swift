@@ -6,7 +6,7 @@ import ResNetModel
 /// (frozen backbone; its BatchNorm in train mode as the seed, or in eval mode, which runs the fused inference
 /// plan) and the whole model; random weights and images.
 /// Compare with `tools/bench_train_pytorch.py` run on the same machine.
-func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10) {
+func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10, phases: [TrainingPhase] = TrainingPhase.allCases) {
     let architecture = Architecture(ModelConfig(numClasses: 2, head: .mlp, dropout: 0.5))
     var rng = SplitMix64(seed: 1)
     let state = ParameterInitialization.model(architecture, rng: &rng)
@@ -14,11 +14,10 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10) {
     for batch in batches {
         let images = (0..<(batch * 49 * 49 * 3)).map { _ in rng.nextUnitFloat() }
         let labels = (0..<batch).map { $0 % 2 }
-        for (phase, frozen, frozenBN) in [("head, frozen BN train", true, FrozenBatchNormMode.train),
-                                          ("head, frozen BN eval", true, .eval), ("whole model", false, .train)] {
+        for phase in phases {
             guard let model = try? TrainableResNet(architecture: architecture, state: state) else { return }
-            model.setBackboneFrozen(frozen)
-            model.frozenBatchNorm = frozenBN
+            model.setBackboneFrozen(phase != .whole)
+            model.frozenBatchNorm = phase == .headEval ? .eval : .train
             let optimizer = AdamW(parameters: model.parameters, lr: 1e-3, weightDecay: 0.05)
             func step() {
                 images.withUnsafeBufferPointer {
@@ -32,7 +31,19 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10) {
             for _ in 0..<steps { step() }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             print(String(format: "batch %3d  %-24@ %7.2f steps/s  %7.1f images/s",
-                         batch, phase as NSString, Double(steps) / seconds, Double(steps * batch) / seconds))
+                         batch, phase.title as NSString, Double(steps) / seconds, Double(steps * batch) / seconds))
+        }
+    }
+}
+
+enum TrainingPhase: String, CaseIterable {
+    case headTrain = "head-train", headEval = "head-eval", whole
+
+    var title: String {
+        switch self {
+        case .headTrain: "head, frozen BN train"
+        case .headEval: "head, frozen BN eval"
+        case .whole: "whole model"
         }
     }
 }

@@ -5,8 +5,9 @@ import ResNetSupport
 
 // resnetkit-bench: throughput figures printed as a table (never a timed unit test).
 //   resnetkit-bench infer [--model CKPT] [--batches 16,64] [--sides 49,96] [--seconds S] [--threads N]
-//   resnetkit-bench compare [--sides 49,96] [--batches 64]   (im2col vs Winograd where it pays, img per CPU-second)
-//   resnetkit-bench train [--batches 16,64] [--steps 10]
+//   resnetkit-bench compare [--sides 49,96] [--batches 64] [--algorithms im2col,automatic]
+//                                  (convolution algorithms side by side, interleaved, img per CPU-second)
+//   resnetkit-bench train [--batches 16,64] [--steps 10] [--phases head-train,head-eval,whole]
 //                                  (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
 
@@ -20,6 +21,8 @@ struct Options {
     var seconds = 3.0
     var threads = 2
     var steps = 10
+    var phases = TrainingPhase.allCases
+    var algorithms: [ConvolutionAlgorithm] = [.im2col, .automatic]
 
     init(_ args: [String]) {
         var rest = args[...]
@@ -33,6 +36,8 @@ struct Options {
             case "--seconds": seconds = Double(value) ?? seconds
             case "--threads": threads = Int(value) ?? threads
             case "--steps": steps = Int(value) ?? steps
+            case "--algorithms": algorithms = value.split(separator: ",").compactMap { ConvolutionAlgorithm(rawValue: String($0)) }
+            case "--phases": phases = value.split(separator: ",").compactMap { TrainingPhase(rawValue: String($0)) }
             default:
                 FileHandle.standardError.write(Data("unknown option \(flag)\n".utf8))
                 exit(2)
@@ -96,32 +101,41 @@ func benchmarkInference(_ options: Options) throws {
     }
 }
 
-/// `compare`: im2col everywhere against the automatic choice (Winograd where it pays), at the last of --batches, the two
-/// plans interleaved round by round so that other load on the machine hits both alike; CPU time based.
+/// `compare`: the convolution algorithms of `--algorithms` side by side for each side and batch, their plans
+/// interleaved round by round so that other load on the machine hits all alike; CPU time based. Ratios are
+/// against the first algorithm.
 func compareAlgorithms(_ options: Options) throws {
     let checkpoint = try Checkpoint.load(path: options.model)
     BLASRuntime.setThreads(options.threads)
     Parallelism.threads = options.threads
-    print("side  im2col img/CPU-s  automatic img/CPU-s  ratio")
+    let algorithms = options.algorithms
+    let columns = algorithms.map { "\($0.rawValue) img/CPU-s" } + algorithms.dropFirst().map { "\($0.rawValue) ratio" }
+    print((["side", "batch"] + columns).joined(separator: "  "))
+    func row(_ side: Int, _ batch: Int, _ cells: [String]) -> String {
+        ([String(format: "%4d", side), String(format: "%5d", batch)]
+            + zip(columns, cells).map { String(repeating: " ", count: max(0, $0.count - $1.count)) + $1 }).joined(separator: "  ")
+    }
     for side in options.sides {
-        let batch = options.batches.last ?? 64, rounds = max(2, Int(options.seconds * 2))
-        let plans = try [InferencePlan.ConvolutionAlgorithm.im2col, .automatic].map { algorithm in
-            let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
-            plan.algorithm = algorithm
-            return plan
-        }
-        let images = (0..<(batch * side * side * 3)).map { _ in Float.random(in: 0..<1) }
-        var logits = [Float](repeating: 0, count: batch * plans[0].numClasses)
-        var cpu = [0.0, 0.0]
-        for round in 0..<rounds {
-            for (index, plan) in plans.enumerated() {
-                let start = cpuSeconds()
-                for _ in 0..<3 { plan.run(images: images, count: batch, height: side, width: side, logits: &logits) }
-                if round > 0 { cpu[index] += cpuSeconds() - start }  // round 0 warms up
+        for batch in options.batches {
+            let rounds = max(2, Int(options.seconds * 2))
+            let plans = try algorithms.map { algorithm in
+                let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+                plan.algorithm = algorithm
+                return plan
             }
+            let images = (0..<(batch * side * side * 3)).map { _ in Float.random(in: 0..<1) }
+            var logits = [Float](repeating: 0, count: batch * plans[0].numClasses)
+            var cpu = [Double](repeating: 0, count: plans.count)
+            for round in 0..<rounds {
+                for (index, plan) in plans.enumerated() {
+                    let start = cpuSeconds()
+                    for _ in 0..<3 { plan.run(images: images, count: batch, height: side, width: side, logits: &logits) }
+                    if round > 0 { cpu[index] += cpuSeconds() - start }  // round 0 warms up
+                }
+            }
+            let rates = cpu.map { Double(batch * 3 * (rounds - 1)) / $0 }
+            print(row(side, batch, rates.map { String(format: "%.1f", $0) } + rates.dropFirst().map { String(format: "%.2fx", $0 / rates[0]) }))
         }
-        let rates = cpu.map { Double(batch * 3 * (rounds - 1)) / $0 }
-        print(String(format: "%4d  %16.1f  %19.1f  %5.2fx", side, rates[0], rates[1], rates[1] / rates[0]))
     }
 }
 
@@ -130,7 +144,7 @@ do {
     switch options.mode {
     case "infer": try benchmarkInference(options)
     case "compare": try compareAlgorithms(options)
-    case "train": runTrainingBenchmark(batches: options.batches, steps: options.steps)
+    case "train": runTrainingBenchmark(batches: options.batches, steps: options.steps, phases: options.phases)
     default:
         FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, compare, train)\n".utf8))
         exit(2)

@@ -100,6 +100,11 @@ public final class TrainableResNet {
     public var frozenBatchNorm: FrozenBatchNormMode = .train
     /// Seeds the dropout masks.
     public var rng = SplitMix64(seed: 0)
+    /// How the convolutions are computed (every choice gives PyTorch's results; `.automatic` is the fastest).
+    public var convolutionAlgorithm: ConvolutionAlgorithm {
+        get { workspace.algorithm }
+        set { workspace.algorithm = newValue; fusedBackbone = nil }
+    }
 
     let workspace = ColumnWorkspace()
     let stemConv: Conv2dLayer, stemBN: BatchNormLayer, maxPool: MaxPoolLayer
@@ -224,6 +229,7 @@ public final class TrainableResNet {
         state["fc.weight"] = Tensor(shape: [features, features], data: identity)
         state["fc.bias"] = Tensor(zeros: [features])
         guard let plan = try? InferencePlan(architecture: Architecture(config), state: state) else { return nil }
+        plan.algorithm = convolutionAlgorithm
         fusedBackbone = (plan, key)
         return plan
     }

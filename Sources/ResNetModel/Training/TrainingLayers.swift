@@ -73,16 +73,19 @@ public final class TrainableParameter {
     }
 }
 
-/// im2col's column scratch, shared by every convolution of a network (used one layer at a time).
+/// im2col's column scratch, shared by every convolution of a network (used one layer at a time), and how
+/// those convolutions are computed.
 final class ColumnWorkspace {
     /// Upper bound on one column matrix, in floats: the batch is processed in chunks of whole images.
     var budget = 2 << 20
+    var algorithm = ConvolutionAlgorithm.automatic
     let column = FloatBuffer()
     let columnGradient = FloatBuffer()
 }
 
 /// Conv2d without bias. Forward: out[P, Cout] = col[P, k·k·Cin] · Wᵀ, W patch-major [Cout, k·k·Cin].
 /// Backward: dW = dOutᵀ · col (one GEMM per chunk, accumulated), dCol = dOut · W, then col2im scatter-add.
+/// On small maps both run tap by tap (`TapwiseConv`); a frozen weight's forward may run as Winograd.
 final class Conv2dLayer {
     let shape: ConvShape
     let weight: TrainableParameter
@@ -93,6 +96,8 @@ final class Conv2dLayer {
     /// The frozen weight in Winograd form, and the weight version it was made from: a frozen backbone's
     /// forward (the head phase) runs like the inference plan's. Trainable weights keep im2col.
     private var winograd: (conv: WinogradConv, version: Int)?
+    /// The tap lists for the last input size run tap by tap.
+    private var tapwise: TapwiseConv?
 
     init(_ shape: ConvShape, weight: TrainableParameter, workspace: ColumnWorkspace) {
         self.shape = shape
@@ -123,6 +128,10 @@ final class Conv2dLayer {
             forwardWinograd(x, g, y)
             return (y, out)
         }
+        if workspace.algorithm.usesTaps(shape, input: g) {
+            forwardTapwise(x, g, y)
+            return (y, out)
+        }
         let perImage = out.height * out.width, chunk = imagesPerChunk(out)
         let col = workspace.column.reserve(chunk * perImage * patch)
         var first = 0
@@ -149,7 +158,58 @@ final class Conv2dLayer {
     private func usesWinograd(_ g: Geometry) -> Bool {
         guard !weight.requiresGrad else { return false }
         let lanes = max(1, min(Parallelism.threads, g.batch))
-        return WinogradConv.pays(shape, laneInput: Geometry(batch: g.batch / lanes, height: g.height, width: g.width))
+        return workspace.algorithm.usesWinograd(shape, laneInput: Geometry(batch: g.batch / lanes, height: g.height, width: g.width))
+    }
+
+    /// The tap lists for input of this size (kept while the size stays the same).
+    private func taps(_ g: Geometry) -> TapwiseConv {
+        if let tapwise, tapwise.inputHeight == g.height, tapwise.inputWidth == g.width { return tapwise }
+        let conv = TapwiseConv(shape, inputHeight: g.height, width: g.width)
+        tapwise = conv
+        return conv
+    }
+
+    /// y = conv(x) tap by tap: the lanes gather the input rows (split by taps), then each multiplies its share
+    /// of the output channels, so each reads only its part of the weight.
+    private func forwardTapwise(_ x: UnsafePointer<Float>, _ g: Geometry, _ y: UnsafeMutablePointer<Float>) {
+        let conv = taps(g), cout = shape.outChannels
+        let gatheredFloats = conv.gatheredFloats(images: g.batch), perLane = conv.productFloats(images: g.batch, columns: cout)
+        let gathered = workspace.column.reserve(gatheredFloats + Parallelism.threads * perLane)
+        TrainingLanes.forEachRange(conv.taps.count, minimum: 1) { conv.gather(x, images: g.batch, into: gathered, taps: $0) }
+        let w = UnsafePointer(weight.value.baseAddress!)
+        SplitGEMM.onLanes(cout, minimum: 64) { lane, columns in
+            conv.multiply(x, gathered: gathered, images: g.batch, weight: w, columns: columns, output: y,
+                          outputStride: cout, products: gathered + gatheredFloats + lane * perLane)
+        }
+    }
+
+    /// The backward pass tap by tap: dY's rows gathered per tap (and the input again, for dW), then dW split by
+    /// output channels and dx by input channels across the lanes.
+    private func backwardTapwise(_ x: UnsafePointer<Float>, _ g: Geometry, _ dy: UnsafePointer<Float>,
+                                 _ dx: UnsafeMutablePointer<Float>?) {
+        let conv = taps(g), cin = shape.inChannels, cout = shape.outChannels, images = g.batch
+        let gatheredFloats = weight.requiresGrad ? conv.gatheredFloats(images: images) : 0
+        let gathered = workspace.column.reserve(max(1, gatheredFloats))
+        let dyFloats = conv.gatheredRowsPerImage * images * cout, perLane = conv.productFloats(images: images, columns: cin)
+        let dyRows = workspace.columnGradient.reserve(max(1, dyFloats + Parallelism.threads * perLane))
+        let requiresGrad = weight.requiresGrad
+        TrainingLanes.forEachRange(conv.taps.count, minimum: 1) { taps in
+            if requiresGrad { conv.gather(x, images: images, into: gathered, taps: taps) }
+            conv.gatherOutputRows(dy, images: images, into: dyRows, taps: taps)
+        }
+        if requiresGrad {
+            let dW = weight.gradient.baseAddress!
+            SplitGEMM.onLanes(cout, minimum: 64) { outputs in
+                conv.weightGradient(input: x, gathered: gathered, dy: dy, dyRows: dyRows, images: images, outputs: outputs, dW: dW)
+            }
+        }
+        if let dx {
+            let w = UnsafePointer(weight.value.baseAddress!)
+            SplitGEMM.onLanes(cin, minimum: 32) { lane, inputs in
+                conv.addInputGradient(dy: dy, dyRows: dyRows, images: images, weight: w, inputs: inputs, dx: dx,
+                                      products: dyRows + dyFloats + lane * perLane)
+            }
+        }
     }
 
     /// y = conv(x) as Winograd F(2x2, 3x3), the batch's images split across the lanes.
@@ -191,6 +251,10 @@ final class Conv2dLayer {
             return dx
         }
         dx?.update(repeating: 0, count: g.pixels * shape.inChannels)
+        if workspace.algorithm.usesTaps(shape, input: g) {
+            backwardTapwise(x, g, dy, dx)
+            return dx
+        }
         let perImage = out.height * out.width, chunk = imagesPerChunk(out)
         let col = workspace.column.reserve(chunk * perImage * patch)
         let dCol = workspace.columnGradient.reserve(needsInputGradient ? chunk * perImage * patch : 1)
