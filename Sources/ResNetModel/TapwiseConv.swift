@@ -96,24 +96,51 @@ struct TapwiseConv {
     /// Floats of `gather`'s buffer for `images` images.
     func gatheredFloats(images: Int) -> Int { gatheredRowsPerImage * images * shape.inChannels }
 
-    /// Floats of scratch for one tap's products over `images` images and `columns` channels.
+    /// Floats of scratch for one tap's products over `images` images and `columns` channels (any tap but an
+    /// identity one may need it).
     func productFloats(images: Int, columns: Int) -> Int {
-        (taps.dropFirst(firstTapCoversAll ? 1 : 0).map(\.count).max() ?? 0) * images * columns
+        (taps.filter { !$0.isIdentity }.map(\.count).max() ?? 0) * images * columns
     }
 
     /// Copies, for the taps `tapRange` (indices into `taps`), the input rows their pixels read into
     /// `gathered` [rows, Cin], tap by tap, image by image.
     func gather(_ input: UnsafePointer<Float>, images: Int, into gathered: UnsafeMutablePointer<Float>,
                 taps tapRange: Range<Int>? = nil) {
-        let cin = shape.inChannels
-        for tap in taps[tapRange ?? taps.indices] where !tap.isIdentity {
-            let block = gathered + tap.offset * images * cin
-            tap.inputPixels.withUnsafeBufferPointer { pixels in
+        gatherRows(input, at: \.inputPixels, area: inputArea, channels: shape.inChannels, images: images,
+                   into: gathered, taps: tapRange ?? taps.indices)
+    }
+
+    /// Copies, for the taps `tapRange`, the rows of dY [N·Ho·Wo, Cout] at their pixels into `rows`, laid out
+    /// like the gathered input (the identity tap reads dY itself).
+    func gatherOutputRows(_ dy: UnsafePointer<Float>, images: Int, into rows: UnsafeMutablePointer<Float>,
+                          taps tapRange: Range<Int>? = nil) {
+        gatherRows(dy, at: \.outputPixels, area: outputArea, channels: shape.outChannels, images: images,
+                   into: rows, taps: tapRange ?? taps.indices)
+    }
+
+    /// The rows of `source` ([N·area, channels]) at each tap's `pixels`, tap block by tap block, image by image.
+    private func gatherRows(_ source: UnsafePointer<Float>, at pixels: KeyPath<Tap, [Int32]>, area: Int, channels: Int,
+                            images: Int, into rows: UnsafeMutablePointer<Float>, taps tapRange: Range<Int>) {
+        for tap in taps[tapRange] where !tap.isIdentity {
+            let block = rows + tap.offset * images * channels
+            tap[keyPath: pixels].withUnsafeBufferPointer { pixels in
                 for n in 0..<images {
-                    let src = input + n * inputArea * cin, dst = block + n * tap.count * cin
+                    let src = source + n * area * channels, dst = block + n * tap.count * channels
                     for (j, pixel) in pixels.enumerated() {
-                        (dst + j * cin).update(from: src + Int(pixel) * cin, count: cin)
+                        (dst + j * channels).update(from: src + Int(pixel) * channels, count: channels)
                     }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `gatherRows` for one tap, adding: destination row (image n, pixels[j]) += products row.
+    private func scatterAdd(_ products: UnsafePointer<Float>, _ tap: Tap, at pixels: KeyPath<Tap, [Int32]>, area: Int,
+                            images: Int, width: Int, into destination: UnsafeMutablePointer<Float>, stride: Int) {
+        tap[keyPath: pixels].withUnsafeBufferPointer { pixels in
+            for n in 0..<images {
+                for (j, pixel) in pixels.enumerated() {
+                    addRow(destination + (n * area + Int(pixel)) * stride, products + (n * tap.count + j) * width, width)
                 }
             }
         }
@@ -139,31 +166,8 @@ struct TapwiseConv {
                 continue
             }
             gemmABt(rows, width, cin, a, cin, w + tap.index * cin, patch, products, width)
-            tap.outputPixels.withUnsafeBufferPointer { pixels in
-                for n in 0..<images {
-                    for (j, pixel) in pixels.enumerated() {
-                        addRow(out + (n * outputArea + Int(pixel)) * outputStride, products + (n * tap.count + j) * width, width)
-                    }
-                }
-            }
-        }
-    }
-
-    /// Copies, for the taps `tapRange`, the rows of dY [N·Ho·Wo, Cout] at their pixels into `rows`, laid out
-    /// like the gathered input (the identity tap reads dY itself).
-    func gatherOutputRows(_ dy: UnsafePointer<Float>, images: Int, into rows: UnsafeMutablePointer<Float>,
-                          taps tapRange: Range<Int>? = nil) {
-        let cout = shape.outChannels
-        for tap in taps[tapRange ?? taps.indices] where !tap.isIdentity {
-            let block = rows + tap.offset * images * cout
-            tap.outputPixels.withUnsafeBufferPointer { pixels in
-                for n in 0..<images {
-                    let src = dy + n * outputArea * cout, dst = block + n * tap.count * cout
-                    for (j, pixel) in pixels.enumerated() {
-                        (dst + j * cout).update(from: src + Int(pixel) * cout, count: cout)
-                    }
-                }
-            }
+            scatterAdd(products, tap, at: \.outputPixels, area: outputArea, images: images, width: width,
+                       into: out, stride: outputStride)
         }
     }
 
@@ -186,7 +190,8 @@ struct TapwiseConv {
     }
 
     /// dx[:, inputs] += the input gradient, for the input channels `inputs`: tap by tap, dY_t · W_t added onto
-    /// the input rows tap t read (dx starts zeroed, as for col2im). `products` holds `productFloats(images:columns: inputs.count)` floats.
+    /// the input rows tap t read (dx starts zeroed, as for col2im). `products` holds
+    /// `productFloats(images:columns: inputs.count)` floats.
     func addInputGradient(dy: UnsafePointer<Float>, dyRows: UnsafePointer<Float>, images: Int,
                           weight: UnsafePointer<Float>, inputs: Range<Int>, dx: UnsafeMutablePointer<Float>,
                           products: UnsafeMutablePointer<Float>) {
@@ -200,13 +205,8 @@ struct TapwiseConv {
                 continue
             }
             gemmAB(rows, width, cout, dyRows + tap.offset * images * cout, cout, w, patch, products, width)
-            tap.inputPixels.withUnsafeBufferPointer { pixels in
-                for n in 0..<images {
-                    for (j, pixel) in pixels.enumerated() {
-                        addRow(dxColumns + (n * inputArea + Int(pixel)) * cin, products + (n * tap.count + j) * width, width)
-                    }
-                }
-            }
+            scatterAdd(products, tap, at: \.inputPixels, area: inputArea, images: images, width: width,
+                       into: dxColumns, stride: cin)
         }
     }
 }
