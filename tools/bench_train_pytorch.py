@@ -1,8 +1,15 @@
-# PyTorch counterpart of `resnetkit-bench train`: training steps/s and images/s at 49x49 for batch 16 and 64,
-# head phase (frozen backbone left in train mode, as the seed) and whole model, 2 threads.
+# PyTorch counterpart of `resnetkit-bench train`: training steps/s and images/s at 49x49, head phase (frozen
+# backbone left in train mode, as the seed) and whole model, 2 threads.
+#   bench_train_pytorch.py [--batches 16,64] [--steps 10] [--phases head-train,whole]
+import argparse
 import time
 import torch, torchvision
 
+parser = argparse.ArgumentParser()
+parser.add_argument("--batches", default="16,64")
+parser.add_argument("--steps", type=int, default=10)
+parser.add_argument("--phases", default="head-train,whole")
+args = parser.parse_args()
 torch.set_num_threads(2)
 
 def model():
@@ -12,12 +19,14 @@ def model():
                                torch.nn.ReLU(), torch.nn.BatchNorm1d(256), torch.nn.Dropout(0.5), torch.nn.Linear(256, 2))
     return torch.nn.Sequential(backbone, head).train()
 
-steps = 10
+steps = args.steps
+phases = [p for p in (("head-train", "head (frozen backbone)", True), ("whole", "whole model", False))
+          if p[0] in args.phases.split(",")]
 print(f"PyTorch {torch.__version__}: ResNet-18 + MLP head, 49x49, {steps} timed steps after 2 warm-up steps")
-for batch in (16, 64):
+for batch in (int(b) for b in args.batches.split(",")):
     x = torch.rand(batch, 3, 49, 49)
     y = torch.arange(batch) % 2
-    for phase, frozen in (("head (frozen backbone)", True), ("whole model", False)):
+    for _, phase, frozen in phases:
         m = model()
         for p in m[0].parameters():
             p.requires_grad = not frozen
