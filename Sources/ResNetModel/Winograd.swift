@@ -52,20 +52,27 @@ struct WinogradConv {
     /// `scratchFloats` floats of `scratch`. Channel counts must be multiples of 4 (`WinogradConv.supports`).
     func run(_ input: UnsafePointer<Float>, _ g: Geometry, _ output: UnsafeMutablePointer<Float>,
              residual: UnsafePointer<Float>?, relu: Bool, scratch: UnsafeMutablePointer<Float>) {
-        let tilesHigh = (g.height + 1) / 2, tilesWide = (g.width + 1) / 2
         let tiles = Self.tiles(g), chunk = tilesPerChunk
-        let cin = inChannels, cout = outChannels
-        let padding = scratch + scratchFloats - cin
-        padding.update(repeating: 0, count: cin)
-        let zeros = UnsafePointer(padding)
-        let patch = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: 16)
-        defer { patch.deallocate() }
+        let zeros = scratch + scratchFloats - inChannels
+        zeros.update(repeating: 0, count: inChannels)
         var first = 0
         while first < tiles {
-            let count = min(chunk, tiles - first)
-            let v = scratch, m = scratch + 16 * count * cin
-            for t in 0..<count {
-                let tile = first + t
+            let chunkTiles = first ..< min(first + chunk, tiles)
+            let v = scratch, m = scratch + 16 * chunkTiles.count * inChannels
+            transformInput(input, g, tiles: chunkTiles, into: v, zeros: zeros)
+            multiply(v, tiles: chunkTiles.count, into: m, columns: 0..<outChannels)
+            transformOutput(m, g, tiles: chunkTiles, columns: 0..<outChannels, output, residual: residual, relu: relu)
+            first = chunkTiles.upperBound
+        }
+    }
+
+    /// V = Bᵀ d B for `tiles` (numbered image by image, row by row) into v, tile-major [tiles, 16, Cin] from
+    /// the first of them; `zeros` holds Cin zeros for the pixels of the padding.
+    func transformInput(_ input: UnsafePointer<Float>, _ g: Geometry, tiles: Range<Int>, into v: UnsafeMutablePointer<Float>,
+                        zeros: UnsafePointer<Float>) {
+        let tilesHigh = (g.height + 1) / 2, tilesWide = (g.width + 1) / 2, cin = inChannels
+        withUnsafeTemporaryAllocation(of: UnsafePointer<Float>.self, capacity: 16) { patch in
+            for tile in tiles {
                 let tx = tile % tilesWide, ty = (tile / tilesWide) % tilesHigh, n = tile / (tilesWide * tilesHigh)
                 for i in 0..<4 {
                     let y = 2 * ty - 1 + i
@@ -75,28 +82,44 @@ struct WinogradConv {
                             ? input + ((n * g.height + y) * g.width + x) * cin : zeros
                     }
                 }
-                Self.inputTransform(patch, cin, v + t * 16 * cin, stride: cin)
+                Self.inputTransform(patch.baseAddress!, cin, v + (tile - tiles.lowerBound) * 16 * cin, stride: cin)
             }
-            weight.withUnsafeBufferPointer { u in
-                for xi in 0..<16 {
-                    gemmABt(count, cout, cin, v + xi * cin, 16 * cin, u.baseAddress! + xi * cout * cin, cin,
-                            m + xi * cout, 16 * cout)
-                }
-            }
-            bias.withUnsafeBufferPointer { b in
-                for t in 0..<count {
-                    let tile = first + t
-                    let tx = tile % tilesWide, ty = (tile / tilesWide) % tilesHigh, n = tile / (tilesWide * tilesHigh)
-                    let pixel = (n * g.height + 2 * ty) * g.width + 2 * tx
-                    Self.outputTransform(m + t * 16 * cout, stride: cout, cout, bias: b.baseAddress!,
-                                         output + pixel * cout, residual: residual.map { $0 + pixel * cout },
-                                         rowStride: g.width * cout, rows: min(2, g.height - 2 * ty),
-                                         columns: min(2, g.width - 2 * tx), relu: relu)
-                }
-            }
-            first += count
         }
     }
+
+    /// M_ξ[:, columns] = V_ξ · U_ξ[columns]ᵀ for the 16 positions ξ: m is tile-major [tiles, 16, Cout].
+    func multiply(_ v: UnsafePointer<Float>, tiles: Int, into m: UnsafeMutablePointer<Float>, columns: Range<Int>) {
+        let cin = inChannels, cout = outChannels
+        weight.withUnsafeBufferPointer { u in
+            for xi in 0..<16 {
+                gemmABt(tiles, columns.count, cin, v + xi * cin, 16 * cin, u.baseAddress! + (xi * cout + columns.lowerBound) * cin, cin,
+                        m + xi * cout + columns.lowerBound, 16 * cout)
+            }
+        }
+    }
+
+    /// Y = Aᵀ M A (+ bias, + residual, ReLU) for `tiles` (m holds them from the first) and the output channels
+    /// `columns` (in fours), written to the pixels of each tile that exist.
+    func transformOutput(_ m: UnsafePointer<Float>, _ g: Geometry, tiles: Range<Int>, columns: Range<Int>,
+                         _ output: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, relu: Bool) {
+        let tilesHigh = (g.height + 1) / 2, tilesWide = (g.width + 1) / 2, cout = outChannels
+        let first = columns.lowerBound
+        bias.withUnsafeBufferPointer { b in
+            for tile in tiles {
+                let tx = tile % tilesWide, ty = (tile / tilesWide) % tilesHigh, n = tile / (tilesWide * tilesHigh)
+                let pixel = (n * g.height + 2 * ty) * g.width + 2 * tx
+                Self.outputTransform(m + (tile - tiles.lowerBound) * 16 * cout + first, stride: cout, columns.count,
+                                     bias: b.baseAddress! + first, output + pixel * cout + first,
+                                     residual: residual.map { $0 + pixel * cout + first }, rowStride: g.width * cout,
+                                     pixelStride: cout, rows: min(2, g.height - 2 * ty), columns: min(2, g.width - 2 * tx),
+                                     relu: relu)
+            }
+        }
+    }
+
+    /// Whether the whole batch's V and M fit one chunk: then lanes can share one input transform and split the
+    /// multiplies and the output transform by output channels, each packing only its part of the weights.
+    func fitsOneChunk(_ g: Geometry) -> Bool { Self.tiles(g) <= tilesPerChunk }
 
     /// Whether 2x2 tiles cover a layer of this size well enough to pay: at most 1.4 times its pixels (an odd
     /// 3x3 layer takes four tiles, 16 outputs for 9, which is not worth it).
@@ -164,13 +187,13 @@ struct WinogradConv {
         }
     }
 
-    /// Y = Aᵀ M A for one tile, four channels at a time (M_ξ at m + ξ · stride), plus bias and residual,
-    /// then ReLU; writes the `rows` x `columns` pixels that exist (a tile may overhang the border).
+    /// Y = Aᵀ M A for one tile, `channels` channels four at a time (M_ξ at m + ξ · stride), plus bias and
+    /// residual, then ReLU; writes the `rows` x `columns` pixels that exist (a tile may overhang the border).
     @inline(__always)
     private static func outputTransform(_ m: UnsafePointer<Float>, stride: Int, _ channels: Int,
                                         bias: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>,
-                                        residual: UnsafePointer<Float>?, rowStride: Int, rows: Int, columns: Int,
-                                        relu: Bool) {
+                                        residual: UnsafePointer<Float>?, rowStride: Int, pixelStride: Int,
+                                        rows: Int, columns: Int, relu: Bool) {
         for c in Swift.stride(from: 0, to: channels, by: 4) {
             @inline(__always) func x(_ k: Int) -> SIMD4<Float> { load(m + k * stride + c) }
             let s0 = aT(x(0), x(4), x(8), x(12)), s1 = aT(x(1), x(5), x(9), x(13))
@@ -179,7 +202,7 @@ struct WinogradConv {
             let b = load(bias + c)
             @inline(__always) func put(_ value: SIMD4<Float>, _ i: Int, _ j: Int) {
                 guard i < rows && j < columns else { return }
-                let offset = i * rowStride + j * channels + c
+                let offset = i * rowStride + j * pixelStride + c
                 var y = value + b
                 if let residual { y += load(residual + offset) }
                 if relu { y.replace(with: 0, where: y .< 0) }

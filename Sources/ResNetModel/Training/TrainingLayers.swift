@@ -212,7 +212,9 @@ final class Conv2dLayer {
         }
     }
 
-    /// y = conv(x) as Winograd F(2x2, 3x3), the batch's images split across the lanes.
+    /// y = conv(x) as Winograd F(2x2, 3x3). When the batch's tiles fit one chunk (layer3 at batch 16), the lanes
+    /// share the input transform and then split the output channels, so each packs half the weights (as in
+    /// `forwardTapwise`); otherwise the batch's images are split across the lanes.
     private func forwardWinograd(_ x: UnsafePointer<Float>, _ g: Geometry, _ y: UnsafeMutablePointer<Float>) {
         if winograd?.version != weight.version {
             let zeros = [Float](repeating: 0, count: shape.outChannels)
@@ -222,6 +224,18 @@ final class Conv2dLayer {
         let conv = winograd!.conv
         let cin = shape.inChannels, cout = shape.outChannels, area = g.height * g.width
         let perLane = conv.scratchFloats
+        if conv.fitsOneChunk(g) && Parallelism.threads > 1 {
+            let tiles = WinogradConv.tiles(g)
+            let v = workspace.column.reserve(perLane), m = v + 16 * tiles * cin, zeros = v + perLane - cin
+            zeros.update(repeating: 0, count: cin)
+            TrainingLanes.forEachRange(tiles, minimum: 1) { conv.transformInput(x, g, tiles: $0, into: v + $0.lowerBound * 16 * cin, zeros: zeros) }
+            SplitGEMM.onLanes(cout / 4, minimum: 8) { quads in
+                let columns = 4 * quads.lowerBound ..< 4 * quads.upperBound
+                conv.multiply(v, tiles: tiles, into: m, columns: columns)
+                conv.transformOutput(m, g, tiles: 0..<tiles, columns: columns, y, residual: nil, relu: false)
+            }
+            return
+        }
         let scratch = workspace.column.reserve(Parallelism.threads * perLane)
         SplitGEMM.onLanes(g.batch, minimum: 1) { lane, images in
             conv.run(x + images.lowerBound * area * cin, Geometry(batch: images.count, height: g.height, width: g.width),
