@@ -45,10 +45,12 @@ let package = Package(
         .executableTarget(name: "resnetkit-bench", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport"],
                           path: "tools/bench"),
 
-        .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport"]),
-        .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel"]),
-        .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData"]),
-        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetSupport"]),
+        // Paths to fixtures/ and ../shared/reference, and the relative error the tolerances refer to.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "TestSupport"]),
+        .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel", "TestSupport"]),
+        .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetSupport", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// Runs the built `resnetkit` binary (from the same build folder as the tests) and captures its output.
@@ -21,12 +22,8 @@ enum CLI {
     static var executable: URL { productsDirectory.appendingPathComponent("resnetkit") }
 
     /// The repository root (for fixtures) and `../shared/reference`.
-    static let repository: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url
-    }()
-    static let reference = repository.deletingLastPathComponent().appendingPathComponent("shared/reference")
+    static let repository = TestPaths.repository
+    static let reference = TestPaths.reference
 
     /// Runs `resnetkit arguments…` (or the binary under another name, through a symlink, when `programName` is set).
     @discardableResult

@@ -1,13 +1,10 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// The repository's `fixtures/` folder and the pixel formulas `tools/make_tiff_fixtures.py` wrote.
 enum Fixtures {
-    static let directory: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.appendingPathComponent("fixtures")
-    }()
+    static let directory = TestPaths.fixtures
 
     static func tiff(_ name: String) -> String { directory.appendingPathComponent("tiff/\(name)").path }
 

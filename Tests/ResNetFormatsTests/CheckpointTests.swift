@@ -2,6 +2,7 @@ import Foundation
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
+import TestSupport
 import XCTest
 
 final class CheckpointTests: XCTestCase {
@@ -74,8 +75,7 @@ final class CheckpointTests: XCTestCase {
     }
 
     func testLoadsBareTorchvisionStateDict() throws {
-        let reference = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("shared/reference/resnet18.safetensors")
+        let reference = TestPaths.reference.appendingPathComponent("resnet18.safetensors")
         let checkpoint = try Checkpoint.load(path: reference.path)
         XCTAssertEqual(checkpoint.config, ModelConfig(numClasses: 1000, head: .linear))
         XCTAssertEqual(checkpoint.state["bn1.num_batches_tracked"]?.data, [1000])

@@ -1,6 +1,7 @@
 import Foundation
 import ResNetFormats
 import ResNetModel
+import TestSupport
 import XCTest
 
 /// One training step from the calibrated import of `ts_folded.onnx`, against PyTorch

@@ -2,28 +2,19 @@ import Foundation
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
+import TestSupport
 import XCTest
 
 /// `fixtures/hdf5/` (made by tools/make_hdf5_fixtures.py) and the comparison the tolerances refer to.
 enum HDF5Fixtures {
-    static let directory: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }  // Tests/ResNetFormatsTests/<file> → repository
-        return url.appendingPathComponent("fixtures/hdf5")
-    }()
-    static let reference = directory.deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("shared/reference")
+    static let directory = TestPaths.fixtures.appendingPathComponent("hdf5")
+    static let reference = TestPaths.reference
 
     static func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
-    static func floats(_ url: URL) throws -> [Float] {
-        let data = try Data(contentsOf: url)
-        return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-    }
-
     /// The committed 2x3x40x40 input (NCHW) through the imported model's inference plan.
     static func logits(of imported: ImportedModel) throws -> [Float] {
-        let input = try floats(directory.appendingPathComponent("input_2x3x40x40.f32"))
+        let input = try readFloats(directory.appendingPathComponent("input_2x3x40x40.f32"))
         let plan = try InferencePlan(architecture: imported.checkpoint.architecture, state: imported.checkpoint.state)
         return plan.run(images: nhwc(fromNCHW: input, batch: 2, channels: 3, height: 40, width: 40), count: 2, height: 40, width: 40)
     }
@@ -37,7 +28,7 @@ final class HDF5ImporterTests: XCTestCase {
     func assertLogits(_ file: String, _ expected: String, tolerance: Float = 1e-4, line: UInt = #line) throws -> ImportedModel {
         let imported = try importFixture(file)
         let got = try HDF5Fixtures.logits(of: imported)
-        let want = try HDF5Fixtures.floats(HDF5Fixtures.directory.appendingPathComponent(expected))
+        let want = try readFloats(HDF5Fixtures.directory.appendingPathComponent(expected))
         let error = relativeError(got, want)
         XCTAssertLessThan(error, tolerance, "\(file): relative error \(error)", line: line)
         return imported
@@ -177,7 +168,7 @@ final class HDF5KerasNestedTests: XCTestCase {
     /// A sub-model stored as one Keras layer whose weight names carry the inner layers, in float64.
     func testNestedModelInFloat64MatchesPyTorch() throws {
         let imported = try HDF5Importer.importModel(path: HDF5Fixtures.path("keras_nested_float64.h5"), options: ImportOptions())
-        let expected = try HDF5Fixtures.floats(HDF5Fixtures.directory.appendingPathComponent("logits_keras_default_eps.f32"))
+        let expected = try readFloats(HDF5Fixtures.directory.appendingPathComponent("logits_keras_default_eps.f32"))
         XCTAssertLessThan(relativeError(try HDF5Fixtures.logits(of: imported), expected), 1e-4)
         XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1e-3)
         XCTAssertTrue(imported.notes.contains("102 float64/float16 tensors converted to float32"), "\(imported.notes)")

@@ -3,6 +3,7 @@ import Foundation
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
+import TestSupport
 import XCTest
 
 /// The full-size reference model, written as h5py would write it (one dataset per state-dict key, int64
@@ -73,10 +74,10 @@ final class HDF5ReferenceTests: XCTestCase {
         let imported = try HDF5Importer.importModel(path: path, options: ImportOptions())
         XCTAssertEqual(imported.checkpoint.config, ModelConfig())
         XCTAssertEqual(imported.checkpoint.state["layer4.1.bn2.num_batches_tracked"]?.data, [1000])
-        let input = try HDF5Fixtures.floats(HDF5Fixtures.reference.appendingPathComponent("input_4x3x96x96.f32"))
+        let input = try readFloats(HDF5Fixtures.reference.appendingPathComponent("input_4x3x96x96.f32"))
         let plan = try InferencePlan(architecture: imported.checkpoint.architecture, state: imported.checkpoint.state)
         let logits = plan.run(images: nhwc(fromNCHW: input, batch: 4, channels: 3, height: 96, width: 96), count: 4, height: 96, width: 96)
-        let expected = try HDF5Fixtures.floats(HDF5Fixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
+        let expected = try readFloats(HDF5Fixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
         XCTAssertLessThan(relativeError(logits, expected), 1e-5)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import ResNetFormats
 import ResNetModel
+import TestSupport
 import XCTest
 
 /// Folded BatchNorm rebuilt from calibration images, against PyTorch (fixtures/onnx/calibration_expected.safetensors).

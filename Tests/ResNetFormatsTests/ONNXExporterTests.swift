@@ -1,6 +1,7 @@
 import Foundation
 import ResNetFormats
 import ResNetModel
+import TestSupport
 import XCTest
 
 /// export → import round trips, checked against ONNX Runtime's logits for the source file.

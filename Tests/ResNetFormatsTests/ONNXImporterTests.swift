@@ -1,6 +1,7 @@
 import Foundation
 import ResNetFormats
 import ResNetModel
+import TestSupport
 import XCTest
 
 /// Every export variant's imported logits against ONNX Runtime's on the same input (tools/make_onnx_fixtures.py).
@@ -59,10 +60,10 @@ final class ONNXImporterTests: XCTestCase {
         XCTAssertEqual(imported.checkpoint.config, ModelConfig(numClasses: 1000, baseWidth: 64))
         XCTAssertTrue(imported.batchNormFolded)
         let plan = try InferencePlan(architecture: imported.checkpoint.architecture, state: imported.checkpoint.state)
-        let input = nhwc(fromNCHW: try ONNXFixtures.floats(ONNXFixtures.reference.appendingPathComponent("input_4x3x96x96.f32")),
+        let input = nhwc(fromNCHW: try readFloats(ONNXFixtures.reference.appendingPathComponent("input_4x3x96x96.f32")),
                          batch: 4, channels: 3, height: 96, width: 96)
         let got = plan.run(images: input, count: 4, height: 96, width: 96)
-        let expected = try ONNXFixtures.floats(ONNXFixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
+        let expected = try readFloats(ONNXFixtures.reference.appendingPathComponent("logits_4x1000_from_96.f32"))
         let error = relativeError(got, expected)
         XCTAssertLessThan(error, 1e-4, "relative error vs PyTorch \(error)")
     }

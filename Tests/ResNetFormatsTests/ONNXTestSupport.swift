@@ -1,26 +1,17 @@
 import Foundation
 import ResNetFormats
 import ResNetModel
+import TestSupport
 import XCTest
 
 /// fixtures/onnx (made by tools/make_onnx_fixtures.py) and ../shared/reference, found from this file's path.
 enum ONNXFixtures {
-    static let repository: URL = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }  // Tests/ResNetFormatsTests/ONNXTestSupport.swift → repo
-        return url
-    }()
-    static let directory = repository.appendingPathComponent("fixtures/onnx")
-    static let reference = repository.deletingLastPathComponent().appendingPathComponent("shared/reference")
+    static let directory = TestPaths.fixtures.appendingPathComponent("onnx")
+    static let reference = TestPaths.reference
 
     static func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
-    static func floats(_ url: URL) throws -> [Float] {
-        let data = try Data(contentsOf: url)
-        return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-    }
-
-    static func floats(_ name: String) throws -> [Float] { try floats(directory.appendingPathComponent(name)) }
+    static func floats(_ name: String) throws -> [Float] { try readFloats(directory.appendingPathComponent(name)) }
 
     /// The committed input batch, NHWC [2, 64, 64, 3].
     static func input() throws -> [Float] {

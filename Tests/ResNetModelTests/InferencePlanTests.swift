@@ -1,6 +1,7 @@
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
+import TestSupport
 import XCTest
 
 final class InferencePlanTests: XCTestCase {

@@ -1,5 +1,6 @@
 import Foundation
 import ResNetModel
+import TestSupport
 import XCTest
 
 /// Finite-difference checks for what the PyTorch reference does not cover (the linear head, dropout on,

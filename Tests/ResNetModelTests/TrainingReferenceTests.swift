@@ -1,6 +1,7 @@
 import Foundation
 import ResNetFormats
 import ResNetModel
+import TestSupport
 import XCTest
 
 /// The trainer against PyTorch (`training_reference.safetensors`, see the reference README): the seed's
