@@ -22,52 +22,20 @@ import tifffile
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 from torchvision.transforms.functional import center_crop
+
+from fixture_models import ResNet18
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 WIDTH, HIDDEN, CLASSES = 8, 32, 2
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
 
 
-class SmallResNet18(nn.Module):
-    """torchvision's ResNet-18 layout and names at base width 8, with the seed notebook's MLP head."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, WIDTH, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(WIDTH)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = WIDTH
-        for stage, planes in enumerate([WIDTH, 2 * WIDTH, 4 * WIDTH, 8 * WIDTH]):
-            stride = 1 if stage == 0 else 2
-            downsample = None
-            if stride != 1 or inplanes != planes:
-                downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-            blocks = [BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes)]
-            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
-            inplanes = planes
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Module()
-        self.head.bn1 = nn.BatchNorm1d(8 * WIDTH)
-        self.head.fc1 = nn.Linear(8 * WIDTH, HIDDEN)
-        self.head.bn2 = nn.BatchNorm1d(HIDDEN)
-        self.head.fc2 = nn.Linear(HIDDEN, CLASSES)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.avgpool(x), 1)
-        x = torch.relu(self.head.fc1(self.head.bn1(x)))  # dropout is the identity in eval mode
-        return self.head.fc2(self.head.bn2(x))
-
-
 def make_model(calibration):
     """Random weights; each BatchNorm's running statistics are the batch statistics of `calibration` (so that
     activations keep their scale and the logits depend clearly on the image), times random factors."""
     torch.manual_seed(0)
-    model = SmallResNet18()
+    model = ResNet18(WIDTH, CLASSES, head="mlp", hidden=HIDDEN)
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
     with torch.no_grad():
         for module in norms:

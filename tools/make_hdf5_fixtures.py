@@ -7,7 +7,6 @@ committed input. Keras files are built with h5py exactly as Keras 2's `save_weig
 `layer_names1`, ... when large, a group per layer with `weight_names`, datasets at `<layer>/<layer>/kernel:0`),
 and their expected logits are computed in PyTorch from the same weights with the Keras epsilon.
 """
-import functools
 import json
 import os
 
@@ -15,51 +14,12 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
+
+from fixture_models import ResNet18
 
 OUT = "fixtures/hdf5"
 WIDTH = 4  # base width of the good files (about 180 KB each)
 BAD_WIDTH = 2  # the bad files only need to trigger messages
-
-
-class ResNet18(nn.Module):
-    """torchvision's resnet18 (same module names) at any base width, with a linear or the seed's MLP head."""
-
-    def __init__(self, width, classes, eps=1e-5, head="linear", hidden=16):
-        super().__init__()
-        norm = functools.partial(nn.BatchNorm2d, eps=eps)
-        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = norm(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        inplanes = width
-        for stage, planes in enumerate([width, 2 * width, 4 * width, 8 * width]):
-            stride = 1 if stage == 0 else 2
-            down = None
-            if stride != 1 or inplanes != planes:
-                down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), norm(planes))
-            blocks = [BasicBlock(inplanes, planes, stride, down, norm_layer=norm), BasicBlock(planes, planes, norm_layer=norm)]
-            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
-            inplanes = planes
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.head_kind = head
-        if head == "linear":
-            self.fc = nn.Linear(8 * width, classes)
-        else:
-            self.head = nn.Module()
-            self.head.bn1 = nn.BatchNorm1d(8 * width, eps=eps)
-            self.head.fc1 = nn.Linear(8 * width, hidden)
-            self.head.bn2 = nn.BatchNorm1d(hidden, eps=eps)
-            self.head.fc2 = nn.Linear(hidden, classes)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.avgpool(x), 1)
-        if self.head_kind == "linear":
-            return self.fc(x)
-        h = self.head
-        return h.fc2(h.bn2(torch.relu(h.fc1(h.bn1(x)))))
 
 
 def randomise_batchnorm(model, generator):
