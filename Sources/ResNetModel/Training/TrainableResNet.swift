@@ -11,14 +11,16 @@ public enum FrozenBatchNormMode: String, Sendable, Codable, CaseIterable {
 }
 
 /// One BasicBlock: conv3x3(stride) → BN → ReLU → conv3x3 → BN, + identity or 1x1 downsample → ReLU.
+/// bn2 adds the shortcut and applies the final ReLU in its own pass, so the block's output is bn2's.
 final class BasicBlockLayer {
     let conv1: Conv2dLayer, bn1: BatchNormLayer, conv2: Conv2dLayer, bn2: BatchNormLayer
     let downsample: (conv: Conv2dLayer, bn: BatchNormLayer)?
-    let output = FloatBuffer(), outputGradient = FloatBuffer(), inputGradient = FloatBuffer()
+    let outputGradient = FloatBuffer(), inputGradient = FloatBuffer()
     private var rows = 0, inputCount = 0
 
     init(conv1: Conv2dLayer, bn1: BatchNormLayer, conv2: Conv2dLayer, bn2: BatchNormLayer,
          downsample: (conv: Conv2dLayer, bn: BatchNormLayer)?) {
+        precondition(bn2.relu, "a block's bn2 applies the block's final ReLU")
         self.conv1 = conv1; self.bn1 = bn1; self.conv2 = conv2; self.bn2 = bn2; self.downsample = downsample
     }
 
@@ -34,39 +36,21 @@ final class BasicBlockLayer {
         let (c1, mid) = conv1.forward(x, g)
         let t = bn1.forward(c1, rows: mid.pixels, batchStatistics: statistics(bn1))
         let (c2, out) = conv2.forward(t, mid)
-        let a = bn2.forward(c2, rows: out.pixels, batchStatistics: statistics(bn2))
         var shortcut = x
         if let (dsConv, dsBN) = downsample {
             let (d, _) = dsConv.forward(x, g)
             shortcut = UnsafePointer(dsBN.forward(d, rows: out.pixels, batchStatistics: statistics(dsBN)))
         }
         rows = out.pixels
-        let count = out.pixels * conv2.shape.outChannels
-        let y = output.reserve(count)
-        let residual = shortcut
-        TrainingLanes.forEachRange(count, minimum: 65_536) { range in
-            forEachChunk(range) { i in
-                y.store((a.vector(i) + residual.vector(i)).clampedBelowAtZero, at: i)
-            } remainder: { i in
-                y[i] = max(0, a[i] + residual[i])
-            }
-        }
+        let y = bn2.forward(c2, rows: out.pixels, batchStatistics: statistics(bn2), residual: shortcut)
         return (y, out)
     }
 
     /// dy [N·Ho·Wo, Cout] → dx [N·H·W, Cin] when `needsInputGradient`.
     func backward(_ dy: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
-        let count = rows * conv2.shape.outChannels
-        let g = outputGradient.reserve(count), y = output.pointer
-        TrainingLanes.forEachRange(count, minimum: 65_536) { range in
-            forEachChunk(range) { i in
-                g.store(SIMD8<Float>.zero.replacing(with: dy.vector(i), where: y.vector(i) .> 0), at: i)
-            } remainder: { i in
-                g[i] = y[i] > 0 ? dy[i] : 0
-            }
-        }
+        // bn2 masks dy by the block's ReLU itself; the shortcut's gradient is the same masked dy (`g` below).
+        let dA = bn2.backward(dy, needsInputGradient: true)!
         let conv1Trains = conv1.weight.requiresGrad || !bn1.isFrozen
-        let dA = bn2.backward(g, needsInputGradient: true)!
         let dT = conv2.backward(dA, needsInputGradient: conv1Trains || needsInputGradient)
         var dx: UnsafeMutablePointer<Float>? = nil
         if let dT {
@@ -75,17 +59,33 @@ final class BasicBlockLayer {
         }
         let shortcutTrains = downsample.map { $0.conv.weight.requiresGrad || !$0.bn.isFrozen } ?? false
         guard needsInputGradient || shortcutTrains else { return nil }
-        let result = inputGradient.reserve(inputCount)
-        if let dx { result.update(from: dx, count: inputCount) }
+        let count = rows * conv2.shape.outChannels
+        let g = outputGradient.reserve(count), y = bn2.output.pointer
+        TrainingLanes.forEachRange(count, minimum: 65_536) { range in
+            forEachChunk(range) { i in
+                g.store(SIMD8<Float>.zero.replacing(with: dy.vector(i), where: y.vector(i) .> 0), at: i)
+            } remainder: { i in
+                g[i] = y[i] > 0 ? dy[i] : 0
+            }
+        }
+        var shortcut: UnsafePointer<Float>? = needsInputGradient ? UnsafePointer(g) : nil
         if let (dsConv, dsBN) = downsample {
             let dD = dsBN.backward(g, needsInputGradient: true)!
-            if let dS = dsConv.backward(dD, needsInputGradient: needsInputGradient) {
-                for i in 0..<inputCount { result[i] += dS[i] }
-            }
-        } else if needsInputGradient {
-            for i in 0..<inputCount { result[i] += g[i] }
+            shortcut = dsConv.backward(dD, needsInputGradient: needsInputGradient).map { UnsafePointer($0) }
         }
-        return needsInputGradient ? result : nil
+        guard needsInputGradient, let shortcut else { return nil }
+        // dx = the main path's gradient (when it reached the input) + the shortcut's.
+        let result = inputGradient.reserve(inputCount)
+        let main = dx.map { UnsafePointer($0) }
+        TrainingLanes.forEachRange(inputCount, minimum: 65_536) { range in
+            guard let main else { (result + range.lowerBound).update(from: shortcut + range.lowerBound, count: range.count); return }
+            forEachChunk(range) { i in
+                result.store(main.vector(i) + shortcut.vector(i), at: i)
+            } remainder: { i in
+                result[i] = main[i] + shortcut[i]
+            }
+        }
+        return result
     }
 }
 
@@ -156,7 +156,7 @@ public final class TrainableResNet {
         maxPool = MaxPoolLayer(channels: architecture.stem.outChannels)
         blocks = architecture.blocks.map { b in
             let c1 = conv("\(b.name).conv1", b.conv1), n1 = bn("\(b.name).bn1", relu: true)
-            let c2 = conv("\(b.name).conv2", b.conv2), n2 = bn("\(b.name).bn2", relu: false)
+            let c2 = conv("\(b.name).conv2", b.conv2), n2 = bn("\(b.name).bn2", relu: true)
             let ds = b.downsample.map { (conv: conv("\(b.name).downsample.0", $0), bn: bn("\(b.name).downsample.1", relu: false)) }
             return BasicBlockLayer(conv1: c1, bn1: n1, conv2: c2, bn2: n2, downsample: ds)
         }

@@ -353,8 +353,10 @@ final class BatchNormLayer {
 
     var isFrozen: Bool { !weight.requiresGrad && !bias.requiresGrad }
 
-    /// x [rows, C] → y [rows, C].
-    func forward(_ x: UnsafePointer<Float>, rows: Int, batchStatistics: Bool) -> UnsafeMutablePointer<Float> {
+    /// x [rows, C] → y [rows, C] = BN(x), + residual [rows, C] when given, then ReLU when `relu` (a block's
+    /// bn2 adds the shortcut in the same pass; its backward's ReLU mask is then the block's).
+    func forward(_ x: UnsafePointer<Float>, rows: Int, batchStatistics: Bool,
+                 residual: UnsafePointer<Float>? = nil) -> UnsafeMutablePointer<Float> {
         input = x
         self.rows = rows
         usedBatchStatistics = batchStatistics
@@ -403,6 +405,17 @@ final class BatchNormLayer {
                 TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
                     for r in range {
                         let src = x + r * c, dst = y + r * c
+                        if let residual {
+                            let add = residual + r * c
+                            forEachChunk(0..<c) { j in
+                                let v = src.vector(j) * a.vector(j) + b.vector(j) + add.vector(j)
+                                dst.store(relu ? v.clampedBelowAtZero : v, at: j)
+                            } remainder: { j in
+                                let v = src[j] * a[j] + b[j] + add[j]
+                                dst[j] = relu ? max(0, v) : v
+                            }
+                            continue
+                        }
                         forEachChunk(0..<c) { j in
                             let v = src.vector(j) * a.vector(j) + b.vector(j)
                             dst.store(relu ? v.clampedBelowAtZero : v, at: j)
