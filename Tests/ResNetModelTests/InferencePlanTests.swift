@@ -40,6 +40,25 @@ final class InferencePlanTests: XCTestCase {
         }
     }
 
+    /// At the smallest input (32x32: layer4's maps are 1x1, only the centre tap reads inside) and at odd sizes,
+    /// every algorithm gives what im2col gives (im2col itself is checked against PyTorch above).
+    func testAlgorithmsAgreeAtSmallAndOddSizes() throws {
+        let checkpoint = try Reference.checkpoint()
+        for side in [32, 33, 35] {
+            var rng = SplitMix64(seed: UInt64(side))
+            let images = (0..<(3 * side * side * 3)).map { _ in rng.nextUnitFloat() }
+            var results: [ConvolutionAlgorithm: [Float]] = [:]
+            for algorithm in ConvolutionAlgorithm.allCases {
+                let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+                plan.algorithm = algorithm
+                results[algorithm] = plan.run(images: images, count: 3, height: side, width: side)
+            }
+            for algorithm in ConvolutionAlgorithm.allCases where algorithm != .im2col {
+                XCTAssertLessThan(relativeError(results[algorithm]!, results[.im2col]!), 1e-5, "\(algorithm) at \(side)")
+            }
+        }
+    }
+
     /// A tiny im2col budget forces many row chunks per convolution (and one image per tap-by-tap chunk);
     /// results must not change.
     func testChunkedColumnsGiveTheSameLogits() throws {
