@@ -27,10 +27,13 @@ let package = Package(
         // C code generated from onnx.proto by protoc-c (tools/generate_onnx_proto.sh).
         .target(name: "ONNXProto", dependencies: ["CProtobufC"]),
 
+        // Elementwise kernels compiled per instruction set (AVX-512, AVX2, baseline), chosen at load.
+        .target(name: "CKernels"),
+
         // Small shared pieces of file handling: atomic writes, one-line file errors.
         .target(name: "ResNetSupport", dependencies: ["COpenBLAS"]),
         // The network: layers, the fused inference plan, training. Pure computation, no I/O.
-        .target(name: "ResNetModel", dependencies: ["COpenBLAS"]),
+        .target(name: "ResNetModel", dependencies: ["COpenBLAS", "CKernels"]),
         // Checkpoints (safetensors) and importers/exporters.
         .target(name: "ResNetFormats", dependencies: [
             "ResNetModel", "ResNetSupport", "CHDF5", "CProtobufC", "ONNXProto",

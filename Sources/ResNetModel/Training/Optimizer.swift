@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// PyTorch's OneCycleLR (two phases, cosine annealing, `three_phase=False`) with beta1 cycling.
@@ -115,35 +116,12 @@ public final class AdamW {
         }
     }
 
-    /// Elements `range` of one parameter, eight at a time: SIMD lanes round exactly as the scalar tail, the
-    /// operations and their order being torch's.
+    /// Elements `range` of one parameter (`resnetkit_adamw`, vectorised for the CPU at hand).
     private static func update(_ u: Update, _ range: Range<Int>, b2: Float, oneMinusB1: Float, oneMinusB2: Float,
                                epsilon: Float) {
-        typealias Vector = SIMD8<Float>
-        var i = range.lowerBound
-        while i + Vector.scalarCount <= range.upperBound {
-            let g = UnsafeRawPointer(u.gradient + i).loadUnaligned(as: Vector.self)
-            let w = UnsafeRawPointer(u.value + i).loadUnaligned(as: Vector.self) * u.decay
-            var m = UnsafeRawPointer(u.moment1 + i).loadUnaligned(as: Vector.self)
-            var v = UnsafeRawPointer(u.moment2 + i).loadUnaligned(as: Vector.self)
-            // lerp(m, g, 1 − b1) = m + (1 − b1)(g − m), as torch's lerp_ computes it.
-            m += oneMinusB1 * (g - m)
-            v = v * b2 + oneMinusB2 * g * g
-            let denom = v.squareRoot() / u.correction2Sqrt + epsilon
-            UnsafeMutableRawPointer(u.moment1 + i).storeBytes(of: m, as: Vector.self)
-            UnsafeMutableRawPointer(u.moment2 + i).storeBytes(of: v, as: Vector.self)
-            UnsafeMutableRawPointer(u.value + i).storeBytes(of: w - u.stepSize * (m / denom), as: Vector.self)
-            i += Vector.scalarCount
-        }
-        while i < range.upperBound {
-            let g = u.gradient[i]
-            let w = u.value[i] * u.decay
-            u.moment1[i] += oneMinusB1 * (g - u.moment1[i])
-            u.moment2[i] = u.moment2[i] * b2 + oneMinusB2 * g * g
-            let denom = u.moment2[i].squareRoot() / u.correction2Sqrt + epsilon
-            u.value[i] = w - u.stepSize * (u.moment1[i] / denom)
-            i += 1
-        }
+        let i = range.lowerBound
+        resnetkit_adamw(u.value + i, u.gradient + i, u.moment1 + i, u.moment2 + i, range.count, u.decay, b2, oneMinusB1,
+                        oneMinusB2, u.stepSize, u.correction2Sqrt, epsilon)
     }
 
     /// Optimizer state by parameter name, torchvision layout: `exp_avg`, `exp_avg_sq`, and the step counts,
