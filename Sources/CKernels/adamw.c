@@ -4,14 +4,7 @@
 // loader picks the best the CPU has. Results are bit-identical across the clones: square root and division are
 // correctly rounded in every instruction set, and contraction into fused multiply-adds is off.
 #include "ckernels.h"
-
-#pragma STDC FP_CONTRACT OFF
-
-#if defined(__x86_64__) && defined(__linux__)
-#define RESNETKIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define RESNETKIT_CLONES
-#endif
+#include "clones.h"
 
 RESNETKIT_CLONES
 void resnetkit_adamw(float *restrict value, const float *restrict gradient, float *restrict moment1,

@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 import Foundation
 
@@ -365,15 +366,7 @@ final class BatchNormLayer {
             // One pass of per-channel Σx and Σx² in double precision (no cancellation worth the name at these
             // sizes), split across the lanes.
             let (sum, squares) = channelSums(rows: rows, channels: c) { range, s, q in
-                for r in range {
-                    let row = x + r * c
-                    forEachChunk(0..<c) { j in
-                        let v = SIMD8<Double>(row.vector(j))
-                        s.add(v, at: j); q.add(v * v, at: j)
-                    } remainder: { j in
-                        let v = Double(row[j]); s[j] += v; q[j] += v * v
-                    }
-                }
+                resnetkit_channel_moments(x + range.lowerBound * c, range.count, c, s, q)
             }
             let unbiasedScale = rows > 1 ? Double(rows) / Double(rows - 1) : 1
             for j in 0..<c {
@@ -403,27 +396,9 @@ final class BatchNormLayer {
             shift.withUnsafeBufferPointer { shift in
                 let a = scale.baseAddress!, b = shift.baseAddress!
                 TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
-                    for r in range {
-                        let src = x + r * c, dst = y + r * c
-                        if let residual {
-                            let add = residual + r * c
-                            forEachChunk(0..<c) { j in
-                                let v = src.vector(j) * a.vector(j) + b.vector(j) + add.vector(j)
-                                dst.store(relu ? v.clampedBelowAtZero : v, at: j)
-                            } remainder: { j in
-                                let v = src[j] * a[j] + b[j] + add[j]
-                                dst[j] = relu ? max(0, v) : v
-                            }
-                            continue
-                        }
-                        forEachChunk(0..<c) { j in
-                            let v = src.vector(j) * a.vector(j) + b.vector(j)
-                            dst.store(relu ? v.clampedBelowAtZero : v, at: j)
-                        } remainder: { j in
-                            let v = src[j] * a[j] + b[j]
-                            dst[j] = relu ? max(0, v) : v
-                        }
-                    }
+                    let offset = range.lowerBound * c
+                    resnetkit_batchnorm_apply(x + offset, residual.map { $0 + offset }, a, b, range.count, c, relu ? 1 : 0,
+                                              y + offset)
                 }
             }
         }
@@ -442,19 +417,9 @@ final class BatchNormLayer {
             invStd.withUnsafeBufferPointer { invStd in
                 let m = mean.baseAddress!, s = invStd.baseAddress!
                 let (sumDy, sumDyXhat) = channelSums(rows: rows, channels: c) { range, sd, sdx in
-                    for r in range {
-                        let g = dyIn + r * c, v = x + r * c, out = y.map { $0 + r * c }
-                        forEachChunk(0..<c) { j in
-                            var gj = g.vector(j)
-                            if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
-                            sd.add(SIMD8<Double>(gj), at: j)
-                            sdx.add(SIMD8<Double>(gj * ((v.vector(j) - m.vector(j)) * s.vector(j))), at: j)
-                        } remainder: { j in
-                            let gj = out.map { $0[j] > 0 ? g[j] : 0 } ?? g[j]
-                            sd[j] += Double(gj)
-                            sdx[j] += Double(gj * ((v[j] - m[j]) * s[j]))
-                        }
-                    }
+                    let offset = range.lowerBound * c
+                    resnetkit_batchnorm_gradient_sums(dyIn + offset, x + offset, y.map { $0 + offset }, m, s, range.count, c,
+                                                      sd, sdx)
                 }
                 if weight.requiresGrad { for j in 0..<c { weight.gradient[j] = Float(sumDyXhat[j]) } }
                 if bias.requiresGrad { for j in 0..<c { bias.gradient[j] = Float(sumDy[j]) } }
@@ -470,19 +435,9 @@ final class BatchNormLayer {
                         meanDyXhat.withUnsafeBufferPointer { meanDyXhat in
                             let a = scale.baseAddress!, md = meanDy.baseAddress!, mdx = meanDyXhat.baseAddress!
                             TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
-                                for r in range {
-                                    let g = dyIn + r * c, v = x + r * c, d = dx + r * c, out = y.map { $0 + r * c }
-                                    forEachChunk(0..<c) { j in
-                                        var gj = g.vector(j)
-                                        if let out { gj = SIMD8<Float>.zero.replacing(with: gj, where: out.vector(j) .> 0) }
-                                        let xhat = (v.vector(j) - m.vector(j)) * s.vector(j)
-                                        d.store(a.vector(j) * (gj - md.vector(j) - xhat * mdx.vector(j)), at: j)
-                                    } remainder: { j in
-                                        let gj = out.map { $0[j] > 0 ? g[j] : 0 } ?? g[j]
-                                        let xhat = (v[j] - m[j]) * s[j]
-                                        d[j] = a[j] * (gj - md[j] - xhat * mdx[j])
-                                    }
-                                }
+                                let offset = range.lowerBound * c
+                                resnetkit_batchnorm_input_gradient(dyIn + offset, x + offset, y.map { $0 + offset }, m, s, a,
+                                                                   md, mdx, range.count, c, dx + offset)
                             }
                         }
                     }
@@ -539,14 +494,6 @@ extension UnsafeMutablePointer<Float> {
 extension SIMD8<Float> {
     /// max(0, x) lane by lane, as `Swift.max(0, x)` (`pointwiseMax` is not inlined: a call per chunk).
     @inline(__always) var clampedBelowAtZero: SIMD8<Float> { SIMD8<Float>.zero.replacing(with: self, where: self .>= 0) }
-}
-
-extension UnsafeMutablePointer<Double> {
-    /// self[i ..< i + 8] += v.
-    @inline(__always) func add(_ v: SIMD8<Double>, at i: Int) {
-        let sum = UnsafeRawPointer(self + i).loadUnaligned(as: SIMD8<Double>.self) + v
-        UnsafeMutableRawPointer(self + i).storeBytes(of: sum, as: SIMD8<Double>.self)
-    }
 }
 
 /// Linear: y[N, out] = x[N, in] · Wᵀ + b, W [out, in] (torchvision layout), optionally followed by ReLU.
