@@ -50,7 +50,7 @@ let package = Package(
 
         // Paths to fixtures/ and ../shared/reference, and the relative error the tolerances refer to.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "TestSupport"]),
+        .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "CKernels", "TestSupport"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel", "TestSupport"]),
         .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetSupport", "TestSupport"]),
