@@ -53,17 +53,29 @@ struct WinogradConv {
     func run(_ input: UnsafePointer<Float>, _ g: Geometry, _ output: UnsafeMutablePointer<Float>,
              residual: UnsafePointer<Float>?, relu: Bool, scratch: UnsafeMutablePointer<Float>) {
         let tiles = Self.tiles(g), chunk = tilesPerChunk
-        let zeros = scratch + scratchFloats - inChannels
-        zeros.update(repeating: 0, count: inChannels)
+        let zeros = paddingZeros(in: scratch)
         var first = 0
         while first < tiles {
             let chunkTiles = first ..< min(first + chunk, tiles)
-            let v = scratch, m = scratch + 16 * chunkTiles.count * inChannels
+            let (v, m) = transformed(in: scratch, tiles: chunkTiles.count)
             transformInput(input, g, tiles: chunkTiles, into: v, zeros: zeros)
             multiply(v, tiles: chunkTiles.count, into: m, columns: 0..<outChannels)
             transformOutput(m, g, tiles: chunkTiles, columns: 0..<outChannels, output, residual: residual, relu: relu)
             first = chunkTiles.upperBound
         }
+    }
+
+    /// The Cin zeros that the padding's pixels read, at the end of a scratch of `scratchFloats` (zeroed here).
+    func paddingZeros(in scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        let zeros = scratch + scratchFloats - inChannels
+        zeros.update(repeating: 0, count: inChannels)
+        return UnsafePointer(zeros)
+    }
+
+    /// V [tiles, 16, Cin] and M [tiles, 16, Cout] for up to a chunk of tiles, at the start of the scratch.
+    func transformed(in scratch: UnsafeMutablePointer<Float>, tiles: Int) -> (v: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>) {
+        precondition(tiles <= tilesPerChunk, "more tiles than one chunk's scratch holds")
+        return (scratch, scratch + 16 * tiles * inChannels)
     }
 
     /// V = Bᵀ d B for `tiles` (numbered image by image, row by row) into v, tile-major [tiles, 16, Cin] from

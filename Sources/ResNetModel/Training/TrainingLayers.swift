@@ -226,9 +226,8 @@ final class Conv2dLayer {
         let cin = shape.inChannels, cout = shape.outChannels, area = g.height * g.width
         let perLane = conv.scratchFloats
         if conv.fitsOneChunk(g) && Parallelism.threads > 1 {
-            let tiles = WinogradConv.tiles(g)
-            let v = workspace.column.reserve(perLane), m = v + 16 * tiles * cin, zeros = v + perLane - cin
-            zeros.update(repeating: 0, count: cin)
+            let tiles = WinogradConv.tiles(g), scratch = workspace.column.reserve(perLane)
+            let (v, m) = conv.transformed(in: scratch, tiles: tiles), zeros = conv.paddingZeros(in: scratch)
             TrainingLanes.forEachRange(tiles, minimum: 1) { conv.transformInput(x, g, tiles: $0, into: v + $0.lowerBound * 16 * cin, zeros: zeros) }
             SplitGEMM.onLanes(cout / 4, minimum: 8) { quads in
                 let columns = 4 * quads.lowerBound ..< 4 * quads.upperBound
