@@ -23,6 +23,8 @@ struct TapwiseConv {
     let firstTapCoversAll: Bool
     /// Rows of the gathered buffer per image (the identity tap needs none).
     let gatheredRowsPerImage: Int
+    /// Kernel positions that read inside the image for no output pixel: their weight gradient is zero.
+    let unreachedTaps: [Int]
 
     struct Tap {
         /// Position in the kernel, kh · k + kw: the weight block's column offset is `index · Cin`.
@@ -73,6 +75,7 @@ struct TapwiseConv {
         self.taps = taps.sorted { ($0.count, $0.isIdentity ? 1 : 0) > ($1.count, $1.isIdentity ? 1 : 0) }
         firstTapCoversAll = self.taps.first?.count == outputArea
         gatheredRowsPerImage = offset
+        unreachedTaps = (0..<(shape.kernel * shape.kernel)).filter { index in !taps.contains { $0.index == index } }
     }
 
     /// The share of im2col's (pixel, tap) products that read inside the image: rows and columns independently.
@@ -88,9 +91,10 @@ struct TapwiseConv {
         return along(g.height) * along(g.width)
     }
 
-    /// Whether taps beat im2col for a convolution on images of this size.
+    /// Whether taps beat im2col for a convolution on images of this size (a 1x1 convolution has no padding to
+    /// skip: its useful fraction is 1).
     static func pays(_ s: ConvShape, input g: Geometry) -> Bool {
-        s.kernel > 1 && usefulFraction(s, input: g) <= maximumUsefulFraction
+        usefulFraction(s, input: g) <= maximumUsefulFraction
     }
 
     /// Floats of `gather`'s buffer for `images` images.
@@ -177,8 +181,7 @@ struct TapwiseConv {
                         dyRows: UnsafePointer<Float>, images: Int, outputs: Range<Int>, dW: UnsafeMutablePointer<Float>) {
         let cin = shape.inChannels, cout = shape.outChannels, patch = shape.patchSize
         let dWRows = dW + outputs.lowerBound * patch
-        let reached = Set(taps.map(\.index))
-        for index in 0..<(shape.kernel * shape.kernel) where !reached.contains(index) {
+        for index in unreachedTaps {
             for o in 0..<outputs.count { (dWRows + o * patch + index * cin).update(repeating: 0, count: cin) }
         }
         for tap in taps {
