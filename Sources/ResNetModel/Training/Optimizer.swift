@@ -108,20 +108,13 @@ public final class AdamW {
         updates.withUnsafeBufferPointer { updates in
             TrainingLanes.forEachRange(total, minimum: 1 << 14) { range in
                 for u in updates where u.offset < range.upperBound && u.offset + u.count > range.lowerBound {
+                    // This lane's elements of the parameter, through the C kernel (vectorised for the CPU at hand).
                     let first = max(0, range.lowerBound - u.offset), end = min(u.count, range.upperBound - u.offset)
-                    Self.update(u, first ..< end, b2: b2, oneMinusB1: oneMinusB1, oneMinusB2: oneMinusB2,
-                                epsilon: epsilon)
+                    resnetkit_adamw(u.value + first, u.gradient + first, u.moment1 + first, u.moment2 + first, end - first,
+                                    u.decay, b2, oneMinusB1, oneMinusB2, u.stepSize, u.correction2Sqrt, epsilon)
                 }
             }
         }
-    }
-
-    /// Elements `range` of one parameter (`resnetkit_adamw`, vectorised for the CPU at hand).
-    private static func update(_ u: Update, _ range: Range<Int>, b2: Float, oneMinusB1: Float, oneMinusB2: Float,
-                               epsilon: Float) {
-        let i = range.lowerBound
-        resnetkit_adamw(u.value + i, u.gradient + i, u.moment1 + i, u.moment2 + i, range.count, u.decay, b2, oneMinusB1,
-                        oneMinusB2, u.stepSize, u.correction2Sqrt, epsilon)
     }
 
     /// Optimizer state by parameter name, torchvision layout: `exp_avg`, `exp_avg_sq`, and the step counts,
