@@ -30,12 +30,7 @@ public enum BLASRuntime {
     public static func isGeneric(_ core: String) -> Bool { genericCores.contains(core.lowercased()) }
 
     /// The CPU's feature flags from /proc/cpuinfo (empty where it is not available).
-    public static func cpuFlags() -> Set<String> {
-        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags") }),
-              let colon = line.firstIndex(of: ":") else { return [] }
-        return Set(line[line.index(after: colon)...].split(separator: " ").map(String.init))
-    }
+    public static func cpuFlags() -> Set<String> { CPUInfo.current.flags }
 
     /// Call first thing in `main`. Returns normally when the kernel is fine (or cannot be improved);
     /// otherwise replaces the process with itself under `OPENBLAS_CORETYPE` and does not return.

@@ -49,6 +49,18 @@ final class BLASKernelTests: XCTestCase {
         XCTAssertEqual(Self.finalCore(result.stderr), "Haswell")
     }
 
+    /// `resnetkit system --blas-core` names the kernel the commands run on (tools/test.sh runs the tests on it).
+    func testSystemNamesTheKernelTheCommandsRun() throws {
+        try XCTSkipIf(acceptableCores.isEmpty, "needs an AVX2 or AVX-512 CPU")
+        let generic = try CLI.run(["system", "--blas-core"], environment: ["RESNETKIT_SIMULATE_GENERIC_BLAS": "1"],
+                                  unsetting: ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"])
+        XCTAssertEqual(generic.stdout, (cpuFlags.contains("avx512f") ? "SkylakeX" : "Haswell") + "\n")
+        let report = try CLI.run(["system"], environment: ["OPENBLAS_CORETYPE": "Haswell"])
+        XCTAssertEqual(report.status, 0, report.stderr)
+        XCTAssertTrue(report.stdout.contains("OpenBLAS kernel:   Haswell"), report.stdout)
+        XCTAssertTrue(report.stdout.contains("CPU:               \(CPUInfo.current.model)"), report.stdout)
+    }
+
     /// The core named by the last "OpenBLAS core X" debug line.
     static func finalCore(_ log: String) -> String? {
         log.split(separator: "\n").last(where: { $0.contains("debug: OpenBLAS core ") })

@@ -53,12 +53,19 @@ final class TrainingReferenceTests: XCTestCase {
     /// that rounding flips a pre-ReLU value within about 1e-6 of zero, passing or blocking its whole gradient:
     /// bn1.bias is off by 1 %, so conv1 and bn1 are left to the finite-difference test
     /// (`TrainingLayerTests.testTapwiseGradientsMatchFiniteDifferences`).
+    ///
+    /// Taps also add each output's k·k partial sums one GEMM at a time, k·k more roundings of the running sum
+    /// than one dot product. In train mode every BatchNorm divides by the batch's standard deviation, so those
+    /// relative errors pass through the 19 layers of the longest path undamped and add up like a random walk:
+    /// √19 · √(49 + 9·16) · u ≈ 3.5e-6 on top of the ≈ 5e-6 both implementations share with any float32 order.
+    /// That does not fit under 1e-5 with certainty (OpenBLAS's generic kernel lands at 1.01e-5), so taps are held
+    /// to 2e-5: the argument's sum, with room for the reference's own rounding.
     func testStepZeroMatchesPyTorchWithEachConvolutionAlgorithm() throws {
         try checkStepZero(algorithm: .im2col)
-        try checkStepZero(algorithm: .tapwise, skipping: ["conv1.weight", "bn1.weight", "bn1.bias"])
+        try checkStepZero(algorithm: .tapwise, skipping: ["conv1.weight", "bn1.weight", "bn1.bias"], logitTolerance: 2e-5)
     }
 
-    func checkStepZero(algorithm: ConvolutionAlgorithm, skipping: Set<String> = []) throws {
+    func checkStepZero(algorithm: ConvolutionAlgorithm, skipping: Set<String> = [], logitTolerance: Float = 1e-5) throws {
         let f = try Self.fixture()
         let model = try f.model()
         model.convolutionAlgorithm = algorithm
@@ -66,7 +73,7 @@ final class TrainingReferenceTests: XCTestCase {
         let loss = model.backward(labels: f.labels)
         let logitError = relativeError(logits, try f.tensor("step0/logits"))
         let lossError = abs(loss - (try f.tensor("step0/loss"))[0]) / abs(try f.tensor("step0/loss")[0])
-        XCTAssertLessThan(logitError, 1e-5, "logits (\(algorithm))")
+        XCTAssertLessThan(logitError, logitTolerance, "logits (\(algorithm))")
         XCTAssertLessThan(lossError, 1e-5, "loss (\(algorithm))")
         let gradients = model.gradients()
         let referenceNames = f.tensors.keys.filter { $0.hasPrefix("step0/grad/") }
@@ -141,10 +148,13 @@ final class TrainingReferenceTests: XCTestCase {
         print("\(prefix): loss rel. errors \(lossErrors); worst final max-abs \(worstMax), worst L2 \(worstL2)")
     }
 
+    /// Chaotic after two steps: a rounding-level difference grows several-fold per step, so no float32 order
+    /// other than the reference machine's own can be held to 1e-4 here. The bounds are the spread measured
+    /// across OpenBLAS kernels (`tools/kernel_spread.sh`, figures in docs/numerics.md) and PyTorch's own float32
+    /// rerun against its reference, with about 2x room: losses 2e-2, final tensors 0.25 max-abs, 0.08 L2.
     func testWholeModelTrajectoryMatchesPyTorch() throws {
-        // Chaotic after two steps (PyTorch's own float32 rerun: 0.96 % on losses, 7.1 % on final tensors).
         try checkTrajectory("full", freezeBackbone: false, frozenBatchNorm: .train, exactLossSteps: 2,
-                            laterLossTolerance: 2e-2, finalMaxTolerance: 0.1, finalL2Tolerance: 0.05)
+                            laterLossTolerance: 2e-2, finalMaxTolerance: 0.25, finalL2Tolerance: 0.08)
     }
 
     func testFrozenBackboneTrainModeBatchNormTrajectoryMatchesPyTorch() throws {

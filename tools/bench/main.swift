@@ -12,6 +12,8 @@ import ResNetSupport
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
 
 BLASRuntime.ensureOptimizedKernel()
+// Every figure is about one machine: say which (CPU model, ISA, caches, OpenBLAS kernel).
+print("machine: \(CPUInfo.current.summary)")
 
 struct Options {
     var mode = "infer"
