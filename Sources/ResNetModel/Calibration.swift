@@ -15,8 +15,8 @@ private struct ChannelAccumulator {
     }
 
     /// Adds the rows of z [rows, channels].
-    mutating func add(_ z: UnsafeMutableBufferPointer<Float>, rows: Int) {
-        let channels = sum.count
+    mutating func add(_ z: UnsafeBufferPointer<Float>) {
+        let channels = sum.count, rows = z.count / channels
         sum.withUnsafeMutableBufferPointer { s in
             squares.withUnsafeMutableBufferPointer { q in
                 for r in 0..<rows {
@@ -57,73 +57,20 @@ extension InferencePlan {
             accumulators[bn] = ChannelAccumulator(channels: shape.outChannels)
         }
         let imageSize = height * width * 3
-        var first = 0
-        while first < count {
-            let n = min(chunk, count - first)
-            let slice = Array(images[(first * imageSize)..<((first + n) * imageSize)])
-            accumulateStatistics(slice, Geometry(batch: n, height: height, width: width), &accumulators)
-            first += n
-        }
-        return accumulators.mapValues(\.statistics)
-    }
-
-    /// One eval-mode forward pass through the backbone, adding each convolution's pre-bias output to its accumulator.
-    private func accumulateStatistics(_ images: [Float], _ input: Geometry, _ accumulators: inout [String: ChannelAccumulator]) {
-        // conv → statistics of z → z + bias (+ residual) (→ ReLU); returns the activation [pixels, out].
-        func layer(_ conv: FoldedConv, _ bn: String, _ x: [Float], _ g: Geometry,
-                   residual: [Float]?, relu: Bool) -> (output: [Float], geometry: Geometry) {
-            let s = conv.shape, out = g.output(of: s)
-            var z = [Float](repeating: 0, count: out.pixels * s.outChannels)
-            x.withUnsafeBufferPointer { xp in
-                conv.weight.withUnsafeBufferPointer { w in
-                    z.withUnsafeMutableBufferPointer { zp in
-                        if s.kernel == 1 && s.stride == 1 && s.padding == 0 {
-                            gemmABt(out.pixels, s.outChannels, s.patchSize, xp.baseAddress!, s.patchSize,
-                                    w.baseAddress!, s.patchSize, zp.baseAddress!, s.outChannels)
-                        } else {
-                            // column [pixels, k·k·in]: calibration batches are small, one buffer per layer is fine.
-                            var column = [Float](repeating: 0, count: out.pixels * s.patchSize)
-                            column.withUnsafeMutableBufferPointer { col in
-                                im2col(s, xp.baseAddress!, g, firstRow: 0, rows: out.pixels, col.baseAddress!)
-                                gemmABt(out.pixels, s.outChannels, s.patchSize, col.baseAddress!, s.patchSize,
-                                        w.baseAddress!, s.patchSize, zp.baseAddress!, s.outChannels)
-                            }
-                        }
-                        accumulators[bn]!.add(zp, rows: out.pixels)
-                        conv.bias.withUnsafeBufferPointer { b in
-                            if let residual {
-                                residual.withUnsafeBufferPointer { r in
-                                    biasResidualReLU(zp.baseAddress!, rows: out.pixels, channels: s.outChannels,
-                                                     bias: b.baseAddress!, residual: r.baseAddress!, relu: relu)
-                                }
-                            } else {
-                                biasResidualReLU(zp.baseAddress!, rows: out.pixels, channels: s.outChannels,
-                                                 bias: b.baseAddress!, residual: nil, relu: relu)
-                            }
-                        }
+        var features = [Float](repeating: 0, count: chunk * featureWidth)
+        images.withUnsafeBufferPointer { images in
+            features.withUnsafeMutableBufferPointer { features in
+                var first = 0
+                while first < count {
+                    let n = min(chunk, count - first)
+                    observe(images: images.baseAddress! + first * imageSize, count: n, height: height, width: width,
+                            features: features.baseAddress!) { layer in
+                        if let z = layer.convolution { accumulators[layer.name]!.add(z) }
                     }
+                    first += n
                 }
             }
-            return (z, out)
         }
-
-        let (stemOut, stemGeometry) = layer(stem, "bn1", images, input, residual: nil, relu: true)
-        let channels = stem.shape.outChannels
-        var g = Geometry(batch: input.batch, height: architecture.stemOutputSide(input.height),
-                         width: architecture.stemOutputSide(input.width))
-        var x = [Float](repeating: 0, count: g.pixels * channels)
-        stemOut.withUnsafeBufferPointer { src in
-            x.withUnsafeMutableBufferPointer { dst in
-                _ = maxPool3x3s2(src.baseAddress!, stemGeometry, channels: channels, dst.baseAddress!)
-            }
-        }
-        for (block, layout) in zip(blocks, architecture.blocks) {
-            let (t, mid) = layer(block.conv1, "\(layout.name).bn1", x, g, residual: nil, relu: true)
-            var shortcut = x
-            if let ds = block.downsample {
-                shortcut = layer(ds, "\(layout.name).downsample.1", x, g, residual: nil, relu: false).output
-            }
-            (x, g) = layer(block.conv2, "\(layout.name).bn2", t, mid, residual: shortcut, relu: true)
-        }
+        return accumulators.mapValues(\.statistics)
     }
 }

@@ -9,19 +9,12 @@ import COpenBLAS
 /// A batch is split across `Parallelism.threads` lanes, each running the whole network on its slice with
 /// single-threaded OpenBLAS calls: on these GEMM shapes that is nearly twice as fast as one multi-threaded
 /// GEMM per layer, whose per-call thread hand-offs and barriers dominate (measured in tools/bench).
-/// Not thread-safe: one plan per thread (the weights are shared copy-on-write).
+/// Not thread-safe: one plan per thread.
 public final class InferencePlan {
-    /// A convolution with its BatchNorm folded in: weight [out, kh, kw, in], bias [out].
-    struct FoldedConv {
-        var shape: ConvShape
-        var weight: [Float]
-        var bias: [Float]
-        /// The same convolution as Winograd F(2x2, 3x3): built the first time a batch's geometry calls for it.
-        var winograd: WinogradConv?
-    }
-
     struct FoldedBlock {
-        var conv1: FoldedConv, conv2: FoldedConv, downsample: FoldedConv?
+        /// torchvision prefix (`layer2.0`), for observers.
+        var name: String
+        var conv1: Convolution, conv2: Convolution, downsample: Convolution?
     }
 
     /// y = x · Wᵀ + b, weight [out, in]; ReLU follows every layer but the last.
@@ -32,35 +25,19 @@ public final class InferencePlan {
     }
 
     public let architecture: Architecture
-    let stem: FoldedConv
-    private(set) var blocks: [FoldedBlock]
+    let stem: Convolution
+    let blocks: [FoldedBlock]
+    /// Empty for a backbone-only plan (`features` only).
     let head: [FoldedLinear]
-    /// Upper bound on each lane's im2col buffer, in floats: the batch is processed in row chunks so memory
-    /// stays flat.
-    public var columnBudget = 2 << 20
+    /// Upper bound on each lane's column matrix, in floats: larger batches go in chunks so memory stays flat.
+    public var columnBudget = EngineTuning.columnBudgetFloats
     /// How the convolutions are computed.
     public var algorithm = ConvolutionAlgorithm.automatic
 
-    /// Rows per im2col chunk: enough that the column matrix stays in L2, but at least `minimumChunkRows` so
-    /// that packing the weights for each chunk stays cheap.
-    static let cacheColumnFloats = 1 << 18, minimumChunkRows = 512
-
-    /// One lane's scratch memory: four activation buffers and the im2col column, grown, never shrunk; and the
-    /// tap lists of the convolutions it ran tap by tap.
+    /// One lane's memory: four activation buffers (grown, never shrunk) and its convolution scratch.
     final class Workspace {
         var buffers: [UnsafeMutableBufferPointer<Float>] = []
-        var column = UnsafeMutableBufferPointer<Float>(start: nil, count: 0)
-        var tapwise: [TapwiseKey: TapwiseConv] = [:]
-
-        struct TapwiseKey: Hashable { var shape: ConvShape, height: Int, width: Int }
-
-        func tapwise(_ s: ConvShape, _ g: Geometry) -> TapwiseConv {
-            let key = TapwiseKey(shape: s, height: g.height, width: g.width)
-            if let conv = tapwise[key] { return conv }
-            let conv = TapwiseConv(s, inputHeight: g.height, width: g.width)
-            tapwise[key] = conv
-            return conv
-        }
+        let scratch = ConvolutionScratch()
 
         func reserve(_ sizes: [Int]) {
             if buffers.count == sizes.count && zip(buffers, sizes).allSatisfy({ $0.count >= $1 }) { return }
@@ -68,79 +45,54 @@ public final class InferencePlan {
             buffers = sizes.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: $0) }
         }
 
-        func reserveColumn(_ floats: Int) {
-            guard column.count < floats else { return }
-            column.deallocate()
-            column = .allocate(capacity: floats)
-        }
-
-        deinit {
-            buffers.forEach { $0.deallocate() }
-            column.deallocate()
-        }
+        deinit { buffers.forEach { $0.deallocate() } }
     }
 
     private var lanes: [Workspace] = []
     private let laneThreads = LaneThreads()
 
     public var numClasses: Int { architecture.config.numClasses }
+    /// Length of the pooled feature vector `features` returns.
+    public var featureWidth: Int { architecture.config.featureWidth }
 
-    public init(architecture: Architecture, state: StateDict) throws {
-        try architecture.validate(state)
+    /// The eval-mode network from a state dict; with `head: false`, the backbone alone (the state needs no head
+    /// tensors and only `features` runs).
+    public init(architecture: Architecture, state: StateDict, head withHead: Bool = true) throws {
+        try architecture.validate(state, against: withHead ? architecture.parameterSpecs : architecture.backboneSpecs)
         self.architecture = architecture
         let eps = architecture.config.batchNormEpsilon
-        func fold(_ conv: String, _ bn: String, _ shape: ConvShape) -> FoldedConv {
-            let (scale, shift) = Self.batchNormAffine(state, bn, eps)
-            var weight = patchMajorWeight(state["\(conv).weight"]!.data, shape)
-            let perOutput = shape.patchSize
-            for o in 0..<shape.outChannels {
-                for i in 0..<perOutput { weight[o * perOutput + i] *= scale[o] }
-            }
-            return FoldedConv(shape: shape, weight: weight, bias: shift)
+        func fold(_ conv: String, _ bn: String, _ shape: ConvShape) -> Convolution {
+            let (weight, bias) = foldedConvolution(state, conv, batchNorm: bn, shape: shape, epsilon: eps)
+            return Convolution(shape, patchMajorWeight: patchMajorWeight(weight, shape), bias: bias)
         }
         stem = fold("conv1", "bn1", architecture.stem)
         blocks = architecture.blocks.map { b in
-            FoldedBlock(conv1: fold("\(b.name).conv1", "\(b.name).bn1", b.conv1),
+            FoldedBlock(name: b.name,
+                        conv1: fold("\(b.name).conv1", "\(b.name).bn1", b.conv1),
                         conv2: fold("\(b.name).conv2", "\(b.name).bn2", b.conv2),
                         downsample: b.downsample.map { fold("\(b.name).downsample.0", "\(b.name).downsample.1", $0) })
         }
-        switch architecture.config.head {
-        case .linear:
-            head = [Self.linear(state, "fc", inputAffine: nil)]
-        case .mlp:
-            head = [Self.linear(state, "head.fc1", inputAffine: Self.batchNormAffine(state, "head.bn1", eps)),
-                    Self.linear(state, "head.fc2", inputAffine: Self.batchNormAffine(state, "head.bn2", eps))]
+        guard withHead else { head = []; return }
+        head = architecture.headLinearLayers.map { layer in
+            let (weight, bias) = foldedLinear(state, layer.name, inputBatchNorm: layer.inputBatchNorm, epsilon: eps)
+            let shape = state["\(layer.name).weight"]!.shape
+            return FoldedLinear(inputs: shape[1], outputs: shape[0], weight: weight, bias: bias)
         }
     }
 
-    /// Eval-mode BatchNorm as y = scale · x + shift.
-    static func batchNormAffine(_ state: StateDict, _ bn: String, _ eps: Float) -> (scale: [Float], shift: [Float]) {
-        let gamma = state["\(bn).weight"]!.data, beta = state["\(bn).bias"]!.data
-        let mean = state["\(bn).running_mean"]!.data, variance = state["\(bn).running_var"]!.data
-        var scale = [Float](repeating: 0, count: gamma.count), shift = scale
-        for c in 0..<gamma.count {
-            scale[c] = gamma[c] / (variance[c] + eps).squareRoot()
-            shift[c] = beta[c] - mean[c] * scale[c]
+    /// Every convolution in forward order with the geometry of its input, for a batch of this size.
+    private func convolutions(_ input: Geometry) -> [(Convolution, Geometry)] {
+        var list = [(stem, input)]
+        var g = Geometry(batch: input.batch, height: architecture.stemOutputSide(input.height),
+                         width: architecture.stemOutputSide(input.width))
+        for block in blocks {
+            list.append((block.conv1, g))
+            if let ds = block.downsample { list.append((ds, g)) }
+            let mid = g.output(of: block.conv1.shape)
+            list.append((block.conv2, mid))
+            g = mid
         }
-        return (scale, shift)
-    }
-
-    /// A linear layer, with an eval-mode BatchNorm on its input folded in: W·(a⊙x + s) + b = (W·diag a)·x + (W·s + b).
-    static func linear(_ state: StateDict, _ name: String, inputAffine: (scale: [Float], shift: [Float])?) -> FoldedLinear {
-        let w = state["\(name).weight"]!
-        let outputs = w.shape[0], inputs = w.shape[1]
-        var weight = w.data, bias = state["\(name).bias"]!.data
-        if let (scale, shift) = inputAffine {
-            for o in 0..<outputs {
-                var extra: Float = 0
-                for i in 0..<inputs {
-                    extra += weight[o * inputs + i] * shift[i]
-                    weight[o * inputs + i] *= scale[i]
-                }
-                bias[o] += extra
-            }
-        }
-        return FoldedLinear(inputs: inputs, outputs: outputs, weight: weight, bias: bias)
+        return list
     }
 
     /// Activation buffer sizes, in floats, for a batch of this geometry.
@@ -149,106 +101,48 @@ public final class InferencePlan {
         let stemOut = input.output(of: architecture.stem)
         // The stem's output is the largest activation; after the max pool, layer1's is (channels double as
         // pixels quarter). Buffer 0 holds the stem output and later serves as a block buffer.
-        let sizes = [stemOut.pixels * width] + Array(repeating: max(
-            Geometry(batch: input.batch, height: architecture.stemOutputSide(input.height),
-                     width: architecture.stemOutputSide(input.width)).pixels * width,
-            input.batch * architecture.config.featureWidth, input.batch * max(architecture.config.hiddenUnits, numClasses)), count: 3)
-        return sizes
-    }
-
-    /// Builds the Winograd weights that lanes of up to `laneImages` images of this size need (16/9 the space of
-    /// the originals, so only those), before the lanes share the plan.
-    private func prepareWinograd(laneImages: Int, height: Int, width: Int) {
-        var g = Geometry(batch: laneImages, height: architecture.stemOutputSide(height),
-                         width: architecture.stemOutputSide(width))
-        func prepare(_ conv: inout FoldedConv, _ g: Geometry) {
-            guard conv.winograd == nil, algorithm.usesWinograd(conv.shape, laneInput: g) else { return }
-            conv.winograd = WinogradConv(patchMajorWeight: conv.weight, bias: conv.bias,
-                                         inChannels: conv.shape.inChannels, outChannels: conv.shape.outChannels)
-        }
-        for index in blocks.indices {
-            prepare(&blocks[index].conv1, g)
-            g = g.output(of: blocks[index].conv1.shape)
-            prepare(&blocks[index].conv2, g)
-        }
-    }
-
-    /// One folded convolution over a whole batch, with the fused epilogue. Returns the output geometry.
-    private func run(_ conv: FoldedConv, _ input: UnsafePointer<Float>, _ g: Geometry,
-                     _ output: UnsafeMutablePointer<Float>, residual: UnsafePointer<Float>?, relu: Bool,
-                     _ lane: Workspace, threads: Int) -> Geometry {
-        let s = conv.shape
-        let out = g.output(of: s)
-        let rows = out.pixels, patch = s.patchSize, cout = s.outChannels
-        if let winograd = conv.winograd, algorithm.usesWinograd(s, laneInput: g) {
-            lane.reserveColumn(winograd.scratchFloats)
-            winograd.run(input, g, output, residual: residual, relu: relu, scratch: lane.column.baseAddress!)
-            return out
-        }
-        conv.weight.withUnsafeBufferPointer { w in
-            conv.bias.withUnsafeBufferPointer { b in
-                if s.kernel == 1 && s.stride == 1 && s.padding == 0 {
-                    // 1x1 stride 1: the activation already is the column matrix.
-                    gemmABt(rows, cout, patch, input, patch, w.baseAddress!, patch, output, cout)
-                    biasResidualReLU(output, rows: rows, channels: cout, bias: b.baseAddress!, residual: residual,
-                                     relu: relu, threads: threads)
-                    return
-                }
-                if algorithm.usesTaps(s, input: g) {
-                    runTapwise(lane.tapwise(s, g), input, g, output, w.baseAddress!, lane)
-                    biasResidualReLU(output, rows: rows, channels: cout, bias: b.baseAddress!, residual: residual,
-                                     relu: relu, threads: threads)
-                    return
-                }
-                let chunk = max(1, min(rows, columnBudget / patch, max(Self.cacheColumnFloats / patch, Self.minimumChunkRows)))
-                lane.reserveColumn(chunk * patch)
-                let column = lane.column.baseAddress!
-                var first = 0
-                while first < rows {
-                    let count = min(chunk, rows - first)
-                    im2col(s, input, g, firstRow: first, rows: count, column, threads: threads)
-                    let dst = output + first * cout
-                    gemmABt(count, cout, patch, column, patch, w.baseAddress!, patch, dst, cout)
-                    biasResidualReLU(dst, rows: count, channels: cout, bias: b.baseAddress!,
-                                     residual: residual.map { $0 + first * cout }, relu: relu, threads: threads)
-                    first += count
-                }
-            }
-        }
-        return out
-    }
-
-    /// output = conv(input) tap by tap, in chunks of images whose gathered input fits the column budget.
-    private func runTapwise(_ conv: TapwiseConv, _ input: UnsafePointer<Float>, _ g: Geometry,
-                            _ output: UnsafeMutablePointer<Float>, _ weight: UnsafePointer<Float>, _ lane: Workspace) {
-        let cin = conv.shape.inChannels, cout = conv.shape.outChannels
-        let chunk = max(1, min(g.batch, columnBudget / max(1, conv.gatheredFloats(images: 1))))
-        let gathered = conv.gatheredFloats(images: chunk)
-        lane.reserveColumn(gathered + conv.productFloats(images: chunk, columns: cout))
-        let column = lane.column.baseAddress!
-        var first = 0
-        while first < g.batch {
-            let images = min(chunk, g.batch - first)
-            let x = input + first * conv.inputArea * cin
-            conv.gather(x, images: images, into: column)
-            conv.multiply(x, gathered: column, images: images, weight: weight, columns: 0..<cout,
-                          output: output + first * conv.outputArea * cout, outputStride: cout, products: column + gathered)
-            first += images
-        }
+        let pooled = Geometry(batch: input.batch, height: architecture.stemOutputSide(input.height),
+                              width: architecture.stemOutputSide(input.width))
+        let widest = head.map { $0.outputs }.max() ?? 0
+        return [stemOut.pixels * width]
+            + Array(repeating: max(pooled.pixels * width, input.batch * max(featureWidth, widest)), count: 3)
     }
 
     /// Logits for a batch of NHWC images ([count, height, width, 3], already normalised) into `logits`
     /// ([count, numClasses]). Height and width must be at least `ModelConfig.minimumInputSide`.
     public func run(images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
                     logits: UnsafeMutablePointer<Float>) {
+        precondition(!head.isEmpty, "a backbone-only plan has no logits: use features")
+        runLanes(images, count: count, height: height, width: width, output: logits, outputWidth: numClasses, head: true)
+    }
+
+    /// The pooled backbone features ([count, featureWidth]: the global average of layer4's output), what the
+    /// head reads. A frozen backbone's output in training, and Grad-CAM's starting point.
+    public func features(images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
+                         features: UnsafeMutablePointer<Float>) {
+        runLanes(images, count: count, height: height, width: width, output: features, outputWidth: featureWidth, head: false)
+    }
+
+    /// A batch split across the lanes, each running the network on its share.
+    private func runLanes(_ images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
+                          output: UnsafeMutablePointer<Float>, outputWidth: Int, head: Bool) {
         precondition(count > 0 && height > 0 && width > 0, "empty batch")
         let laneCount = max(1, min(Parallelism.threads, count))
+        let laneImages = (count + laneCount - 1) / laneCount
         while lanes.count < laneCount { lanes.append(Workspace()) }
-        prepareWinograd(laneImages: (count + laneCount - 1) / laneCount, height: height, width: width)
+        for lane in lanes { lane.scratch.budget = columnBudget }
+        // Decide each convolution's algorithm once for the batch, and build what it needs before lanes share it.
+        let input = Geometry(batch: count, height: height, width: width)
+        let methods = convolutions(input).map { conv, g in
+            let method = conv.method(g, laneImages: laneImages, algorithm: algorithm)
+            conv.prepare(method, Geometry(batch: laneImages, height: g.height, width: g.width))
+            return method
+        }
         let imageFloats = height * width * 3
         if laneCount == 1 {
             // One image (or one thread): let OpenBLAS and the kernels share the work instead.
-            forward(images, count: count, height: height, width: width, logits, lanes[0], threads: Parallelism.threads)
+            forward(images, count: count, height: height, width: width, output, head: head, methods: methods,
+                    lanes[0], split: .caller(threads: Parallelism.threads), observer: nil)
             return
         }
         let blasThreads = openblas_get_num_threads()
@@ -257,40 +151,66 @@ public final class InferencePlan {
         laneThreads.run(laneCount) { lane in
             let first = count * lane / laneCount, end = count * (lane + 1) / laneCount
             forward(images + first * imageFloats, count: end - first, height: height, width: width,
-                    logits + first * numClasses, lanes[lane], threads: 1)
+                    output + first * outputWidth, head: head, methods: methods, lanes[lane], split: .caller(threads: 1),
+                    observer: nil)
         }
     }
 
-    /// The whole network over one lane's slice of the batch.
+    /// The whole network (or the backbone and pool, without `head`) over one lane's slice of the batch.
     private func forward(_ images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
-                         _ logits: UnsafeMutablePointer<Float>, _ lane: Workspace, threads: Int) {
+                         _ output: UnsafeMutablePointer<Float>, head withHead: Bool, methods: [Convolution.Method],
+                         _ lane: Workspace, split: WorkSplit, observer: LayerObserver?) {
         let input = Geometry(batch: count, height: height, width: width)
         lane.reserve(bufferSizes(input))
         let buf = lane.buffers.map { $0.baseAddress! }
+        var next = methods.makeIterator()
+        func run(_ conv: Convolution, _ name: String, _ x: UnsafePointer<Float>, _ g: Geometry, _ y: UnsafeMutablePointer<Float>,
+                 residual: UnsafePointer<Float>?, relu: Bool) -> Geometry {
+            let method = next.next()!
+            let out = g.output(of: conv.shape)
+            guard let observer else {
+                conv.forward(x, g, y, method: method, residual: residual, relu: relu, split: split, scratch: lane.scratch)
+                return out
+            }
+            // Observed: the convolution without its epilogue first, so the observer sees W·x before the bias.
+            conv.forward(x, g, y, method: method, addBias: false, split: split, scratch: lane.scratch)
+            let count = out.pixels * conv.shape.outChannels
+            observer(LayerObservation(name: name, geometry: out, channels: conv.shape.outChannels,
+                                      convolution: UnsafeBufferPointer(start: y, count: count), output: nil))
+            conv.bias!.withUnsafeBufferPointer { b in
+                biasResidualReLU(y, rows: out.pixels, channels: conv.shape.outChannels, bias: b.baseAddress!,
+                                 residual: residual, relu: relu, threads: Parallelism.threads)
+            }
+            observer(LayerObservation(name: name, geometry: out, channels: conv.shape.outChannels, convolution: nil,
+                                      output: UnsafeBufferPointer(start: y, count: count)))
+            return out
+        }
+        let threads = if case .caller(let t) = split { t } else { Parallelism.threads }
         // Stem: conv1 + bn1 + ReLU → buffer 0, max pool → buffer 1.
-        var g = run(stem, images, input, buf[0], residual: nil, relu: true, lane, threads: threads)
+        var g = run(stem, "bn1", images, input, buf[0], residual: nil, relu: true)
         g = maxPool3x3s2(buf[0], g, channels: stem.shape.outChannels, buf[1], threads: threads)
         // Blocks rotate through four buffers: x (input), t (after conv1), d (downsample), y (output).
         var x = 1, free = [0, 2, 3]
         for block in blocks {
             let t = free[0], y = free[1]
-            let mid = run(block.conv1, buf[x], g, buf[t], residual: nil, relu: true, lane, threads: threads)
+            let mid = run(block.conv1, "\(block.name).bn1", buf[x], g, buf[t], residual: nil, relu: true)
             var residual = buf[x]
             if let ds = block.downsample {
-                _ = run(ds, buf[x], g, buf[free[2]], residual: nil, relu: false, lane, threads: threads)
+                _ = run(ds, "\(block.name).downsample.1", buf[x], g, buf[free[2]], residual: nil, relu: false)
                 residual = buf[free[2]]
             }
-            g = run(block.conv2, buf[t], mid, buf[y], residual: residual, relu: true, lane, threads: threads)
+            g = run(block.conv2, "\(block.name).bn2", buf[t], mid, buf[y], residual: residual, relu: true)
             free = [x, t, free[2]]
             x = y
         }
         // Head: average pool, then the folded linear layers (ReLU between them).
-        let features = architecture.config.featureWidth
-        var current = buf[free[0]], spare = buf[free[1]]
-        globalAveragePool(buf[x], g, channels: features, current)
+        let pooled = withHead ? buf[free[0]] : output
+        globalAveragePool(buf[x], g, channels: featureWidth, pooled)
+        guard withHead else { return }
+        var current = pooled, spare = buf[free[1]]
         for (index, layer) in head.enumerated() {
             let last = index == head.count - 1
-            let dst = last ? logits : spare
+            let dst = last ? output : spare
             layer.weight.withUnsafeBufferPointer { w in
                 layer.bias.withUnsafeBufferPointer { b in
                     gemmABt(count, layer.outputs, layer.inputs, current, layer.inputs, w.baseAddress!, layer.inputs, dst, layer.outputs)
@@ -299,6 +219,27 @@ public final class InferencePlan {
                 }
             }
             if !last { swap(&current, &spare) }
+        }
+    }
+
+    /// The backbone over `images` on one lane, calling `observer` for every convolution twice: with W·x (its
+    /// output before the folded bias, what rebuilding a BatchNorm needs) and with the layer's output (after
+    /// bias, residual and ReLU, what quantisation and Grad-CAM need). Pooled features go to `features`.
+    /// Winograd is not used here: its output transform applies the bias on the way.
+    public func observe(images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
+                        features: UnsafeMutablePointer<Float>, observer: LayerObserver) {
+        precondition(count > 0 && height > 0 && width > 0, "empty batch")
+        if lanes.isEmpty { lanes.append(Workspace()) }
+        lanes[0].scratch.budget = columnBudget
+        let methods = convolutions(Geometry(batch: count, height: height, width: width)).map { conv, g in
+            var method = conv.method(g, laneImages: count, algorithm: algorithm)
+            if method == .winograd { method = algorithm.usesTaps(conv.shape, input: g) ? .tapwise : .im2col }
+            conv.prepare(method, g)
+            return method
+        }
+        withoutActuallyEscaping(observer) { observer in
+            forward(images, count: count, height: height, width: width, features, head: false, methods: methods, lanes[0],
+                    split: .caller(threads: Parallelism.threads), observer: observer)
         }
     }
 
@@ -314,6 +255,19 @@ public final class InferencePlan {
         return logits
     }
 }
+
+/// What an `InferencePlan` observer is shown of one convolution layer, named by the BatchNorm folded into it
+/// (`bn1`, `layer2.0.bn1`, `layer2.0.downsample.1`, …): either the convolution's output before the bias
+/// (`convolution`) or the layer's final output (`output`), [pixels, channels] NHWC. Valid during the call only.
+public struct LayerObservation {
+    public var name: String
+    public var geometry: Geometry
+    public var channels: Int
+    public var convolution: UnsafeBufferPointer<Float>?
+    public var output: UnsafeBufferPointer<Float>?
+}
+
+public typealias LayerObserver = (LayerObservation) -> Void
 
 /// NCHW (PyTorch's layout) → NHWC.
 public func nhwc(fromNCHW x: [Float], batch: Int, channels: Int, height: Int, width: Int) -> [Float] {

@@ -73,9 +73,11 @@ extension Architecture {
 
     /// Checks names and shapes, listing every problem as `name: expected [..], got [..]`.
     /// `num_batches_tracked` may be absent (Keras and ONNX files have none).
-    public func validate(_ state: StateDict) throws {
+    public func validate(_ state: StateDict) throws { try validate(state, against: parameterSpecs) }
+
+    /// The same against some of the specs (`backboneSpecs` for a plan without a head).
+    func validate(_ state: StateDict, against specs: [ParameterSpec]) throws {
         var problems: [String] = []
-        let specs = parameterSpecs
         for spec in specs {
             guard let tensor = state[spec.name] else {
                 if spec.role != .counter { problems.append("\(spec.name): missing") }

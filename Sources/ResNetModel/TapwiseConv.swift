@@ -6,8 +6,7 @@
 /// (pixel, tap) pairs, so more than half of that GEMM multiplies zeros. Here tap t gathers the input rows its
 /// valid pixels read (`gather`), multiplies them by its own [Cout, Cin] block of the patch-major weight (a
 /// column block: no copy), and adds the products onto those output rows. The weights are still read once,
-/// the zeros cost nothing. Layer4's GEMMs at batch 16 ran 1.4–1.5x faster than im2col's in a C microbenchmark;
-/// end to end, see the README.
+/// the zeros cost nothing.
 ///
 /// Layouts as everywhere here: activations NHWC [pixels, channels], weight patch-major [Cout, kh, kw, Cin].
 /// Backward: dW's tap block = dY_tᵀ · G_t and dX += scatter(dY_t · W_t), with dY_t the output-gradient rows
@@ -38,10 +37,6 @@ struct TapwiseConv {
         let offset: Int
         var count: Int { outputPixels.count }
     }
-
-    /// Taps are used when at most this share of im2col's products is useful: im2col's one long GEMM
-    /// (K = k²·Cin) runs closer to peak than k² short ones, so taps pay only where padding is a large part.
-    static let maximumUsefulFraction = 0.75
 
     init(_ shape: ConvShape, inputHeight height: Int, width: Int) {
         self.shape = shape
@@ -94,7 +89,7 @@ struct TapwiseConv {
     /// Whether taps beat im2col for a convolution on images of this size (a 1x1 convolution has no padding to
     /// skip: its useful fraction is 1).
     static func pays(_ s: ConvShape, input g: Geometry) -> Bool {
-        usefulFraction(s, input: g) <= maximumUsefulFraction
+        usefulFraction(s, input: g) <= EngineTuning.maximumTapUsefulFraction
     }
 
     /// Floats of `gather`'s buffer for `images` images.

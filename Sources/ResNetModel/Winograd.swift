@@ -7,7 +7,7 @@
 /// B, G and A hold only 0, ±1 and ±½, so the transforms are exact up to float rounding of the sums.
 ///
 /// V and M are tile-major ([tiles, 16, C]) so that each tile's transform touches one contiguous block; the
-/// GEMMs read V_ξ and write M_ξ with a leading dimension of 16·C. Tiles go in chunks that fit about L2.
+/// GEMMs read V_ξ and write M_ξ with a leading dimension of 16·C. Tiles go in chunks sized from L2.
 struct WinogradConv {
     let inChannels: Int, outChannels: Int
     /// U_ξ for ξ = 4·i + j: 16 matrices [Cout, Cin], rows in the GEMM's Bᵀ orientation.
@@ -39,11 +39,8 @@ struct WinogradConv {
     /// 2x2 output tiles of a layer with this input geometry (same size as the output).
     static func tiles(_ g: Geometry) -> Int { g.batch * ((g.height + 1) / 2) * ((g.width + 1) / 2) }
 
-    /// Floats of transformed input and products per chunk of tiles: about half of L2.
-    static let chunkFloats = 1 << 19
-
-    /// Tiles per chunk, so that V and M (16 · tiles · (Cin + Cout) floats) stay within `chunkFloats`.
-    private var tilesPerChunk: Int { max(16, Self.chunkFloats / (16 * (inChannels + outChannels))) }
+    /// Tiles per chunk, so that V and M (16 · tiles · (Cin + Cout) floats) stay within the engine's chunk size.
+    private var tilesPerChunk: Int { max(16, EngineTuning.winogradChunkFloats / (16 * (inChannels + outChannels))) }
 
     /// The scratch memory `run` needs: V and M for one chunk, then Cin zeros (what the padding reads).
     var scratchFloats: Int { 16 * tilesPerChunk * (inChannels + outChannels) + inChannels }
@@ -140,10 +137,9 @@ struct WinogradConv {
     }
 
     /// Whether Winograd pays for convolution `s` over one lane's share of a batch: it applies, its tiles cover
-    /// the layer well, and the lane has at least Cout/16 tiles. With fewer (layer4 at batch 16), packing the 16
-    /// transformed weight matrices for so few rows costs more than the multiplies saved (resnetkit-bench compare).
+    /// the layer well, and the lane has enough tiles (`EngineTuning.winogradOutputChannelsPerTile`).
     static func pays(_ s: ConvShape, laneInput g: Geometry) -> Bool {
-        supports(s) && coversWell(g) && tiles(g) * 16 >= s.outChannels
+        supports(s) && coversWell(g) && tiles(g) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels
     }
 
     /// Whether F(2x2, 3x3) as implemented here applies: 3x3, stride 1, padding 1, channels in fours.

@@ -160,22 +160,11 @@ final class ONNXModelBuilder {
         return info
     }
 
-    /// Eval-mode BatchNorm as y = scale·x + shift.
-    static func affine(_ state: StateDict, _ bn: String, _ eps: Float) -> (scale: [Float], shift: [Float]) {
-        let gamma = state["\(bn).weight"]!.data, beta = state["\(bn).bias"]!.data
-        let mean = state["\(bn).running_mean"]!.data, variance = state["\(bn).running_var"]!.data
-        let scale = zip(gamma, variance).map { $0 / ($1 + eps).squareRoot() }
-        return (scale, (0..<gamma.count).map { beta[$0] - mean[$0] * scale[$0] })
-    }
-
     /// Fills the model from a validated checkpoint.
     func build(_ checkpoint: Checkpoint, opset: Int) {
         let state = checkpoint.state, config = checkpoint.config, eps = config.batchNormEpsilon
         func conv(_ input: String, _ name: String, _ bn: String, _ shape: ConvShape) -> String {
-            let (scale, shift) = Self.affine(state, bn, eps)
-            let weight = state["\(name).weight"]!.data
-            let perOutput = shape.patchSize
-            let folded = (0..<weight.count).map { weight[$0] * scale[$0 / perOutput] }
+            let (folded, shift) = foldedConvolution(state, name, batchNorm: bn, shape: shape, epsilon: eps)
             let onnxName = "/" + name.replacingOccurrences(of: ".", with: "/")
             let w = tensor("\(name).weight", shape.weightShape, folded), b = tensor("\(name).bias", [shape.outChannels], shift)
             return node("Conv", "\(onnxName)/Conv", [input, w, b], "\(onnxName)/Conv_output_0",
@@ -198,21 +187,10 @@ final class ONNXModelBuilder {
         }
         x = node("GlobalAveragePool", "/avgpool/GlobalAveragePool", [x], "/avgpool/GlobalAveragePool_output_0")
         x = node("Flatten", "/Flatten", [x], "/Flatten_output_0", [("axis", .int(1))])
-        // Linear layers as Gemm(x, W[out, in], b, transB = 1); an eval-mode BatchNorm1d on the input is folded:
-        // W·(a⊙x + s) + b = (W·diag a)·x + (W·s + b).
+        // Linear layers as Gemm(x, W[out, in], b, transB = 1), an eval-mode BatchNorm1d on the input folded in.
         func gemm(_ input: String, _ name: String, inputBatchNorm bn: String?, output: String) -> String {
-            let w = state["\(name).weight"]!
-            let outputs = w.shape[0], inputs = w.shape[1]
-            var weight = w.data, bias = state["\(name).bias"]!.data
-            if let bn {
-                let (scale, shift) = Self.affine(state, bn, eps)
-                for o in 0..<outputs {
-                    for i in 0..<inputs {
-                        bias[o] += weight[o * inputs + i] * shift[i]
-                        weight[o * inputs + i] *= scale[i]
-                    }
-                }
-            }
+            let shape = state["\(name).weight"]!.shape, outputs = shape[0], inputs = shape[1]
+            let (weight, bias) = foldedLinear(state, name, inputBatchNorm: bn, epsilon: eps)
             return node("Gemm", "/\(name.replacingOccurrences(of: ".", with: "/"))/Gemm",
                         [input, tensor("\(name).weight", [outputs, inputs], weight), tensor("\(name).bias", [outputs], bias)], output,
                         [("alpha", .float(1)), ("beta", .float(1)), ("transB", .int(1))])

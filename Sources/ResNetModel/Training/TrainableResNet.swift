@@ -106,7 +106,7 @@ public final class TrainableResNet {
         set { workspace.algorithm = newValue; fusedBackbone = nil }
     }
 
-    let workspace = ColumnWorkspace()
+    let workspace = TrainingWorkspace()
     let stemConv: Conv2dLayer, stemBN: BatchNormLayer, maxPool: MaxPoolLayer
     let blocks: [BasicBlockLayer]
     // Head: either `fc` alone, or bn1 → dropout → fc1(+ReLU) → bn2 → dropout → fc2.
@@ -211,24 +211,16 @@ public final class TrainableResNet {
     }
 
     /// With the whole backbone frozen and frozen BatchNorm in eval mode, the backbone is a fixed function: run
-    /// it as the fused inference plan (BatchNorm folded, epilogues fused), with an identity `fc` so that the
-    /// plan's "logits" are the pooled features. Rebuilt when a backbone value or running statistic changes.
+    /// it as a backbone-only inference plan (BatchNorm folded, epilogues fused), whose `features` are what the
+    /// head reads. Rebuilt when a backbone value or running statistic changes.
     private func fusedFrozenBackbone() -> InferencePlan? {
         let backbone = parameters.filter { !Self.isHeadName($0.name) }
         guard frozenBatchNorm == .eval, backbone.allSatisfy({ !$0.requiresGrad }) else { return nil }
         let key = backbone.reduce(0) { $0 &+ $1.version }
             &+ batchNorms.filter { !Self.isHeadName($0.name) }.reduce(0) { $0 &+ $1.layer.batchesTracked }
         if let fusedBackbone, fusedBackbone.key == key { return fusedBackbone.plan }
-        var config = architecture.config
-        config.head = .linear
-        config.numClasses = config.featureWidth
-        var state = stateDict().filter { !Self.isHeadName($0.key) }
-        let features = config.featureWidth
-        var identity = [Float](repeating: 0, count: features * features)
-        for i in 0..<features { identity[i * features + i] = 1 }
-        state["fc.weight"] = Tensor(shape: [features, features], data: identity)
-        state["fc.bias"] = Tensor(zeros: [features])
-        guard let plan = try? InferencePlan(architecture: Architecture(config), state: state) else { return nil }
+        let state = stateDict().filter { !Self.isHeadName($0.key) }
+        guard let plan = try? InferencePlan(architecture: architecture, state: state, head: false) else { return nil }
         plan.algorithm = convolutionAlgorithm
         fusedBackbone = (plan, key)
         return plan
@@ -252,7 +244,7 @@ public final class TrainableResNet {
         let features = architecture.config.featureWidth
         let f = pooled.reserve(count * features)
         if training, let plan = fusedFrozenBackbone() {
-            plan.run(images: images, count: count, height: height, width: width, logits: f)
+            plan.features(images: images, count: count, height: height, width: width, features: f)
         } else {
             var (x, g) = stemConv.forward(images, input)
             let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))

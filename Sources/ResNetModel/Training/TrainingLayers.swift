@@ -74,43 +74,29 @@ public final class TrainableParameter {
     }
 }
 
-/// im2col's column scratch, shared by every convolution of a network (used one layer at a time), and how
-/// those convolutions are computed.
-final class ColumnWorkspace {
-    /// Upper bound on one column matrix, in floats: the batch is processed in chunks of whole images.
-    var budget = 2 << 20
+/// What the convolutions of a training network share: their scratch memory (they run one at a time) and how
+/// they are computed.
+final class TrainingWorkspace {
     var algorithm = ConvolutionAlgorithm.automatic
-    let column = FloatBuffer()
-    let columnGradient = FloatBuffer()
+    let scratch = ConvolutionScratch()
 }
 
-/// Conv2d without bias. Forward: out[P, Cout] = col[P, k·k·Cin] · Wᵀ, W patch-major [Cout, k·k·Cin].
-/// Backward: dW = dOutᵀ · col (one GEMM per chunk, accumulated), dCol = dOut · W, then col2im scatter-add.
-/// On small maps both run tap by tap (`TapwiseConv`); a frozen weight's forward may run as Winograd.
+/// Conv2d without bias, a training layer over the engine's `Convolution`: it keeps the input for backward and
+/// owns its output and input-gradient buffers. Forward: out[P, Cout] = conv(x); backward: dW and dx.
 final class Conv2dLayer {
     let shape: ConvShape
     let weight: TrainableParameter
-    let workspace: ColumnWorkspace
+    let convolution: Convolution
+    let workspace: TrainingWorkspace
     let output = FloatBuffer(), inputGradient = FloatBuffer()
     private var input: UnsafePointer<Float>?
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
-    /// The frozen weight in Winograd form, and the weight version it was made from: a frozen backbone's
-    /// forward (the head phase) runs like the inference plan's. Trainable weights keep im2col.
-    private var winograd: (conv: WinogradConv, version: Int)?
-    /// The tap lists for the last input size run tap by tap.
-    private var tapwise: TapwiseConv?
 
-    init(_ shape: ConvShape, weight: TrainableParameter, workspace: ColumnWorkspace) {
+    init(_ shape: ConvShape, weight: TrainableParameter, workspace: TrainingWorkspace) {
         self.shape = shape
         self.weight = weight
         self.workspace = workspace
-    }
-
-    private var isPointwise: Bool { shape.kernel == 1 && shape.stride == 1 && shape.padding == 0 }
-
-    /// Images per im2col chunk, so that the column matrix stays within the workspace budget.
-    private func imagesPerChunk(_ out: Geometry) -> Int {
-        max(1, min(out.batch, workspace.budget / max(1, shape.patchSize * out.height * out.width)))
+        convolution = Convolution(shape, parameter: weight)
     }
 
     /// x [N·H·W, Cin] → out [N·Ho·Wo, Cout].
@@ -118,174 +104,22 @@ final class Conv2dLayer {
         input = x
         inputGeometry = g
         let out = g.output(of: shape)
-        let cout = shape.outChannels, patch = shape.patchSize
-        let y = output.reserve(out.pixels * cout)
-        let w = UnsafePointer(weight.value.baseAddress!)
-        if isPointwise {
-            SplitGEMM.abT(out.pixels, cout, patch, x, patch, w, patch, y, cout)
-            return (y, out)
-        }
-        if usesWinograd(g) {
-            forwardWinograd(x, g, y)
-            return (y, out)
-        }
-        if workspace.algorithm.usesTaps(shape, input: g) {
-            forwardTapwise(x, g, y)
-            return (y, out)
-        }
-        let perImage = out.height * out.width, chunk = imagesPerChunk(out)
-        let col = workspace.column.reserve(chunk * perImage * patch)
-        var first = 0
-        while first < out.batch {
-            let rows = min(chunk, out.batch - first) * perImage, firstRow = first * perImage
-            if SplitGEMM.splitsRows(rows, cout) {
-                // Each lane fills its own rows of the column and multiplies them: one hand-off, rows still cached.
-                SplitGEMM.onLanes(rows) { r in
-                    let laneCol = col + r.lowerBound * patch
-                    im2col(shape, x, g, firstRow: firstRow + r.lowerBound, rows: r.count, laneCol, threads: 1)
-                    gemmABt(r.count, cout, patch, laneCol, patch, w, patch, y + (firstRow + r.lowerBound) * cout, cout)
-                }
-            } else {
-                fillColumn(x, g, firstRow: firstRow, rows: rows, col)
-                SplitGEMM.abT(rows, cout, patch, col, patch, w, patch, y + firstRow * cout, cout)
-            }
-            first += chunk
-        }
+        let y = output.reserve(out.pixels * shape.outChannels)
+        let laneImages = (g.batch + Parallelism.threads - 1) / Parallelism.threads
+        let method = convolution.method(g, laneImages: laneImages, algorithm: workspace.algorithm,
+                                        trainable: weight.requiresGrad)
+        convolution.prepare(method, g)
+        convolution.forward(x, g, y, method: method, split: .lanes, scratch: workspace.scratch)
         return (y, out)
-    }
-
-    /// Winograd for a frozen weight where it pays for each lane's share of the images (as in the inference
-    /// plan). A trainable weight keeps im2col: its backward needs the column matrix anyway.
-    private func usesWinograd(_ g: Geometry) -> Bool {
-        guard !weight.requiresGrad else { return false }
-        let lanes = max(1, min(Parallelism.threads, g.batch))
-        return workspace.algorithm.usesWinograd(shape, laneInput: Geometry(batch: g.batch / lanes, height: g.height, width: g.width))
-    }
-
-    /// The tap lists for input of this size (kept while the size stays the same).
-    private func taps(_ g: Geometry) -> TapwiseConv {
-        if let tapwise, tapwise.inputHeight == g.height, tapwise.inputWidth == g.width { return tapwise }
-        let conv = TapwiseConv(shape, inputHeight: g.height, width: g.width)
-        tapwise = conv
-        return conv
-    }
-
-    /// y = conv(x) tap by tap: the lanes gather the input rows (split by taps), then each multiplies its share
-    /// of the output channels, so each reads only its part of the weight.
-    private func forwardTapwise(_ x: UnsafePointer<Float>, _ g: Geometry, _ y: UnsafeMutablePointer<Float>) {
-        let conv = taps(g), cout = shape.outChannels
-        let gatheredFloats = conv.gatheredFloats(images: g.batch), perLane = conv.productFloats(images: g.batch, columns: cout)
-        let gathered = workspace.column.reserve(gatheredFloats + Parallelism.threads * perLane)
-        TrainingLanes.forEachRange(conv.taps.count, minimum: 1) { conv.gather(x, images: g.batch, into: gathered, taps: $0) }
-        let w = UnsafePointer(weight.value.baseAddress!)
-        SplitGEMM.onLanes(cout, minimum: 64) { lane, columns in
-            conv.multiply(x, gathered: gathered, images: g.batch, weight: w, columns: columns, output: y,
-                          outputStride: cout, products: gathered + gatheredFloats + lane * perLane)
-        }
-    }
-
-    /// The backward pass tap by tap: dY's rows gathered per tap (and the input again, for dW), then dW split by
-    /// output channels and dx by input channels across the lanes.
-    private func backwardTapwise(_ x: UnsafePointer<Float>, _ g: Geometry, _ dy: UnsafePointer<Float>,
-                                 _ dx: UnsafeMutablePointer<Float>?) {
-        let conv = taps(g), cin = shape.inChannels, cout = shape.outChannels, images = g.batch
-        let gatheredFloats = weight.requiresGrad ? conv.gatheredFloats(images: images) : 0
-        let gathered = workspace.column.reserve(max(1, gatheredFloats))
-        let dyFloats = conv.gatheredRowsPerImage * images * cout, perLane = conv.productFloats(images: images, columns: cin)
-        let dyRows = workspace.columnGradient.reserve(max(1, dyFloats + Parallelism.threads * perLane))
-        let requiresGrad = weight.requiresGrad
-        TrainingLanes.forEachRange(conv.taps.count, minimum: 1) { taps in
-            if requiresGrad { conv.gather(x, images: images, into: gathered, taps: taps) }
-            conv.gatherOutputRows(dy, images: images, into: dyRows, taps: taps)
-        }
-        if requiresGrad {
-            let dW = weight.gradient.baseAddress!
-            SplitGEMM.onLanes(cout, minimum: 64) { outputs in
-                conv.weightGradient(input: x, gathered: gathered, dy: dy, dyRows: dyRows, images: images, outputs: outputs, dW: dW)
-            }
-        }
-        if let dx {
-            let w = UnsafePointer(weight.value.baseAddress!)
-            SplitGEMM.onLanes(cin, minimum: 32) { lane, inputs in
-                conv.addInputGradient(dy: dy, dyRows: dyRows, images: images, weight: w, inputs: inputs, dx: dx,
-                                      products: dyRows + dyFloats + lane * perLane)
-            }
-        }
-    }
-
-    /// y = conv(x) as Winograd F(2x2, 3x3). When the batch's tiles fit one chunk (layer3 at batch 16), the lanes
-    /// share the input transform and then split the output channels, so each packs half the weights (as in
-    /// `forwardTapwise`); otherwise the batch's images are split across the lanes.
-    private func forwardWinograd(_ x: UnsafePointer<Float>, _ g: Geometry, _ y: UnsafeMutablePointer<Float>) {
-        if winograd?.version != weight.version {
-            let zeros = [Float](repeating: 0, count: shape.outChannels)
-            winograd = (WinogradConv(patchMajorWeight: Array(weight.value), bias: zeros,
-                                     inChannels: shape.inChannels, outChannels: shape.outChannels), weight.version)
-        }
-        let conv = winograd!.conv
-        let cin = shape.inChannels, cout = shape.outChannels, area = g.height * g.width
-        let perLane = conv.scratchFloats
-        if conv.fitsOneChunk(g) && Parallelism.threads > 1 {
-            let tiles = WinogradConv.tiles(g), scratch = workspace.column.reserve(perLane)
-            let (v, m) = conv.transformed(in: scratch, tiles: tiles), zeros = conv.paddingZeros(in: scratch)
-            TrainingLanes.forEachRange(tiles, minimum: 1) { conv.transformInput(x, g, tiles: $0, into: v + $0.lowerBound * 16 * cin, zeros: zeros) }
-            SplitGEMM.onLanes(cout / 4, minimum: 8) { quads in
-                let columns = 4 * quads.lowerBound ..< 4 * quads.upperBound
-                conv.multiply(v, tiles: tiles, into: m, columns: columns)
-                conv.transformOutput(m, g, tiles: 0..<tiles, columns: columns, y, residual: nil, relu: false)
-            }
-            return
-        }
-        let scratch = workspace.column.reserve(Parallelism.threads * perLane)
-        SplitGEMM.onLanes(g.batch, minimum: 1) { lane, images in
-            conv.run(x + images.lowerBound * area * cin, Geometry(batch: images.count, height: g.height, width: g.width),
-                     y + images.lowerBound * area * cout, residual: nil, relu: false, scratch: scratch + lane * perLane)
-        }
-    }
-
-    /// im2col of `rows` output pixels from `firstRow` on, split across the training lanes.
-    private func fillColumn(_ x: UnsafePointer<Float>, _ g: Geometry, firstRow: Int, rows: Int,
-                            _ col: UnsafeMutablePointer<Float>) {
-        let patch = shape.patchSize
-        TrainingLanes.forEachRange(rows, minimum: max(1, 16_384 / patch)) { r in
-            im2col(shape, x, g, firstRow: firstRow + r.lowerBound, rows: r.count, col + r.lowerBound * patch, threads: 1)
-        }
     }
 
     /// dy [N·Ho·Wo, Cout] → dx [N·H·W, Cin] (when `needsInputGradient`); dW overwritten when required.
     func backward(_ dy: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
         guard let x = input else { return nil }
-        let g = inputGeometry, out = g.output(of: shape)
-        let cout = shape.outChannels, patch = shape.patchSize
-        let w = UnsafePointer(weight.value.baseAddress!), dW = weight.gradient.baseAddress!
+        let g = inputGeometry
         let dx: UnsafeMutablePointer<Float>? = needsInputGradient ? inputGradient.reserve(g.pixels * shape.inChannels) : nil
-        if isPointwise {
-            if weight.requiresGrad { SplitGEMM.aTb(cout, patch, out.pixels, dy, cout, x, patch, dW, patch) }
-            if let dx { SplitGEMM.ab(out.pixels, patch, cout, dy, cout, w, patch, dx, patch) }
-            return dx
-        }
-        dx?.update(repeating: 0, count: g.pixels * shape.inChannels)
-        if workspace.algorithm.usesTaps(shape, input: g) {
-            backwardTapwise(x, g, dy, dx)
-            return dx
-        }
-        let perImage = out.height * out.width, chunk = imagesPerChunk(out)
-        let col = workspace.column.reserve(chunk * perImage * patch)
-        let dCol = workspace.columnGradient.reserve(needsInputGradient ? chunk * perImage * patch : 1)
-        var first = 0
-        while first < out.batch {
-            let images = min(chunk, out.batch - first), rows = images * perImage
-            let dyChunk = dy + first * perImage * cout
-            if weight.requiresGrad {
-                fillColumn(x, g, firstRow: first * perImage, rows: rows, col)
-                SplitGEMM.aTb(cout, patch, rows, dyChunk, cout, col, patch, dW, patch, beta: first == 0 ? 0 : 1)
-            }
-            if let dx {
-                SplitGEMM.ab(rows, patch, cout, dyChunk, cout, w, patch, dCol, patch)
-                col2imAdd(shape, dCol, g, firstImage: first, images: images, dx)
-            }
-            first += chunk
-        }
+        convolution.backward(x, g, dy, weightGradient: weight.requiresGrad ? weight.gradient.baseAddress! : nil,
+                             inputGradient: dx, algorithm: workspace.algorithm, scratch: workspace.scratch)
         return dx
     }
 }
