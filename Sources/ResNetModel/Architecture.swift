@@ -60,11 +60,13 @@ public struct Architecture: Equatable, Sendable {
         self.blocks = blocks
     }
 
-    /// Spatial side after the stem (conv1 + maxpool) for an input side.
-    public func stemOutputSide(_ side: Int) -> Int {
-        let afterConv = stem.outputSide(side)
-        return (afterConv + 2 * Self.maxPoolPadding - Self.maxPoolKernel) / Self.maxPoolStride + 1
+    /// The stem's max pool output side: floor((side + 2·pad − kernel) / stride) + 1, as PyTorch computes it.
+    public static func maxPoolOutputSide(_ side: Int) -> Int {
+        (side + 2 * maxPoolPadding - maxPoolKernel) / maxPoolStride + 1
     }
+
+    /// Spatial side after the stem (conv1 + maxpool) for an input side.
+    public func stemOutputSide(_ side: Int) -> Int { Self.maxPoolOutputSide(stem.outputSide(side)) }
 
     /// Every convolution with the names of its weight and of the BatchNorm that follows it, in forward order.
     public var namedConvolutions: [(conv: String, batchNorm: String, shape: ConvShape)] {

@@ -96,7 +96,7 @@ func im2col(_ s: ConvShape, _ input: UnsafePointer<Float>, _ g: Geometry, firstR
             _ col: UnsafeMutablePointer<Float>, threads: Int = Parallelism.threads) {
     let out = g.output(of: s)
     let k = s.kernel, cin = s.inChannels, patch = s.patchSize
-    Parallelism.forEachRange(rows, minimumPerThread: max(1, 16_384 / patch), threads: threads) { range in
+    Parallelism.forEachRange(rows, minimumPerThread: max(1, EngineTuning.copyFloatsPerPart / patch), threads: threads) { range in
         for r in range {
             let p = firstRow + r
             let wo = p % out.width, ho = (p / out.width) % out.height, n = p / (out.width * out.height)
@@ -123,7 +123,7 @@ func im2col(_ s: ConvShape, _ input: UnsafePointer<Float>, _ g: Geometry, firstR
 func biasResidualReLU(_ out: UnsafeMutablePointer<Float>, rows: Int, channels: Int,
                       bias: UnsafePointer<Float>, residual: UnsafePointer<Float>?, relu: Bool,
                       threads: Int = Parallelism.threads) {
-    Parallelism.forEachRange(rows, minimumPerThread: max(1, 32_768 / channels), threads: threads) { range in
+    Parallelism.forEachRange(rows, minimumPerThread: max(1, EngineTuning.elementwiseFloatsPerPart / channels), threads: threads) { range in
         for r in range {
             let o = out + r * channels
             if let residual {
@@ -150,7 +150,7 @@ func maxPool3x3s2(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
                   _ output: UnsafeMutablePointer<Float>, window: UnsafeMutablePointer<UInt8>? = nil,
                   threads: Int = Parallelism.threads) -> Geometry {
     let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
-    let oh = (g.height + 2 * pad - k) / s + 1, ow = (g.width + 2 * pad - k) / s + 1
+    let oh = Architecture.maxPoolOutputSide(g.height), ow = Architecture.maxPoolOutputSide(g.width)
     let outG = Geometry(batch: g.batch, height: oh, width: ow)
     Parallelism.forEachRange(outG.pixels, minimumPerThread: 256, threads: threads) { range in
         // The valid taps of one output: input rows and their tap numbers (at most k·k).

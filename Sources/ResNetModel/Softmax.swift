@@ -16,3 +16,9 @@ public func logSumExp<Row: Collection>(_ row: Row) -> Double where Row.Element =
     let largest = Double(row.max() ?? 0)
     return largest + log(row.reduce(0.0) { $0 + exp(Double($1) - largest) })
 }
+
+/// softmax(x)ₖ = exp(xₖ − log Σⱼ exp(xⱼ)), in Double: probabilities from a logits row.
+public func softmax<Row: Collection>(_ row: Row) -> [Double] where Row.Element == Float {
+    let logSum = logSumExp(row)
+    return row.map { exp(Double($0) - logSum) }
+}

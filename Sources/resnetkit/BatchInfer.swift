@@ -178,14 +178,10 @@ struct BatchInfer: ParsableCommand {
     /// CSV rows for a batch: id, logits, optional probabilities, label; or id and P(class 1) for Kaggle.
     func rows(_ ids: [String], _ logits: [Float], classes: Int) -> String {
         var text = ""
-        var probabilities = [Float](repeating: 0, count: classes)
         for (n, id) in ids.enumerated() {
             let row = logits[(n * classes)..<((n + 1) * classes)]
             let best = argmax(row)
-            if format == "kaggle" || probs {
-                let logSum = logSumExp(row)
-                for k in 0..<classes { probabilities[k] = Float(exp(Double(row[row.startIndex + k]) - logSum)) }
-            }
+            let probabilities = format == "kaggle" || probs ? softmax(row).map { Float($0) } : []
             var fields = [CSV.encodeField(id)]
             if format == "kaggle" {
                 fields.append("\(probabilities[1])")

@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import ResNetModel
 import ResNetSupport
@@ -38,8 +37,7 @@ public enum ONNXImporter {
             .flatMap { $0.count == config.numClasses ? $0 : nil }
         let preprocessing = graph.metadata[ONNXMetadataKey.preprocessing]
             .flatMap { try? decoder.decode(Preprocessing.self, from: Data($0.utf8)) } ?? Preprocessing()
-        let digest = (try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped))
-            .map { SHA256.hash(data: $0).map { String(format: "%02x", $0) }.joined() } ?? ""
+        let digest = (try? FileDigest.sha256(path: path)) ?? ""
         let format = "ONNX (opset \(graph.opset))"
         let checkpoint = Checkpoint(
             config: config, state: network.state, classNames: options.classNames ?? storedNames, preprocessing: preprocessing,
@@ -88,17 +86,8 @@ public enum ONNXImporter {
 
     static func syntheticImages() -> CalibrationImages {
         let side = syntheticCalibrationSide, count = syntheticCalibrationCount
-        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        func uniform() -> Double {  // SplitMix64 → (0, 1)
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return (Double((z ^ (z >> 31)) >> 11) + 0.5) / Double(1 << 53)
-        }
-        let pixels = (0..<(count * side * side * 3)).map { _ in
-            Float((-2 * log(uniform())).squareRoot() * cos(2 * Double.pi * uniform()))  // Box-Muller
-        }
+        var rng = SplitMix64(seed: 0x9E37_79B9_7F4A_7C15)
+        let pixels = (0..<(count * side * side * 3)).map { _ in Float(rng.nextStandardNormal()) }
         return CalibrationImages(pixels: pixels, count: count, height: side, width: side)
     }
 }

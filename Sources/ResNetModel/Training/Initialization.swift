@@ -26,7 +26,7 @@ public enum ParameterInitialization {
             switch spec.role {
             case .weight where spec.shape.count == 4:
                 let std = (2 / Double(spec.shape[0] * spec.shape[2] * spec.shape[3])).squareRoot()
-                for i in 0..<count { data[i] = Float(normal(&rng) * std) }
+                for i in 0..<count { data[i] = Float(rng.nextStandardNormal() * std) }
             case .weight where spec.shape.count == 2, .bias where fanIn[layer] != nil:
                 let bound = 1 / Float(fanIn[layer] ?? 1).squareRoot()
                 for i in 0..<count { data[i] = (rng.nextUnitFloat() * 2 - 1) * bound }
@@ -38,11 +38,5 @@ public enum ParameterInitialization {
             state[spec.name] = Tensor(shape: spec.shape, data: data)
         }
         return state
-    }
-
-    /// Standard normal by Box–Muller.
-    static func normal(_ rng: inout SplitMix64) -> Double {
-        let u1 = max(Double(rng.nextUnitFloat()), 1e-12), u2 = Double(rng.nextUnitFloat())
-        return (-2 * log(u1)).squareRoot() * cos(2 * Double.pi * u2)
     }
 }

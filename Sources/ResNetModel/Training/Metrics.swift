@@ -84,5 +84,5 @@ public struct BinaryCurves: Equatable, Sendable {
 
 /// P(class 1) = softmax(logits)[1] for each row of a 2-class logits matrix [n, 2].
 public func positiveProbabilities(_ logits: [Float]) -> [Double] {
-    stride(from: 0, to: logits.count, by: 2).map { 1 / (1 + exp(Double(logits[$0] - logits[$0 + 1]))) }
+    stride(from: 0, to: logits.count, by: 2).map { softmax(logits[$0..<($0 + 2)])[1] }
 }

@@ -60,14 +60,8 @@ final class BasicBlockLayer {
         let shortcutTrains = downsample.map { $0.conv.weight.requiresGrad || !$0.bn.isFrozen } ?? false
         guard needsInputGradient || shortcutTrains else { return nil }
         let count = rows * conv2.shape.outChannels
-        let g = outputGradient.reserve(count), y = bn2.output.pointer
-        TrainingLanes.forEachRange(count, minimum: 65_536) { range in
-            forEachChunk(range) { i in
-                g.store(SIMD8<Float>.zero.replacing(with: dy.vector(i), where: y.vector(i) .> 0), at: i)
-            } remainder: { i in
-                g[i] = y[i] > 0 ? dy[i] : 0
-            }
-        }
+        let g = outputGradient.reserve(count)
+        reluGradient(dy, output: bn2.output.pointer, count: count, into: g)
         var shortcut: UnsafePointer<Float>? = needsInputGradient ? UnsafePointer(g) : nil
         if let (dsConv, dsBN) = downsample {
             let dD = dsBN.backward(g, needsInputGradient: true)!
@@ -77,7 +71,7 @@ final class BasicBlockLayer {
         // dx = the main path's gradient (when it reached the input) + the shortcut's.
         let result = inputGradient.reserve(inputCount)
         let main = dx.map { UnsafePointer($0) }
-        TrainingLanes.forEachRange(inputCount, minimum: 65_536) { range in
+        TrainingLanes.forEachRange(inputCount, minimum: EngineTuning.bulkFloatsPerPart) { range in
             guard let main else { (result + range.lowerBound).update(from: shortcut + range.lowerBound, count: range.count); return }
             forEachChunk(range) { i in
                 result.store(main.vector(i) + shortcut.vector(i), at: i)

@@ -228,7 +228,7 @@ final class BatchNormLayer {
         scale.withUnsafeBufferPointer { scale in
             shift.withUnsafeBufferPointer { shift in
                 let a = scale.baseAddress!, b = shift.baseAddress!
-                TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
+                TrainingLanes.forEachRange(rows, minimum: max(1, EngineTuning.elementwiseFloatsPerPart / c)) { range in
                     let offset = range.lowerBound * c
                     resnetkit_batchnorm_apply(x + offset, residual.map { $0 + offset }, a, b, range.count, c, relu ? 1 : 0,
                                               y + offset)
@@ -267,7 +267,7 @@ final class BatchNormLayer {
                     meanDy.withUnsafeBufferPointer { meanDy in
                         meanDyXhat.withUnsafeBufferPointer { meanDyXhat in
                             let a = scale.baseAddress!, md = meanDy.baseAddress!, mdx = meanDyXhat.baseAddress!
-                            TrainingLanes.forEachRange(rows, minimum: max(1, 32_768 / c)) { range in
+                            TrainingLanes.forEachRange(rows, minimum: max(1, EngineTuning.elementwiseFloatsPerPart / c)) { range in
                                 let offset = range.lowerBound * c
                                 resnetkit_batchnorm_input_gradient(dyIn + offset, x + offset, y.map { $0 + offset }, m, s, a,
                                                                    md, mdx, range.count, c, dx + offset)
@@ -285,7 +285,7 @@ final class BatchNormLayer {
 /// zeroed double arrays of C; lanes get their own arrays, added up in a fixed order (deterministic).
 func channelSums(rows: Int, channels c: Int,
                  _ body: (Range<Int>, UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>) -> Void) -> ([Double], [Double]) {
-    let parts = max(1, min(Parallelism.threads, rows * c / 65_536))
+    let parts = max(1, min(Parallelism.threads, rows * c / EngineTuning.bulkFloatsPerPart))
     var partial = [Double](repeating: 0, count: parts * 2 * c)
     partial.withUnsafeMutableBufferPointer { buffer in
         let base = buffer.baseAddress!
@@ -303,6 +303,17 @@ func channelSums(rows: Int, channels c: Int,
         }
     }
     return (first, second)
+}
+
+/// dx = dy where the ReLU's output y is positive, else 0: the gradient through a ReLU, split across the lanes.
+func reluGradient(_ dy: UnsafePointer<Float>, output y: UnsafePointer<Float>, count: Int, into dx: UnsafeMutablePointer<Float>) {
+    TrainingLanes.forEachRange(count, minimum: EngineTuning.bulkFloatsPerPart) { range in
+        forEachChunk(range) { i in
+            dx.store(SIMD8<Float>.zero.replacing(with: dy.vector(i), where: y.vector(i) .> 0), at: i)
+        } remainder: { i in
+            dx[i] = y[i] > 0 ? dy[i] : 0
+        }
+    }
 }
 
 /// Runs `vector(j)` for each whole chunk of eight indices of `range` (eight channels of a row, say), then
@@ -351,15 +362,7 @@ final class LinearLayer {
         self.batch = batch
         let y = output.reserve(batch * outputs)
         SplitGEMM.abT(batch, outputs, inputs, x, inputs, UnsafePointer(weight.value.baseAddress!), inputs, y, outputs)
-        let b = bias.value
-        for n in 0..<batch {
-            let row = y + n * outputs
-            if relu {
-                for o in 0..<outputs { row[o] = max(0, row[o] + b[o]) }
-            } else {
-                for o in 0..<outputs { row[o] += b[o] }
-            }
-        }
+        biasResidualReLU(y, rows: batch, channels: outputs, bias: bias.value.baseAddress!, residual: nil, relu: relu, threads: 1)
         return y
     }
 
@@ -368,8 +371,8 @@ final class LinearLayer {
         guard let x = input else { return nil }
         var dy = dyIn
         if relu {
-            let masked = outputGradient.reserve(batch * outputs), y = output.pointer
-            for i in 0..<(batch * outputs) { masked[i] = y[i] > 0 ? dyIn[i] : 0 }
+            let masked = outputGradient.reserve(batch * outputs)
+            reluGradient(dyIn, output: output.pointer, count: batch * outputs, into: masked)
             dy = UnsafePointer(masked)
         }
         if weight.requiresGrad {
@@ -432,8 +435,8 @@ final class MaxPoolLayer {
 
     /// `recordWindow`: keep what backward needs (a forward whose backward stops before this layer need not).
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, recordWindow: Bool) -> (UnsafeMutablePointer<Float>, Geometry) {
-        let side = { (s: Int) in (s + 2 * Architecture.maxPoolPadding - Architecture.maxPoolKernel) / Architecture.maxPoolStride + 1 }
-        let out = Geometry(batch: g.batch, height: side(g.height), width: side(g.width))
+        let out = Geometry(batch: g.batch, height: Architecture.maxPoolOutputSide(g.height),
+                           width: Architecture.maxPoolOutputSide(g.width))
         let count = out.pixels * channels
         if recordWindow && window.count < count {
             window.deallocate()
@@ -476,21 +479,6 @@ final class MaxPoolLayer {
         }
         return dx
     }
-}
-
-/// A small seeded generator (SplitMix64) for dropout masks and data order: same seed, same run.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    public private(set) var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1) with 24 random bits.
-    public mutating func nextUnitFloat() -> Float { Float(next() >> 40) * (1 / Float(1 << 24)) }
 }
 
 /// Mean cross-entropy with a stable log-softmax. Returns the loss and writes dL/dlogits = (softmax − onehot)/N.
