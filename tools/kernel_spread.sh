@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kernels=("$@")
 [[ ${#kernels[@]} -gt 0 ]] || kernels=(Prescott Haswell SkylakeX Cooperlake Zen)
-swift build -c release --build-tests >/dev/null
+swift build -c release --build-tests -Xswiftc -enable-testing >/dev/null
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 for kernel in "${kernels[@]}"; do
     echo "== OPENBLAS_CORETYPE=$kernel"

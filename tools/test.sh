@@ -17,7 +17,8 @@ while [[ $# -gt 0 ]]; do
         *) echo "usage: tools/test.sh [--kernel NAME] [--filter PATTERN]" >&2; exit 2 ;;
     esac
 done
-swift build -c release --build-tests
+# -enable-testing: the engine tests reach internal types (@testable); the installed binary is built without it.
+swift build -c release --build-tests -Xswiftc -enable-testing
 if [[ -z $kernel ]]; then
     kernel=${OPENBLAS_CORETYPE:-$(.build/release/resnetkit system --blas-core)}
 fi
