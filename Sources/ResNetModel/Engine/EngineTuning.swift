@@ -42,6 +42,12 @@ public enum EngineTuning {
     static let elementwiseFloatsPerPart = 32_768
     /// Elementwise passes over whole activations or parameter sets (ReLU masks, gradient sums, AdamW).
     static let bulkFloatsPerPart = 65_536
+    /// Max-pool output pixels per part (each reads nine input pixels of every channel).
+    static let minimumPoolPixelsPerPart = 256
     /// GEMMs split by output (or input) channels give each lane at least this many.
     static let minimumColumnsPerLane = 64
+
+    /// How long an idle lane thread spins for its next job before it sleeps: waking a sleeping thread costs
+    /// more than the gaps between one layer's hand-offs and the next's.
+    static let laneSpinNanoseconds: UInt64 = 200_000
 }

@@ -106,7 +106,7 @@ public final class AdamW {
         }
         let b2 = Float(beta2), oneMinusB1 = Float(1 - beta1), oneMinusB2 = Float(1 - beta2), epsilon = Float(eps)
         updates.withUnsafeBufferPointer { updates in
-            TrainingLanes.forEachRange(total, minimum: 1 << 14) { range in
+            TrainingLanes.forEachRange(total, minimum: EngineTuning.copyFloatsPerPart) { range in
                 for u in updates where u.offset < range.upperBound && u.offset + u.count > range.lowerBound {
                     // This lane's elements of the parameter, through the C kernel (vectorised for the CPU at hand).
                     let first = max(0, range.lowerBound - u.offset), end = min(u.count, range.upperBound - u.offset)

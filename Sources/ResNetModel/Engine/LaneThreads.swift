@@ -93,8 +93,6 @@ final class Handoff: Sendable {
     private let count = Atomic<Int>(0)
     private let sleeping = Atomic<Bool>(false)
     private let wake = DispatchSemaphore(value: 0)
-    /// How long a waiter spins before it sleeps.
-    private static let spinNanoseconds: UInt64 = 200_000
 
     func post(_ value: Int) {
         count.store(value, ordering: .sequentiallyConsistent)
@@ -109,7 +107,7 @@ final class Handoff: Sendable {
             guard spins % 1024 == 0 else { continue }
             sched_yield()  // a thread with work to do (another lane set's, a data loader's) goes first
             let now = DispatchTime.now().uptimeNanoseconds
-            if deadline == 0 { deadline = now + Self.spinNanoseconds }
+            if deadline == 0 { deadline = now + EngineTuning.laneSpinNanoseconds }
             guard now >= deadline else { continue }
             // Sleep. The poster stores the count, then reads `sleeping`; this side stores `sleeping`, then reads
             // the count: in that order one of the two sees the other, so a post is never missed. A wake-up left

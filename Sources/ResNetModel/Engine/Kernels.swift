@@ -31,22 +31,6 @@ func gemmAtB(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int
                 alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
-/// Worker threads for the memory-bound passes between GEMMs (im2col, epilogues).
-public enum Parallelism {
-    nonisolated(unsafe) public static var threads = 2
-
-    /// Runs `body` over `0..<count` split into at most `threads` contiguous ranges; serial when small.
-    @inline(__always)
-    static func forEachRange(_ count: Int, minimumPerThread: Int, threads: Int = threads,
-                             _ body: (Range<Int>) -> Void) {
-        let parts = max(1, min(threads, count / max(1, minimumPerThread)))
-        if parts == 1 { body(0..<count); return }
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
-            body(count * part / parts ..< count * (part + 1) / parts)
-        }
-    }
-}
-
 /// torchvision [out, in, kh, kw] → patch-major [out, kh, kw, in], matching im2col's column order.
 public func patchMajorWeight(_ weight: [Float], _ s: ConvShape) -> [Float] {
     var out = [Float](repeating: 0, count: weight.count)
@@ -152,7 +136,7 @@ func maxPool3x3s2(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
     let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
     let oh = Architecture.maxPoolOutputSide(g.height), ow = Architecture.maxPoolOutputSide(g.width)
     let outG = Geometry(batch: g.batch, height: oh, width: ow)
-    Parallelism.forEachRange(outG.pixels, minimumPerThread: 256, threads: threads) { range in
+    Parallelism.forEachRange(outG.pixels, minimumPerThread: EngineTuning.minimumPoolPixelsPerPart, threads: threads) { range in
         // The valid taps of one output: input rows and their tap numbers (at most k·k).
         withUnsafeTemporaryAllocation(of: (UnsafePointer<Float>, UInt8).self, capacity: k * k) { taps in
             for p in range {
@@ -223,78 +207,30 @@ func globalAveragePool(_ input: UnsafePointer<Float>, _ g: Geometry, channels: I
     }
 }
 
-/// The lanes that training work is split across: persistent threads (`Parallelism.threads` of them, the
-/// calling thread included). Training runs on one thread: not reentrant.
-enum TrainingLanes {
-    nonisolated(unsafe) private static var lanes = LaneThreads()
-
-    /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
-    static func forEachRange(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
-        forEachPart(count, minimum: minimum) { _, range in part(range) }
-    }
-
-    /// The same, telling each part its lane (for per-lane scratch memory).
-    static func forEachPart(_ count: Int, minimum: Int, _ part: (_ lane: Int, Range<Int>) -> Void) {
-        let parts = max(1, min(Parallelism.threads, count / max(1, minimum)))
-        lanes.run(parts) { lane in part(lane, count * lane / parts ..< count * (lane + 1) / parts) }
-    }
-}
-
-/// GEMMs for the training layers, split across the training lanes, each part one single-threaded OpenBLAS
-/// call (the reason is in `InferencePlan`). The m×n output is split along its larger side: every lane reads
-/// the whole operand along the other side, so that should be the smaller one (layer4's forward at batch 16
-/// is 64 pixels × 512 channels: split by pixels, both lanes would pack all 9 MB of its weight).
-enum SplitGEMM {
-    /// Whether an m×n output is split by rows (else by columns).
-    static func splitsRows(_ m: Int, _ n: Int) -> Bool { m >= n }
-
-    /// Runs `part(rows, columns)` over the parts of an m×n output, one per lane.
-    private static func split(_ m: Int, _ n: Int, _ part: (Range<Int>, Range<Int>) -> Void) {
-        if splitsRows(m, n) {
-            onLanes(m) { part($0, 0..<n) }
-        } else {
-            onLanes(n) { part(0..<m, $0) }
-        }
-    }
-
-    /// Runs `part(range)` over `0..<count` split across the lanes, OpenBLAS single-threaded meanwhile: for GEMMs
-    /// split by hand (and work done with them in the same lane).
-    static func onLanes(_ count: Int, minimum: Int = 64, _ part: (Range<Int>) -> Void) {
-        onLanes(count, minimum: minimum) { _, range in part(range) }
-    }
-
-    /// The same, telling each part its lane.
-    static func onLanes(_ count: Int, minimum: Int, _ part: (_ lane: Int, Range<Int>) -> Void) {
-        let blasThreads = openblas_get_num_threads()
-        if blasThreads != 1 { openblas_set_num_threads(1) }
-        defer { if blasThreads != 1 { openblas_set_num_threads(blasThreads) } }
-        TrainingLanes.forEachPart(count, minimum: minimum, part)
-    }
-
-    /// c[m, n] = a[m, k] · b[n, k]ᵀ + beta · c.
-    static func abT(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
-                    _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(m, n) { rows, columns in
-            gemmABt(rows.count, columns.count, k, a + rows.lowerBound * lda, lda, b + columns.lowerBound * ldb, ldb,
-                    c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
-        }
-    }
-
-    /// c[m, n] = a[m, k] · b[k, n] + beta · c.
-    static func ab(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
-                   _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(m, n) { rows, columns in
-            gemmAB(rows.count, columns.count, k, a + rows.lowerBound * lda, lda, b + columns.lowerBound, ldb,
-                   c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
-        }
-    }
-
-    /// c[m, n] = a[k, m]ᵀ · b[k, n] + beta · c.
-    static func aTb(_ m: Int, _ n: Int, _ k: Int, _ a: UnsafePointer<Float>, _ lda: Int,
-                    _ b: UnsafePointer<Float>, _ ldb: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, beta: Float = 0) {
-        split(m, n) { rows, columns in
-            gemmAtB(rows.count, columns.count, k, a + rows.lowerBound, lda, b + columns.lowerBound, ldb,
-                    c + rows.lowerBound * ldc + columns.lowerBound, ldc, beta: beta)
+/// The adjoint of im2col: adds each column row back onto the input pixels it was copied from.
+/// Images are independent, so lanes split the chunk by image and never write the same pixel.
+func col2imAdd(_ s: ConvShape, _ col: UnsafePointer<Float>, _ g: Geometry, firstImage: Int, images: Int,
+               _ dx: UnsafeMutablePointer<Float>) {
+    let out = g.output(of: s)
+    let k = s.kernel, cin = s.inChannels, patch = s.patchSize, perImage = out.height * out.width
+    TrainingLanes.forEachRange(images, minimum: 1) { range in
+        for i in range {
+            let n = firstImage + i
+            for q in 0..<perImage {
+                let wo = q % out.width, ho = q / out.width
+                let src = col + (i * perImage + q) * patch
+                let iw0 = wo * s.stride - s.padding
+                let kwFirst = max(0, -iw0), kwEnd = min(k, g.width - iw0)
+                guard kwEnd > kwFirst else { continue }
+                let run = (kwEnd - kwFirst) * cin
+                for kh in 0..<k {
+                    let ih = ho * s.stride - s.padding + kh
+                    guard ih >= 0, ih < g.height else { continue }
+                    let dst = dx + ((n * g.height + ih) * g.width + iw0 + kwFirst) * cin
+                    let from = src + (kh * k + kwFirst) * cin
+                    for j in 0..<run { dst[j] += from[j] }
+                }
+            }
         }
     }
 }

@@ -1,0 +1,49 @@
+/// What the convolutions of a training network share: their scratch memory (they run one at a time) and how
+/// they are computed.
+final class TrainingWorkspace {
+    var algorithm = ConvolutionAlgorithm.automatic
+    let scratch = ConvolutionScratch()
+}
+
+/// Conv2d without bias, a training layer over the engine's `Convolution`: it keeps the input for backward and
+/// owns its output and input-gradient buffers. Forward: out[P, Cout] = conv(x); backward: dW and dx.
+final class Conv2dLayer {
+    let shape: ConvShape
+    let weight: TrainableParameter
+    let convolution: Convolution
+    let workspace: TrainingWorkspace
+    let output = FloatBuffer(), inputGradient = FloatBuffer()
+    private var input: UnsafePointer<Float>?
+    private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
+
+    init(_ shape: ConvShape, weight: TrainableParameter, workspace: TrainingWorkspace) {
+        self.shape = shape
+        self.weight = weight
+        self.workspace = workspace
+        convolution = Convolution(shape, parameter: weight)
+    }
+
+    /// x [N·H·W, Cin] → out [N·Ho·Wo, Cout].
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry) -> (UnsafeMutablePointer<Float>, Geometry) {
+        input = x
+        inputGeometry = g
+        let out = g.output(of: shape)
+        let y = output.reserve(out.pixels * shape.outChannels)
+        let laneImages = (g.batch + Parallelism.threads - 1) / Parallelism.threads
+        let method = convolution.method(g, laneImages: laneImages, algorithm: workspace.algorithm,
+                                        trainable: weight.requiresGrad)
+        convolution.prepare(method, g)
+        convolution.forward(x, g, y, method: method, split: .lanes, scratch: workspace.scratch)
+        return (y, out)
+    }
+
+    /// dy [N·Ho·Wo, Cout] → dx [N·H·W, Cin] (when `needsInputGradient`); dW overwritten when required.
+    func backward(_ dy: UnsafePointer<Float>, needsInputGradient: Bool) -> UnsafeMutablePointer<Float>? {
+        guard let x = input else { return nil }
+        let g = inputGeometry
+        let dx: UnsafeMutablePointer<Float>? = needsInputGradient ? inputGradient.reserve(g.pixels * shape.inChannels) : nil
+        convolution.backward(x, g, dy, weightGradient: weight.requiresGrad ? weight.gradient.baseAddress! : nil,
+                             inputGradient: dx, algorithm: workspace.algorithm, scratch: workspace.scratch)
+        return dx
+    }
+}
