@@ -4,7 +4,7 @@ import Foundation
 /// Makes OpenBLAS run the kernels this CPU supports.
 ///
 /// Debian's OpenBLAS picks its kernels when the library loads, before `main`, and on some virtual CPUs it
-/// falls back to a generic core ("Prescott") that is 5x slower. `OPENBLAS_CORETYPE` fixes the choice but
+/// falls back to a generic core ("Prescott") that is several times slower. `OPENBLAS_CORETYPE` fixes the choice but
 /// is read only at load time, so when it is unset and the detected core is generic while the CPU has
 /// AVX-512 or AVX2, we set it and re-execute the program with the same arguments.
 public enum BLASRuntime {

@@ -86,9 +86,9 @@ final class LaneThreads {
     }
 }
 
-/// A count that one thread raises and another waits on. The waiter spins for a while before it sleeps: on
-/// this VM, waking a sleeping thread costs some 40 µs, and training hands work to a lane hundreds of times a
-/// step, each time for well under a millisecond.
+/// A count that one thread raises and another waits on. The waiter spins for a while before it sleeps: waking
+/// a sleeping thread costs far more than a spin, and training hands work to a lane hundreds of times a step,
+/// each time for well under a millisecond.
 final class Handoff: Sendable {
     private let count = Atomic<Int>(0)
     private let sleeping = Atomic<Bool>(false)

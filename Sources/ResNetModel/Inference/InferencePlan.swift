@@ -7,8 +7,8 @@ import COpenBLAS
 /// convolutions on maps so small that im2col would mostly multiply padding run tap by tap (`TapwiseConv`).
 ///
 /// A batch is split across `Parallelism.threads` lanes, each running the whole network on its slice with
-/// single-threaded OpenBLAS calls: on these GEMM shapes that is nearly twice as fast as one multi-threaded
-/// GEMM per layer, whose per-call thread hand-offs and barriers dominate (measured in tools/bench).
+/// single-threaded OpenBLAS calls: on these small GEMM shapes one multi-threaded GEMM per layer would spend
+/// much of its time in thread hand-offs and barriers.
 /// Not thread-safe: one plan per thread.
 public final class InferencePlan {
     struct FoldedBlock {
