@@ -116,6 +116,31 @@ class Hostile:
         return self.function, self.args
 
 
+def seed_matmul_onnx(source, target):
+    """The TorchScript export with each Gemm written as MatMul(x, Wᵀ) + Add(b), as other exporters write Linear."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(source)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        x, w, b = node.input
+        weight = numpy_helper.to_array(inits[w])
+        graph.initializer.remove(inits[w])
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), w + "_t"))
+        product = node.output[0] + "_matmul"
+        nodes.append(helper.make_node("MatMul", [x, w + "_t"], [product], name=node.name + "_MatMul"))
+        nodes.append(helper.make_node("Add", [product, b], [node.output[0]], name=node.name + "_Add"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, target)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(1234)
@@ -190,6 +215,7 @@ def main():
         program = torch.onnx.export(seed, (inputs[49],), dynamo=True, input_names=["input"], output_names=["logits"],
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
         program.save(path("seed_dynamo.onnx"), external_data=False)
+    seed_matmul_onnx(path("seed_torchscript.onnx"), path("seed_matmul.onnx"))
 
     # Other topologies: pre-activation blocks, an input BatchNorm, ResNet-50 / ResNet-34 keys.
     preact = PreActResNet18(2, 3).eval()
