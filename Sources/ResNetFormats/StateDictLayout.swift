@@ -157,7 +157,7 @@ enum StateDictLayout {
         throws -> (StateDict, ModelConfig, [String]) {
         let params = children(state, prefix)
         var config = ModelConfig()
-        if let w = params["weight"], w.shape.count == 2, params.keys.allSatisfy({ ["weight", "bias"].contains($0) }) {
+        if let w = params["weight"], w.shape.count == 2, w.count > 0, params.keys.allSatisfy({ ["weight", "bias"].contains($0) }) {
             return (["fc.weight": w, "fc.bias": params["bias"] ?? Tensor(zeros: [w.shape[0]])],
                     ModelConfig(numClasses: w.shape[0]), [])
         }
@@ -171,7 +171,7 @@ enum StateDictLayout {
             let p = children(params, "\(index)")
             if p["running_mean"] != nil, let w = p["weight"], w.shape.count == 1 {
                 layers.append((index, .batchNorm(p)))
-            } else if let w = p["weight"], w.shape.count == 2 {
+            } else if let w = p["weight"], w.shape.count == 2, w.count > 0 {
                 layers.append((index, .linear(w, p["bias"])))
             } else {
                 throw FileError(path, "the head's layer '\(prefix).\(index)' (\(p.keys.sorted().joined(separator: ", "))) is neither Linear nor BatchNorm1d")

@@ -131,7 +131,8 @@ extension PyTorchImporter {
         guard last < storage.count else {
             throw fail("the view (offset \(t.offset), shape \(describe(shape: t.shape)), strides \(t.strides)) runs past its storage of \(storage.count) elements")
         }
-        guard data.count >= storage.count * storage.dtype.size else { throw fail("its storage holds fewer bytes than declared") }
+        let (bytes, overflow) = storage.count.multipliedReportingOverflow(by: storage.dtype.size)
+        guard !overflow, data.count >= bytes else { throw fail("its storage holds fewer bytes than declared") }
         var values = [Float](repeating: 0, count: count)
         let rank = t.shape.count
         data.withUnsafeBytes { raw in
