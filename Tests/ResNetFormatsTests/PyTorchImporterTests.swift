@@ -140,6 +140,17 @@ final class PyTorchImporterTests: XCTestCase {
         assertRefused("bad_input_batchnorm.pth", "not torchvision's ResNet-18: an input BatchNorm over the 3 image channels ('0.*') comes before the stem convolution")
     }
 
+    /// A CIFAR-style ResNet (3x3 stem) saved as a bare safetensors state dict: the stem is named.
+    func testThreeByThreeStemIsNamed() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("cifar-\(UUID().uuidString).safetensors").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try SafeTensors.write(path: path, tensors: [("conv1.weight", [4, 3, 3, 3], [Float](repeating: 0, count: 108)),
+                                                    ("fc.weight", [2, 32], [Float](repeating: 0, count: 64))], metadata: [:])
+        XCTAssertThrowsError(try ModelImporter.load(path: path)) { error in
+            XCTAssertEqual(error as? FileError, FileError(path, "not torchvision's ResNet-18: conv1.weight is [4, 3, 3, 3] (a 3x3 stem, as in CIFAR-style ResNets), expected [width, 3, 7, 7]"))
+        }
+    }
+
     /// Every truncation and many bit flips of real files: a one-line FileError or a successful load, never a crash.
     func testTruncatedAndBitFlippedFilesGiveOneLineErrors() throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("pth-damage-\(UUID().uuidString)")
