@@ -12,11 +12,19 @@ extension PyTorchImporter {
         var (tensors, location, epsilon) = try locate(u, root: root, path: path)
         var state: StateDict = [:]
         var converted: Set<String> = []
+        // Views may overlap (shared storages, stride 0), but not without bound: at most twice the storages' elements.
+        var storagesUsed: Set<Int> = [], storageElements = 0, elements = 0
         for (name, index) in tensors {
             let tensor = u.tensor(index)
             let storage = u.storage(tensor.storage)
+            if storagesUsed.insert(tensor.storage).inserted { storageElements = storageElements.addingReportingOverflow(storage.count).partialValue }
             let data = try storageData(tensor.storage)
-            state[name] = try materialize(tensor, storage, data, bigEndian: bigEndian, name: name, path: path)
+            let values = try materialize(tensor, storage, data, bigEndian: bigEndian, name: name, path: path)
+            elements += values.count
+            guard elements <= 2 * storageElements + (1 << 24) else {
+                throw FileError(path, "the tensors' views add up to far more values than their storages hold")
+            }
+            state[name] = values
             if storage.dtype.isFloat && storage.dtype != .float32 { converted.insert(storage.dtype.rawValue) }
         }
         if bigEndian { location += " (big-endian data)" }
@@ -85,9 +93,10 @@ extension PyTorchImporter {
         var out: [(String, Int)] = []
         var epsilons: Set<Float> = []
         var stack: [(PickleValue, String)] = [(root, "")]
-        var visited: Set<Int> = []
+        var visited: Set<Int> = [], visitedStates: Set<PickleValue> = []
         while let (value, prefix) = stack.popLast() {
-            guard case .object(let index) = value, visited.insert(index).inserted, let state = u.object(value)?.state else { continue }
+            guard case .object(let index) = value, visited.insert(index).inserted, let state = u.object(value)?.state,
+                  visitedStates.insert(state).inserted else { continue }
             guard visited.count <= 100_000 else { throw FileError(path, "more than 100000 pickled modules") }
             var nonPersistent: Set<String> = []
             if let set = u.lookup(state, "_non_persistent_buffers_set").flatMap({ u.object($0) }),

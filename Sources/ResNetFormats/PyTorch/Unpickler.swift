@@ -3,7 +3,7 @@ import Foundation
 /// A value built by the restricted unpickler. Containers live in the unpickler's arena and are referred to by
 /// index, so no Swift value nests inside another: a file cannot build a structure deep enough to overflow the
 /// stack when it is walked or freed, and cycles made through the memo are harmless.
-enum PickleValue: Equatable {
+enum PickleValue: Hashable {
     case none
     case bool(Bool)
     case int(Int)
@@ -173,8 +173,8 @@ final class Unpickler {
 
     // MARK: Running
 
-    /// Runs one pickle up to its STOP and returns the object it built. `persistentLoad` maps a persistent id
-    /// (a tuple) to a value: PyTorch uses it for storages.
+    /// Runs one pickle up to its STOP and returns the object it built. Persistent ids (PyTorch's storages) are
+    /// resolved by `persistentLoad`. Can be called again for the next pickle of a stream (the legacy format).
     func load() throws -> PickleValue {
         var stack: [PickleValue] = []
         var marks: [Int] = []
