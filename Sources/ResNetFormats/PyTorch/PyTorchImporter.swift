@@ -84,7 +84,7 @@ public enum PyTorchImporter {
         let pickles = entries.keys.filter { $0.hasSuffix("/data.pkl") && $0.split(separator: "/").count == 2 }.sorted()
         guard let pickle = pickles.first else {
             if entries.keys.contains("config.json") && entries.keys.contains(where: { $0.hasSuffix(".weights.h5") }) {
-                throw FileError(path, "a Keras 3 .keras archive: not supported")
+                throw FileError(path, "a Keras archive without model.weights.h5: not supported")
             }
             throw FileError(path, "a zip file without <name>/data.pkl: not a PyTorch checkpoint")
         }
