@@ -187,6 +187,14 @@ def main():
         rounded.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in converted.items()})
         save_logits(name, rounded, inputs)
 
+    # Pickle protocol 4 (FRAME, STACK_GLOBAL, MEMOIZE), and a tensor with a Python attribute, which torch.save
+    # writes through torch._tensor._rebuild_from_type_v2.
+    torch.save(sd, path("protocol4.pth"), pickle_protocol=4)
+    tagged = dict(sd)
+    tagged["fc.bias"] = sd["fc.bias"].clone()
+    tagged["fc.bias"].note = "an attribute"
+    torch.save(tagged, path("rebuild_from_type.pth"))
+
     # Views: every float tensor a slice of one shared storage (offsets), fc.weight a transposed view (strides).
     names = [k for k, v in sd.items() if v.is_floating_point()]
     flat = torch.cat([sd[k].flatten() for k in names])

@@ -80,6 +80,12 @@ final class PyTorchImporterTests: XCTestCase {
         }
     }
 
+    func testPickleProtocol4AndRebuildFromType() throws {
+        try assertImports("protocol4.pth", "width2", config: Self.width2, format: Self.zipFormat, location: "a state_dict")
+        // fc.bias carries a Python attribute, so torch.save wrote it through torch._tensor._rebuild_from_type_v2.
+        try assertImports("rebuild_from_type.pth", "width2", config: Self.width2, format: Self.zipFormat, location: "a state_dict")
+    }
+
     func testViewsWithOffsetsAndStridesIntoSharedStorages() throws {
         try assertImports("views_shared_storage.pth", "width2", config: Self.width2, format: Self.zipFormat, location: "a state_dict")
         try assertImports("views_shared_storage_legacy.pth", "width2", config: Self.width2, format: Self.legacyFormat, location: "a state_dict")
