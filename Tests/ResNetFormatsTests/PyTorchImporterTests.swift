@@ -146,6 +146,34 @@ final class PyTorchImporterTests: XCTestCase {
         assertRefused("bad_input_batchnorm.pth", "not torchvision's ResNet-18: an input BatchNorm over the 3 image channels ('0.*') comes before the stem convolution")
     }
 
+    /// Handcrafted pickles: refusals name the opcode or global, nothing recurses on the file's nesting.
+    func testHandcraftedPicklesAreRefusedPrecisely() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("crafted-\(UUID().uuidString).pkl").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let proto: [UInt8] = [0x80, 0x02]
+        func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+        let deep = 200_000  // lists nested this deep would overflow the stack if walked or freed recursively
+        let cases: [([UInt8], String)] = [
+            (proto + bytes("csubprocess\nPopen\n)") + [0x81, 0x2e], "the pickle instantiates subprocess.Popen, which is not on the allowlist"),
+            (proto + bytes("cbuiltins\ngetattr\n)R."), "the pickle calls builtins.getattr, which is not on the allowlist"),
+            (proto + [0x58, 1, 0, 0, 0] + bytes("a)R."), "the pickle calls a value that is not a named function"),
+            (proto + bytes("h") + [5, 0x2e], "the pickle is corrupt: memo entry 5 is missing"),
+            (proto + [0xff, 0x2e], "unsupported pickle opcode 0xff at byte 2"),
+            (proto + bytes("R."), "the pickle is corrupt: stack underflow at byte 2"),
+            (proto + [0x58, 0xff, 0xff, 0xff, 0x7f], "the pickle is truncated: a length of 2147483647 bytes at byte 7 runs past its end"),
+            (proto + [UInt8](repeating: 0x5d, count: deep) + [UInt8](repeating: 0x61, count: deep - 1) + [0x2e],
+             "no model weights: the pickle holds a list of 1 items"),
+        ]
+        for (pickle, expected) in cases {
+            try Data(pickle).write(to: URL(fileURLWithPath: path))
+            XCTAssertThrowsError(try ModelImporter.load(path: path)) { error in
+                guard let fileError = error as? FileError else { return XCTFail("\(error)") }
+                XCTAssertEqual(fileError.path, path)
+                XCTAssertTrue(fileError.problem.hasPrefix(expected), fileError.problem)
+            }
+        }
+    }
+
     /// A CIFAR-style ResNet (3x3 stem) saved as a bare safetensors state dict: the stem is named.
     func testThreeByThreeStemIsNamed() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("cifar-\(UUID().uuidString).safetensors").path
