@@ -81,7 +81,8 @@ enum Keras3Weights {
         // The counters give the model's order within each kind of layer, which is all the mapping needs.
         let ordered = layers.sorted { $0.order < $1.order || ($0.order == $1.order && $0.layer.name < $1.layer.name) }.map(\.layer)
         let notes = [config == nil
-            ? "Keras 3 weights without a config: layers ordered by Keras' per-class counters (conv2d, conv2d_1, …), BatchNorms paired with convolutions by position"
+            ? "Keras 3 weights without a config: layers ordered by Keras' per-class counters (conv2d, conv2d_1, …), BatchNorms paired with convolutions by position; "
+                + "the file records no padding (a model built with padding='same' at stride 2 pads asymmetrically in Keras)"
             : "Keras 3 archive: layers named and connected by its config.json"]
         return try KerasWeights.read(file, file.id, layers: ordered, modelConfig: config, format: format, producer: nil, notes: notes)
     }
