@@ -16,6 +16,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
     ],
     targets: [
         // C bridges to Debian's -dev packages.
@@ -38,6 +39,7 @@ let package = Package(
         .target(name: "ResNetFormats", dependencies: [
             "ResNetModel", "ResNetSupport", "CHDF5", "CProtobufC", "ONNXProto",
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ]),
         // Images (libtiff), preprocessing, CSV, the prefetching loader.
         .target(name: "ResNetData", dependencies: ["ResNetModel", "ResNetSupport", "CTIFF"]),

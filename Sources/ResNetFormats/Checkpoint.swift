@@ -65,7 +65,9 @@ public struct Checkpoint: Equatable {
         if let stored = try decode(ModelConfig.self, "config") {
             config = stored
         } else {
-            config = try inferConfig(state, path: path)
+            let layout = try inferLayout(state, path: path)
+            config = layout.config
+            state = layout.state
         }
         guard config.numClasses > 0, config.baseWidth > 0, config.hiddenUnits > 0 else {
             throw FileError(path, "metadata 'config' describes an empty network")
@@ -87,19 +89,16 @@ public struct Checkpoint: Equatable {
                           extra: metadata.filter { !known.contains($0.key) })
     }
 
-    /// Recognises a bare torchvision state dict (linear or MLP head) from its tensor shapes.
-    static func inferConfig(_ state: StateDict, path: String) throws -> ModelConfig {
-        guard let stem = state["conv1.weight"], stem.shape.count == 4 else {
+    /// Recognises a bare state dict (torchvision names or the seed notebook's Sequential layout, linear or MLP
+    /// head, wrapper prefixes) by its keys and shapes, and maps it onto ResNetKit's names.
+    static func inferLayout(_ state: StateDict, path: String) throws -> StateDictLayout.Result {
+        let recognisable = state.keys.contains { key in
+            key.hasSuffix("conv1.weight") || (key.hasSuffix("0.weight") && StateDictLayout.isStem(state[key]))
+        }
+        guard recognisable else {
             throw FileError(path, "not a ResNetKit checkpoint and not a torchvision ResNet-18 state dict (no conv1.weight)")
         }
-        let width = stem.shape[0]
-        if let fc = state["fc.weight"], fc.shape.count == 2 {
-            return ModelConfig(numClasses: fc.shape[0], head: .linear, baseWidth: width)
-        }
-        if let fc1 = state["head.fc1.weight"], let fc2 = state["head.fc2.weight"], fc1.shape.count == 2, fc2.shape.count == 2 {
-            return ModelConfig(numClasses: fc2.shape[0], head: .mlp, hiddenUnits: fc1.shape[0], baseWidth: width)
-        }
-        throw FileError(path, "no classifier found (expected fc.* or head.fc1.*/head.fc2.*)")
+        return try StateDictLayout.normalize(state, path: path)
     }
 
     /// Writes the checkpoint atomically; refuses to replace an existing file unless `overwrite`.

@@ -7,6 +7,8 @@ public enum ModelFileKind: String, Sendable {
     case checkpoint = "safetensors"
     case onnx = "ONNX"
     case hdf5 = "HDF5"
+    case pytorch = "PyTorch"
+    case keras = "Keras 3"
 
     static let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
 
@@ -29,10 +31,14 @@ public enum ModelFileKind: String, Sendable {
             if let bytes = try? handle.read(upToCount: 8), [UInt8](bytes) == hdf5Signature { return .hdf5 }
         }
         if head.count >= 9 && head[8] == UInt8(ascii: "{") { return .checkpoint }
+        // torch.save: a zip (torch ≥ 1.6) or a pickle stream (PROTO opcode 0x80, then the protocol number).
+        if PyTorchImporter.recognises(head) {
+            return head.starts(with: PyTorchImporter.zipSignature) && KerasArchive.recognises(path: path) ? .keras : .pytorch
+        }
         // ModelProto fields: ir_version (1, varint → 0x08), producer_name (2 → 0x12), producer_version (3 → 0x1a),
         // domain (4 → 0x22), model_version (5 → 0x28), doc_string (6 → 0x32), graph (7 → 0x3a), opset_import (8 → 0x42).
         if [0x08, 0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42].contains(head[0]) { return .onnx }
-        throw FileError(path, "not a model file this tool reads (expected ONNX, HDF5 or a safetensors checkpoint)")
+        throw FileError(path, "not a model file this tool reads (expected ONNX, HDF5, a PyTorch or Keras 3 file, or a safetensors checkpoint)")
     }
 }
 
@@ -92,6 +98,10 @@ public enum ModelImporter {
             return try ONNXImporter.importModel(path: path, options: options)
         case .hdf5:
             return try HDF5Importer.importModel(path: path, options: options)
+        case .pytorch:
+            return try PyTorchImporter.importModel(path: path, options: options)
+        case .keras:
+            return try KerasArchive.importModel(path: path, options: options)
         }
     }
 }

@@ -5,18 +5,19 @@ import ResNetFormats
 import ResNetModel
 import ResNetSupport
 
-/// `resnetkit import-weights FILE`: a foreign model file (ONNX, HDF5) → a native checkpoint with provenance.
+/// `resnetkit import-weights FILE`: a foreign model file (ONNX, HDF5, PyTorch) → a native checkpoint with provenance.
 struct ImportWeights: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import-weights",
-        abstract: "Convert an ONNX or HDF5 ResNet-18 into a ResNetKit checkpoint.",
+        abstract: "Convert an ONNX, HDF5, PyTorch or Keras 3 ResNet-18 into a ResNetKit checkpoint.",
         discussion: "The format is told by the file's content, not its extension: ONNX (folded or not), HDF5 written "
-            + "by h5py from a PyTorch state_dict (flat or nested names) or by Keras (save_weights / model.save), or a "
-            + "safetensors state dict. The checkpoint records where it came from (path, SHA-256, importer). Without "
+            + "by h5py from a PyTorch state_dict (flat or nested names) or by Keras (save_weights / model.save), a "
+            + "PyTorch checkpoint written by torch.save (.pth/.pt/.tar: a state_dict, a training checkpoint or a whole "
+            + "pickled model, read without running its pickle), a Keras 3 .weights.h5 or .keras file, or a safetensors state dict. The checkpoint records where it came from (path, SHA-256, importer). Without "
             + "--out it is written to model.safetensors in the current folder, where fine-tune and batch-infer look "
             + "for a model by default. An existing file is never replaced without --force.")
 
-    @Argument(help: "The model file: ONNX, HDF5 (PyTorch state_dict or Keras weights) or safetensors.")
+    @Argument(help: "The model file: ONNX, HDF5 (PyTorch state_dict or Keras weights), a PyTorch checkpoint, a .keras archive or safetensors.")
     var file: String
 
     @Option(name: .long, help: ArgumentHelp("Checkpoint to write.", valueName: "CKPT"))

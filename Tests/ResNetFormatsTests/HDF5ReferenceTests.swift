@@ -56,7 +56,7 @@ final class HDF5ReferenceTests: XCTestCase {
         for (path, problem) in [(empty, "the HDF5 file holds no datasets"),
                                 (ambiguous, "datasets 'conv1/weight' and 'conv1.weight' both name tensor conv1.weight"),
                                 (other, "no ResNet weights found: neither a conv1.weight dataset nor Keras layer_names"),
-                                (keras3, "Keras 3 .weights.h5 layout (layers/*/vars/*) is not supported: save with model.save('model.h5') instead")] {
+                                (keras3, "Keras layer 'conv2d' has weights [\"kernel\"]: not Conv2D, Dense or BatchNormalization, which is all a ResNet-18 holds")] {
             XCTAssertThrowsError(try HDF5Importer.importModel(path: path, options: ImportOptions())) {
                 XCTAssertEqual($0 as? FileError, FileError(path, problem))
             }

@@ -15,6 +15,8 @@ public enum HDF5Importer {
         if let kerasRoot = try KerasWeights.weightsGroup(in: file) {
             defer { H5Gclose(kerasRoot) }
             imported = try KerasWeights.read(file, weightsGroup: kerasRoot)
+        } else if Keras3Weights.recognises(file) {
+            imported = try Keras3Weights.read(file, config: nil, format: "HDF5 (Keras 3 .weights.h5)")
         } else {
             imported = try readStateDict(file)
         }

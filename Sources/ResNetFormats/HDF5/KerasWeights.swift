@@ -38,8 +38,15 @@ enum KerasWeights {
     }
 
     static func read(_ file: HDF5File, weightsGroup group: hid_t) throws -> ImportedModel {
+        try read(file, group, layers: try readLayers(file, group), modelConfig: try readModelConfig(file),
+                 format: "HDF5 (Keras)", producer: try producer(file, group))
+    }
+
+    /// Maps Keras layers (in the model's order within each kind) onto ResNet-18; `modelConfig` (the model's JSON
+    /// config, if any) pairs BatchNorms with their convolutions and gives the epsilon. Keras 3 files come here too.
+    static func read(_ file: HDF5File, _ group: hid_t, layers: [Layer], modelConfig: Any?, format: String,
+                     producer: String?, notes extraNotes: [String] = []) throws -> ImportedModel {
         let path = file.path
-        let layers = try readLayers(file, group)
         var convs: [Layer] = [], norms: [Layer] = [], denses: [Layer] = []
         for layer in layers {
             if layer.variables["moving_mean"] != nil && layer.variables["moving_variance"] != nil {
@@ -76,7 +83,6 @@ enum KerasWeights {
             assignment.append(((entry.conv, entry.batchNorm), position))
         }
 
-        let modelConfig = try readModelConfig(file)
         let (normOf, pairingNote) = pairBatchNorms(convs: convs, norms: norms, graph: modelConfig.map(batchNormInputs) ?? [:])
         var state: StateDict = [:]
         var kerasNameOf: [String: String] = [:]
@@ -127,7 +133,7 @@ enum KerasWeights {
         let (epsilon, epsilonNote) = try batchNormEpsilon(modelConfig, path: path)
         var finalConfig = config
         finalConfig.batchNormEpsilon = epsilon
-        var notes = ["Keras layers mapped by structure, not name: \(convs.count) Conv2D in forward order (7x7 stem, 3x3 block "
+        var notes = extraNotes + ["Keras layers mapped by structure, not name: \(convs.count) Conv2D in forward order (7x7 stem, 3x3 block "
                      + "convolutions, 1x1 downsample projections), \(pairingNote); "
                      + "\(denses.count) Dense as \(config.head == .linear ? "fc" : "head.fc1, head.fc2")",
                      "kernels transposed: Conv2D HWIO → OIHW, Dense (in, out) → (out, in)",
@@ -136,8 +142,8 @@ enum KerasWeights {
         if biasesFolded > 0 { notes.append("\(biasesFolded) convolution biases folded into the following BatchNorm's running_mean") }
         let converted = layers.flatMap { $0.variables.values }.filter { $0.elementSize != 4 }
         if !converted.isEmpty { notes.append("\(converted.count) float64/float16 tensors converted to float32") }
-        return ImportedModel(checkpoint: Checkpoint(config: finalConfig, state: state), sourceFormat: "HDF5 (Keras)",
-                             producer: try producer(file, group), batchNormFolded: false, notes: notes)
+        return ImportedModel(checkpoint: Checkpoint(config: finalConfig, state: state), sourceFormat: format,
+                             producer: producer, batchNormFolded: false, notes: notes)
     }
 
     /// Layers in file order, each with its variables; layers without weights (ReLU, Add, pooling) are skipped.

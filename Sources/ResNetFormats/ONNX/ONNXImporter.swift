@@ -12,8 +12,8 @@ public enum ONNXImporter {
     public static func importModel(path: String, options: ImportOptions) throws -> ImportedModel {
         let graph = try ONNXGraph.read(path: path)
         var network = try ONNXNetworkMatcher(graph: graph, path: path).match()
-        let config = ModelConfig(numClasses: network.numClasses, head: .linear, baseWidth: network.baseWidth,
-                                 batchNormEpsilon: network.epsilon)
+        let config = ModelConfig(numClasses: network.numClasses, head: network.head, hiddenUnits: network.hiddenUnits,
+                                 baseWidth: network.baseWidth, batchNormEpsilon: network.epsilon)
         do { try Architecture(config).validate(network.state) } catch let error as StateDictError {
             throw FileError(path, "not a ResNet-18 of the shape its stem implies: \(error)")
         }
@@ -26,7 +26,7 @@ public enum ONNXImporter {
         if let names = options.classNames, names.count != config.numClasses {
             throw FileError(path, "\(names.count) class names given for a model with \(config.numClasses) classes")
         }
-        var notes: [String] = []
+        var notes: [String] = network.headNotes
         if network.foldedCount > 0 {
             notes += try rebuildFoldedBatchNorms(&network, config: config, calibration: options.calibration, path: path)
         }
@@ -96,6 +96,8 @@ public enum ONNXImporter {
 struct ONNXNetwork {
     var state: StateDict = [:]
     var numClasses = 0, baseWidth = 0
+    var head = HeadKind.linear, hiddenUnits = 256
+    var headNotes: [String] = []
     var epsilon: Float = 1e-5
     /// BatchNorm names whose convolution had its BatchNorm folded in (identity placeholders until rebuilt).
     var foldedBatchNorms: [String] = []
@@ -171,6 +173,8 @@ struct ONNXNetworkMatcher {
     private func fail(_ problem: String) -> FileError { FileError(path, problem) }
 
     private func notResNet(_ problem: String) -> FileError { FileError(path, "not a ResNet-18: \(problem)") }
+
+    private func notTorchvision(_ problem: String) -> FileError { FileError(path, "not torchvision's ResNet-18: \(problem)") }
 
     /// Nodes reading `value`, looking through Identity/Dropout (a chain no longer than the graph: a file
     /// whose Identity nodes form a cycle cannot send this into endless recursion).
@@ -268,6 +272,9 @@ struct ONNXNetworkMatcher {
             throw notResNet("the input '\(input.name)' has \(input.dims.count) dimensions, expected [batch, 3, height, width]")
         }
         // Stem: conv 7x7/2 pad 3 [BN] → Relu → MaxPool 3x3/2 pad 1.
+        if let bn = readers(of: input.name).first(where: { $0.opType == "BatchNormalization" }) {
+            throw notTorchvision("an input BatchNormalization (\(bn.label)) normalises the image before the stem convolution")
+        }
         let first = try next(input.name, after: "the input '\(input.name)'", expected: ["Conv"])
         let stem = try convUnit(first)
         guard stem.kernel == 7, stem.stride == 2, stem.padding == 3, stem.weight.dims[1] == 3, stem.outChannels > 0 else {
@@ -323,19 +330,17 @@ struct ONNXNetworkMatcher {
                 network.foldedBatchNorms.append(bn)
             }
         }
-        let (weight, bias) = try classifier(after: x)
-        network.numClasses = weight.dims[0]
-        guard weight.dims[1] == 8 * network.baseWidth else {
-            throw notResNet("the classifier reads \(weight.dims[1]) features, the backbone gives \(8 * network.baseWidth)")
-        }
-        network.state["fc.weight"] = Tensor(shape: weight.dims, data: weight.values)
-        network.state["fc.bias"] = Tensor(shape: [weight.dims[0]], data: bias)
+        try classifier(after: x, into: &network)
         return network
     }
 
     /// One residual block starting at activation `x`: returns the blocks so far plus this one, and its output.
     private func block(from x: String, readers convs: [ONNXGraph.Node], blocks: [Block]) throws -> ([Block], String) {
         let position = "block \(blocks.count + 1)"
+        if let bn = convs.first(where: { $0.opType == "BatchNormalization" }) {
+            throw notTorchvision("pre-activation blocks: \(bn.label) and a Relu come before the convolutions of \(position) (ResNet v2), "
+                                 + "where torchvision's BasicBlock normalises after each convolution")
+        }
         for n in convs where !Self.supported.contains(n.opType) { throw fail("unsupported operator \(n.opType) (node '\(n.name)')") }
         // x feeds the main path's first conv, the downsample conv (if any) and the Add (identity shortcut).
         let convNodes = convs.filter { $0.opType == "Conv" }
@@ -392,55 +397,134 @@ struct ONNXNetworkMatcher {
         return Set(add.inputs.map(origin)) == [origin(a), origin(b)]
     }
 
-    /// Pooling → optional flatten → Gemm or MatMul + Add. Returns fc weight [classes, features] and bias.
-    private func classifier(after x: String) throws -> (ONNXTensor, [Float]) {
+    /// A Linear layer as ONNX writes it: Gemm, or MatMul + Add. Returns weight [out, in], bias, and its output.
+    private func linear(_ node: ONNXGraph.Node) throws -> (weight: ONNXTensor, bias: [Float], output: String) {
+        var weight = try constant(node, input: 1, "weight")
+        guard weight.dims.count == 2, weight.dims.allSatisfy({ $0 > 0 }) else {
+            throw notResNet("\(node.label) is not a classifier over the pooled features")
+        }
+        if node.opType == "Gemm" {
+            guard (node.int("transA") ?? 0) == 0 else { throw notResNet("\(node.label) transposes its input") }
+            if (node.int("transB") ?? 0) == 0 { weight = transposed(weight) }
+            let alpha = node.attributes["alpha"]?.float ?? 1, beta = node.attributes["beta"]?.float ?? 1
+            weight.values = weight.values.map { $0 * alpha }
+            let outputs = weight.dims[0]
+            var bias = [Float](repeating: 0, count: outputs)
+            if node.inputs.count > 2 && !node.inputs[2].isEmpty {
+                let c = try constant(node, input: 2, "bias")
+                guard c.values.count == outputs || c.values.count == 1 else { throw fail("\(node.label): bias has \(c.values.count) values for \(outputs) outputs") }
+                bias = c.values.count == outputs ? c.values.map { $0 * beta } : [Float](repeating: c.values[0] * beta, count: outputs)
+            }
+            return (weight, bias, node.outputs.first ?? "")
+        }
+        // MatMul(x, W[in, out]) then Add(bias)
+        weight = transposed(weight)
+        let add = try next(node.outputs.first ?? "", after: node.label, expected: ["Add"])
+        guard let biasName = add.inputs.first(where: { constants[$0] != nil }), let b = constants[biasName],
+              b.values.count == weight.dims[0] else {
+            throw notResNet("\(add.label) does not add a bias of \(weight.dims[0]) values")
+        }
+        return (weight, b.values, add.outputs.first ?? "")
+    }
+
+    /// A BatchNormalization over [batch, features] (BatchNorm1d), its variance converted to the model's epsilon.
+    private func batchNorm1d(_ node: ONNXGraph.Node, epsilon: Float) throws -> (params: [[Float]], output: String) {
+        let values = try (1...4).map { try constant(node, input: $0, ["", "scale", "bias", "mean", "variance"][$0]).values }
+        guard Set(values.map(\.count)).count == 1 else { throw fail("\(node.label): its parameters differ in length") }
+        let fileEpsilon = node.attributes["epsilon"]?.float ?? 1e-5
+        return ([values[0], values[1], values[2], values[3].map { $0 + fileEpsilon - epsilon }], node.outputs.first ?? "")
+    }
+
+    /// Pooling → optional flatten → the head: Gemm or MatMul + Add (torchvision's fc), or the seed's MLP head
+    /// [BatchNormalization] Linear Relu [BatchNormalization] Linear, with BatchNorm1d kept or folded into the
+    /// Linear layers (as export-onnx writes it; an identity BatchNorm1d is put in its place).
+    private func classifier(after x: String, into network: inout ONNXNetwork) throws {
         let pool = try next(x, after: "the last block", expected: ["GlobalAveragePool", "ReduceMean", "AveragePool"])
         if pool.opType == "ReduceMean" {
             var axes = pool.ints("axes") ?? []
             if axes.isEmpty, pool.inputs.count > 1 { axes = try constant(pool, input: 1, "axes").values.compactMap { Int(exactly: $0) } }
             guard Set(axes.map { $0 < 0 ? $0 + 4 : $0 }) == [2, 3] else { throw notResNet("\(pool.label) averages over axes \(axes), expected the spatial axes") }
         }
+        let layerOps: Set<String> = ["Gemm", "MatMul", "BatchNormalization", "Relu"]
         var value = pool.outputs.first ?? ""
-        var node = try next(value, after: pool.label, expected: ["Flatten", "Reshape", "Squeeze", "Gemm", "MatMul"])
+        var node = try next(value, after: pool.label, expected: layerOps.union(["Flatten", "Reshape", "Squeeze"]))
         while ["Flatten", "Reshape", "Squeeze"].contains(node.opType) {
             value = node.outputs.first ?? ""
-            node = try next(value, after: node.label, expected: ["Flatten", "Reshape", "Squeeze", "Gemm", "MatMul"])
+            node = try next(value, after: node.label, expected: layerOps.union(["Flatten", "Reshape", "Squeeze"]))
         }
-        var weight = try constant(node, input: 1, "weight")
-        guard weight.dims.count == 2, weight.dims.allSatisfy({ $0 > 0 }) else {
-            throw notResNet("\(node.label) is not a classifier over the pooled features")
+        enum Layer { case linear(ONNXTensor, [Float]), batchNorm([[Float]]), relu }
+        var layers: [Layer] = []
+        var labels: [String] = []
+        while true {
+            guard layers.count < 16 else { throw notResNet("the classifier has more than 16 layers") }
+            labels.append(node.label)
+            switch node.opType {
+            case "Gemm", "MatMul":
+                let (w, b, out) = try linear(node)
+                layers.append(.linear(w, b))
+                value = out
+            case "BatchNormalization":
+                let (params, out) = try batchNorm1d(node, epsilon: network.epsilon)
+                layers.append(.batchNorm(params))
+                value = out
+            default:
+                layers.append(.relu)
+                value = node.outputs.first ?? ""
+            }
+            let after = readers(of: value)
+            if after.isEmpty { break }
+            node = try next(value, after: node.label, expected: layerOps)
         }
-        var bias: [Float]
-        var output: String
-        if node.opType == "Gemm" {
-            guard (node.int("transA") ?? 0) == 0 else { throw notResNet("\(node.label) transposes its input") }
-            if (node.int("transB") ?? 0) == 0 { weight = transposed(weight) }
-            let alpha = node.attributes["alpha"]?.float ?? 1, beta = node.attributes["beta"]?.float ?? 1
-            weight.values = weight.values.map { $0 * alpha }
-            let classes = weight.dims[0]
-            if node.inputs.count > 2 && !node.inputs[2].isEmpty {
-                let c = try constant(node, input: 2, "bias")
-                guard c.values.count == classes || c.values.count == 1 else { throw fail("\(node.label): bias has \(c.values.count) values for \(classes) classes") }
-                bias = c.values.count == classes ? c.values.map { $0 * beta } : [Float](repeating: c.values[0] * beta, count: classes)
+        let kinds = layers.map { layer -> String in
+            switch layer { case .linear: return "L"; case .batchNorm: return "B"; case .relu: return "R" }
+        }.joined()
+        let features = 8 * network.baseWidth
+        func put(_ name: String, _ w: ONNXTensor, _ b: [Float]) {
+            network.state["\(name).weight"] = Tensor(shape: w.dims, data: w.values)
+            network.state["\(name).bias"] = Tensor(shape: [w.dims[0]], data: b)
+        }
+        func putBatchNorm(_ name: String, _ layer: Layer?, channels: Int) throws {
+            if case .batchNorm(let p)? = layer {
+                guard p[0].count == channels else { throw notResNet("the head's BatchNormalization before \(name == "head.bn1" ? "fc1" : "fc2") has \(p[0].count) channels, expected \(channels)") }
+                for (suffix, values) in zip(["weight", "bias", "running_mean", "running_var"], p) {
+                    network.state["\(name).\(suffix)"] = Tensor(shape: [channels], data: values)
+                }
             } else {
-                bias = [Float](repeating: 0, count: classes)
+                network.state["\(name).weight"] = Tensor(repeating: 1, shape: [channels])
+                network.state["\(name).bias"] = Tensor(zeros: [channels])
+                network.state["\(name).running_mean"] = Tensor(zeros: [channels])
+                network.state["\(name).running_var"] = Tensor(repeating: 1 - network.epsilon, shape: [channels])
             }
-            output = node.outputs.first ?? ""
-        } else {  // MatMul(x, W[in, out]) then Add(bias)
-            weight = transposed(weight)
-            let add = try next(node.outputs.first ?? "", after: node.label, expected: ["Add"])
-            guard let biasName = add.inputs.first(where: { constants[$0] != nil }), let b = constants[biasName],
-                  b.values.count == weight.dims[0] else {
-                throw notResNet("\(add.label) does not add a bias of \(weight.dims[0]) values")
+        }
+        let linears = layers.compactMap { layer -> (ONNXTensor, [Float])? in
+            if case .linear(let w, let b) = layer { return (w, b) } else { return nil }
+        }
+        switch kinds {
+        case "L":
+            let (w, b) = linears[0]
+            guard w.dims[1] == features else { throw notResNet("the classifier reads \(w.dims[1]) features, the backbone gives \(features)") }
+            network.numClasses = w.dims[0]
+            put("fc", w, b)
+        case "LRL", "BLRL", "LRBL", "BLRBL":
+            let (w1, b1) = linears[0], (w2, b2) = linears[1]
+            guard w1.dims[1] == features, w2.dims[1] == w1.dims[0] else {
+                throw notResNet("the head's Linear layers are \(describe(shape: w1.dims)) and \(describe(shape: w2.dims)) over \(features) features")
             }
-            bias = b.values
-            output = add.outputs.first ?? ""
+            let index = kinds.firstIndex(of: "L").map { kinds.distance(from: kinds.startIndex, to: $0) } ?? 0
+            try putBatchNorm("head.bn1", index > 0 ? layers[0] : nil, channels: features)
+            put("head.fc1", w1, b1)
+            try putBatchNorm("head.bn2", kinds.hasSuffix("BL") ? layers[layers.count - 2] : nil, channels: w1.dims[0])
+            put("head.fc2", w2, b2)
+            network.head = .mlp
+            network.hiddenUnits = w1.dims[0]
+            network.numClasses = w2.dims[0]
+            let folded = [index == 0 ? "before fc1" : nil, kinds.hasSuffix("BL") ? nil : "before fc2"].compactMap { $0 }
+            network.headNotes.append("the seed's MLP head (\(labels.joined(separator: ", ")))"
+                + (folded.isEmpty ? "" : "; no BatchNorm1d \(folded.joined(separator: " and ")) (folded into the Linear layers in the file): identity BatchNorm1d put there"))
+        default:
+            throw notResNet("the classifier is \(labels.joined(separator: " → ")): neither a Linear nor the seed's MLP head "
+                            + "([BatchNorm1d] Linear ReLU [BatchNorm1d] Linear)")
         }
-        if let after = readers(of: output).first {
-            if !Self.supported.contains(after.opType) { throw fail("unsupported operator \(after.opType) (node '\(after.name)')") }
-            throw notResNet("\(after.label) follows the classifier")
-        }
-        return (weight, bias)
     }
 
     private func transposed(_ t: ONNXTensor) -> ONNXTensor {
