@@ -23,7 +23,7 @@ final class ONNXRefusalTests: XCTestCase {
 
     func testMobileNetStyleNetwork() {
         assertRefused(ONNXFixtures.path("bad_mobilenet.onnx"),
-                      "not a ResNet-18: the first convolution is 3x3 stride 2 pad 1 over 3 channels; ResNet's stem is 7x7 stride 2 pad 3")
+                      "not a ResNet-18: the first convolution is 3x3 stride 2 over 3 channels; ResNet's stem is 7x7 stride 2 over 3")
     }
 
     func testResNet34HasTooManyBlocks() {

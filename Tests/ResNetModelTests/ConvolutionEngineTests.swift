@@ -19,13 +19,54 @@ final class ConvolutionEngineTests: XCTestCase {
         Case(shape: ConvShape(3, 8, kernel: 7, stride: 2, padding: 3), geometry: Geometry(batch: 2, height: 11, width: 9)),
         Case(shape: ConvShape(4, 8, kernel: 1, stride: 2, padding: 0), geometry: Geometry(batch: 3, height: 7, width: 5)),
         Case(shape: ConvShape(6, 5, kernel: 1, stride: 1, padding: 0), geometry: Geometry(batch: 2, height: 5, width: 4)),
+        // TensorFlow's 'same' at stride 2: one pixel more after than before on even sides, symmetric on odd ones.
+        Case(shape: ConvShape(4, 8, kernel: 3, stride: 2, padding: 1, samePadding: true), geometry: Geometry(batch: 2, height: 8, width: 7)),
+        Case(shape: ConvShape(3, 4, kernel: 7, stride: 2, padding: 3, samePadding: true), geometry: Geometry(batch: 2, height: 10, width: 9)),
+        Case(shape: ConvShape(4, 8, kernel: 3, stride: 1, padding: 1, samePadding: true), geometry: Geometry(batch: 2, height: 6, width: 5)),
     ]
+
+    func testSamePaddingFollowsTensorFlow() {
+        let s = ConvShape(1, 1, kernel: 3, stride: 2, padding: 1, samePadding: true)
+        XCTAssertTrue(s.pads(96) == (0, 1) && s.outputSide(96) == 48)
+        XCTAssertTrue(s.pads(49) == (1, 1) && s.outputSide(49) == 25)
+        let stem = ConvShape(3, 1, kernel: 7, stride: 2, padding: 3, samePadding: true)
+        XCTAssertTrue(stem.pads(96) == (2, 3) && stem.outputSide(96) == 48)
+        XCTAssertTrue(stem.pads(49) == (3, 3) && stem.outputSide(49) == 25)
+        let pointwise = ConvShape(1, 1, kernel: 1, stride: 2, padding: 0, samePadding: true)
+        XCTAssertTrue(pointwise.pads(24) == (0, 0) && pointwise.outputSide(24) == 12)
+        XCTAssertTrue(ConvShape(1, 1, kernel: 3, stride: 2, padding: 1).pads(96) == (1, 1))
+    }
+
+    /// The max pool with TensorFlow's padding: the window of the last output reaches past the bottom edge only.
+    func testSamePaddedMaxPoolMatchesDirectMaximum() {
+        let pool = ConvShape(2, 2, kernel: 3, stride: 2, padding: 1, samePadding: true)
+        let g = Geometry(batch: 1, height: 6, width: 5)
+        var rng = SplitMix64(seed: 3)
+        let x = random(g.pixels * 2, &rng)
+        var y = [Float](repeating: .nan, count: 3 * 3 * 2)
+        let out = x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { maxPool(pool, xp.baseAddress!, g, channels: 2, $0.baseAddress!) }
+        }
+        XCTAssertEqual(out, Geometry(batch: 1, height: 3, width: 3))
+        for oy in 0..<3 {
+            for ox in 0..<3 {
+                for c in 0..<2 {
+                    // Height 6: pads (0, 1); width 5: pads (1, 1).
+                    var best = -Float.infinity
+                    for iy in (oy * 2)...(oy * 2 + 2) where iy < 6 {
+                        for ix in (ox * 2 - 1)...(ox * 2 + 1) where ix >= 0 && ix < 5 { best = max(best, x[(iy * 5 + ix) * 2 + c]) }
+                    }
+                    XCTAssertEqual(y[(oy * 3 + ox) * 2 + c], best)
+                }
+            }
+        }
+    }
 
     func random(_ count: Int, _ rng: inout SplitMix64) -> [Float] { (0..<count).map { _ in rng.nextUnitFloat() * 2 - 1 } }
 
     /// out[n, ho, wo, o] = Σ w[o, i, kh, kw] · x[n, ho·s − p + kh, wo·s − p + kw, i]; weight torchvision layout.
     func direct(_ s: ConvShape, _ x: [Float], _ g: Geometry, _ w: [Float]) -> [Double] {
-        let out = g.output(of: s), k = s.kernel
+        let out = g.output(of: s), k = s.kernel, top = s.pads(g.height).before, left = s.pads(g.width).before
         var y = [Double](repeating: 0, count: out.pixels * s.outChannels)
         for n in 0..<g.batch {
             for ho in 0..<out.height {
@@ -33,10 +74,10 @@ final class ConvolutionEngineTests: XCTestCase {
                     for o in 0..<s.outChannels {
                         var sum = 0.0
                         for kh in 0..<k {
-                            let hi = ho * s.stride - s.padding + kh
+                            let hi = ho * s.stride - top + kh
                             guard hi >= 0, hi < g.height else { continue }
                             for kw in 0..<k {
-                                let wi = wo * s.stride - s.padding + kw
+                                let wi = wo * s.stride - left + kw
                                 guard wi >= 0, wi < g.width else { continue }
                                 for i in 0..<s.inChannels {
                                     sum += Double(w[((o * s.inChannels + i) * k + kh) * k + kw])
@@ -99,6 +140,7 @@ final class ConvolutionEngineTests: XCTestCase {
         var rng = SplitMix64(seed: 12)
         for c in cases {
             let s = c.shape, g = c.geometry, out = g.output(of: s), k = s.kernel
+            let top = s.pads(g.height).before, left = s.pads(g.width).before
             let x = random(g.pixels * s.inChannels, &rng), w = random(s.outChannels * s.patchSize, &rng)
             let dy = random(out.pixels * s.outChannels, &rng)
             // Direct gradients: dW by correlating dy with x, dx by scattering dy through w.
@@ -107,10 +149,10 @@ final class ConvolutionEngineTests: XCTestCase {
                 for ho in 0..<out.height {
                     for wo in 0..<out.width {
                         for kh in 0..<k {
-                            let hi = ho * s.stride - s.padding + kh
+                            let hi = ho * s.stride - top + kh
                             guard hi >= 0, hi < g.height else { continue }
                             for kw in 0..<k {
-                                let wi = wo * s.stride - s.padding + kw
+                                let wi = wo * s.stride - left + kw
                                 guard wi >= 0, wi < g.width else { continue }
                                 for o in 0..<s.outChannels {
                                     let d = Double(dy[((n * out.height + ho) * out.width + wo) * s.outChannels + o])

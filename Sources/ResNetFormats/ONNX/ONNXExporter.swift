@@ -86,7 +86,7 @@ final class ONNXModelBuilder {
         return name
     }
 
-    private enum AttributeValue { case int(Int), ints([Int]), float(Float) }
+    private enum AttributeValue { case int(Int), ints([Int]), float(Float), string(String) }
 
     @discardableResult
     private func node(_ op: String, _ name: String, _ inputs: [String], _ output: String,
@@ -117,6 +117,13 @@ final class ONNXModelBuilder {
                 a.pointee.type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT
                 a.pointee.has_f = 1
                 a.pointee.f = f
+            case .string(let text):
+                let utf8 = Array(text.utf8)
+                let bytes = allocate(UInt8.self, count: utf8.count)
+                bytes.update(from: utf8, count: utf8.count)
+                a.pointee.type = ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING
+                a.pointee.has_s = 1
+                a.pointee.s = ProtobufCBinaryData(len: utf8.count, data: bytes)
             }
             return a
         }
@@ -163,19 +170,23 @@ final class ONNXModelBuilder {
     /// Fills the model from a validated checkpoint.
     func build(_ checkpoint: Checkpoint, opset: Int) {
         let state = checkpoint.state, config = checkpoint.config, eps = config.batchNormEpsilon
+        // TensorFlow's 'same' depends on the input size, which the graph leaves open: auto_pad says it.
+        func padding(_ shape: ConvShape) -> (String, AttributeValue) {
+            shape.samePadding ? ("auto_pad", .string("SAME_UPPER")) : ("pads", .ints(Array(repeating: shape.padding, count: 4)))
+        }
         func conv(_ input: String, _ name: String, _ bn: String, _ shape: ConvShape) -> String {
             let (folded, shift) = foldedConvolution(state, name, batchNorm: bn, shape: shape, epsilon: eps)
             let onnxName = "/" + name.replacingOccurrences(of: ".", with: "/")
             let w = tensor("\(name).weight", shape.weightShape, folded), b = tensor("\(name).bias", [shape.outChannels], shift)
             return node("Conv", "\(onnxName)/Conv", [input, w, b], "\(onnxName)/Conv_output_0",
                         [("kernel_shape", .ints([shape.kernel, shape.kernel])), ("strides", .ints([shape.stride, shape.stride])),
-                         ("pads", .ints(Array(repeating: shape.padding, count: 4))), ("dilations", .ints([1, 1])), ("group", .int(1))])
+                         padding(shape), ("dilations", .ints([1, 1])), ("group", .int(1))])
         }
         let architecture = checkpoint.architecture
         var x = conv("input", "conv1", "bn1", architecture.stem)
         x = node("Relu", "/relu/Relu", [x], "/relu/Relu_output_0")
         x = node("MaxPool", "/maxpool/MaxPool", [x], "/maxpool/MaxPool_output_0",
-                 [("kernel_shape", .ints([3, 3])), ("strides", .ints([2, 2])), ("pads", .ints([1, 1, 1, 1]))])
+                 [("kernel_shape", .ints([3, 3])), ("strides", .ints([2, 2])), padding(architecture.maxPool)])
         for block in architecture.blocks {
             let prefix = "/" + block.name.replacingOccurrences(of: ".", with: "/")
             var y = conv(x, "\(block.name).conv1", "\(block.name).bn1", block.conv1)

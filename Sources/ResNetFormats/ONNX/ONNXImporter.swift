@@ -13,7 +13,8 @@ public enum ONNXImporter {
         let graph = try ONNXGraph.read(path: path)
         var network = try ONNXNetworkMatcher(graph: graph, path: path).match()
         let config = ModelConfig(numClasses: network.numClasses, head: network.head, hiddenUnits: network.hiddenUnits,
-                                 baseWidth: network.baseWidth, batchNormEpsilon: network.epsilon)
+                                 baseWidth: network.baseWidth, batchNormEpsilon: network.epsilon,
+                                 samePadding: network.samePadding)
         do { try Architecture(config).validate(network.state) } catch let error as StateDictError {
             throw FileError(path, "not a ResNet-18 of the shape its stem implies: \(error)")
         }
@@ -99,6 +100,8 @@ struct ONNXNetwork {
     var head = HeadKind.linear, hiddenUnits = 256
     var headNotes: [String] = []
     var epsilon: Float = 1e-5
+    /// Layers padded TensorFlow's way (`ModelConfig.samePadding`).
+    var samePadding: Set<String> = []
     /// BatchNorm names whose convolution had its BatchNorm folded in (identity placeholders until rebuilt).
     var foldedBatchNorms: [String] = []
     var convolutionCount = 0
@@ -112,7 +115,9 @@ struct ONNXNetworkMatcher {
         var node: ONNXGraph.Node
         var weight: ONNXTensor
         var bias: [Float]?
-        var kernel: Int, stride: Int, padding: Int
+        var kernel: Int, stride: Int
+        /// [top, left, bottom, right], or nil with `auto_pad = SAME_UPPER` (TensorFlow's 'same').
+        var pads: [Int]?
         var batchNorm: (gamma: [Float], beta: [Float], mean: [Float], variance: [Float], epsilon: Float)?
         var output: String
         var outChannels: Int { weight.dims[0] }
@@ -224,21 +229,14 @@ struct ONNXNetworkMatcher {
         let kernel = weight.dims[2]
         let strides = node.ints("strides") ?? [1, 1]
         guard strides.count == 2, strides[0] == strides[1] else { throw notResNet("\(node.label) has strides \(strides)") }
-        var pads = node.ints("pads") ?? [0, 0, 0, 0]
-        let autoPad = node.attributes["auto_pad"]?.string ?? "NOTSET"
-        switch autoPad {
-        case "NOTSET", "": break
-        case "VALID": pads = [0, 0, 0, 0]
-        default: throw fail("\(node.label): auto_pad \(autoPad) is not supported (explicit pads are)")
-        }
-        guard pads.count == 4, Set(pads).count == 1 else { throw notResNet("\(node.label) has asymmetric pads \(pads)") }
+        let pads = try pads(node)
         var bias: [Float]?
         if node.inputs.count > 2 && !node.inputs[2].isEmpty {
             let b = try constant(node, input: 2, "bias")
             guard b.values.count == weight.dims[0] else { throw fail("\(node.label): bias has \(b.values.count) values for \(weight.dims[0]) channels") }
             bias = b.values
         }
-        var unit = ConvUnit(node: node, weight: weight, bias: bias, kernel: kernel, stride: strides[0], padding: pads[0],
+        var unit = ConvUnit(node: node, weight: weight, bias: bias, kernel: kernel, stride: strides[0], pads: pads,
                             output: node.outputs.first ?? "")
         let after = readers(of: unit.output)
         if after.count == 1, after[0].opType == "BatchNormalization" {
@@ -256,6 +254,38 @@ struct ONNXNetworkMatcher {
             unit.output = bn.outputs.first ?? ""
         }
         return unit
+    }
+
+    /// A Conv's or MaxPool's padding: explicit `pads` [top, left, bottom, right], or nil for `auto_pad =
+    /// SAME_UPPER` (TensorFlow's 'same', what converters from Keras write). SAME_LOWER puts the extra pixel
+    /// before, which no framework this tool reads from does.
+    func pads(_ node: ONNXGraph.Node) throws -> [Int]? {
+        switch node.attributes["auto_pad"]?.string ?? "NOTSET" {
+        case "NOTSET", "":
+            let pads = node.ints("pads") ?? [0, 0, 0, 0]
+            guard pads.count == 4, pads.allSatisfy({ (0..<64).contains($0) }) else {
+                throw notResNet("\(node.label) has pads \(pads), expected four small non-negative values")
+            }
+            return pads
+        case "VALID": return [0, 0, 0, 0]
+        case "SAME_UPPER": return nil
+        case let other: throw notResNet("\(node.label) has auto_pad \(other) (explicit pads, VALID and SAME_UPPER are read)")
+        }
+    }
+
+    /// Whether a layer's padding is TensorFlow's 'same' (true) or PyTorch's (false) for its input of
+    /// `height` x `width` (nil where the graph leaves the size open); anything else is not ResNet-18.
+    func usesSamePadding(_ pads: [Int]?, _ shape: ConvShape, height: Int?, width: Int?, label: String) throws -> Bool {
+        guard let pads else { return true }
+        if pads == Array(repeating: shape.padding, count: 4) { return false }
+        var same = shape
+        same.samePadding = true
+        if let height, let width {
+            let h = same.pads(height), w = same.pads(width)
+            if pads == [h.before, w.before, h.after, w.after] { return true }
+            throw notResNet("\(label) pads its \(height)x\(width) input by \(pads) (top, left, bottom, right): neither PyTorch's \(shape.padding) on every side nor TensorFlow's 'same' [\(h.before), \(w.before), \(h.after), \(w.after)]")
+        }
+        throw notResNet("\(label) has asymmetric pads \(pads) on an input whose size the graph leaves open: which padding rule they follow cannot be told")
     }
 
     /// Follows `value` through a Relu and returns the Relu's output.
@@ -277,15 +307,16 @@ struct ONNXNetworkMatcher {
         }
         let first = try next(input.name, after: "the input '\(input.name)'", expected: ["Conv"])
         let stem = try convUnit(first)
-        guard stem.kernel == 7, stem.stride == 2, stem.padding == 3, stem.weight.dims[1] == 3, stem.outChannels > 0 else {
-            throw notResNet("the first convolution is \(stem.kernel)x\(stem.kernel) stride \(stem.stride) pad \(stem.padding) over \(stem.weight.dims[1]) channels; ResNet's stem is 7x7 stride 2 pad 3 over 3")
+        guard stem.kernel == 7, stem.stride == 2, stem.weight.dims[1] == 3, stem.outChannels > 0 else {
+            throw notResNet("the first convolution is \(stem.kernel)x\(stem.kernel) stride \(stem.stride) over \(stem.weight.dims[1]) channels; ResNet's stem is 7x7 stride 2 over 3")
         }
         var x = try relu(after: stem.output, stem.node.label)
         let pool = try next(x, after: "the stem", expected: ["MaxPool"])
         guard pool.ints("kernel_shape") == [3, 3], (pool.ints("strides") ?? [1, 1]) == [2, 2],
-              (pool.ints("pads") ?? [0, 0, 0, 0]) == [1, 1, 1, 1], (pool.int("ceil_mode") ?? 0) == 0 else {
-            throw notResNet("\(pool.label) is not a 3x3 stride 2 pad 1 max pool")
+              (pool.int("ceil_mode") ?? 0) == 0 else {
+            throw notResNet("\(pool.label) is not a 3x3 stride 2 max pool")
         }
+        let poolPads = try pads(pool)
         x = pool.outputs.first ?? ""
 
         // Residual blocks until the pooling.
@@ -308,10 +339,35 @@ struct ONNXNetworkMatcher {
         }
         network.epsilon = units.compactMap { $0.batchNorm?.epsilon }.first ?? 1e-5
         network.convolutionCount = units.count
-        for (unit, (conv, bn, shape)) in zip(units, named) {
-            guard unit.kernel == shape.kernel, unit.stride == shape.stride, unit.padding == shape.padding else {
-                throw notResNet("\(conv) (\(unit.node.label)) is \(unit.kernel)x\(unit.kernel) stride \(unit.stride) pad \(unit.padding), expected \(shape.kernel)x\(shape.kernel) stride \(shape.stride) pad \(shape.padding)")
+        // Each layer's padding rule, from its input size where the graph fixes it (Keras converters write the
+        // 'same' padding of their export size as explicit pads).
+        var sides: (height: Int?, width: Int?) = input.dims.count == 4 ? (input.dims[2], input.dims[3]) : (nil, nil)
+        func outputSides(_ shape: ConvShape, _ sides: (height: Int?, width: Int?)) -> (height: Int?, width: Int?) {
+            (sides.height.map { shape.outputSide($0) }, sides.width.map { shape.outputSide($0) })
+        }
+        var blockInput = sides
+        for (unit, (conv, _, var shape)) in zip(units, named) {
+            guard unit.kernel == shape.kernel, unit.stride == shape.stride else {
+                throw notResNet("\(conv) (\(unit.node.label)) is \(unit.kernel)x\(unit.kernel) stride \(unit.stride), expected \(shape.kernel)x\(shape.kernel) stride \(shape.stride)")
             }
+            if conv.hasSuffix(".conv1") || conv.hasSuffix(".downsample.0") { sides = blockInput }
+            shape.samePadding = try usesSamePadding(unit.pads, shape, height: sides.height, width: sides.width,
+                                                         label: "\(conv) (\(unit.node.label))")
+            if shape.samePadding { network.samePadding.insert(conv) }
+            let out = outputSides(shape, sides)
+            if conv == "conv1" {
+                var poolShape = architecture.maxPool
+                poolShape.samePadding = try usesSamePadding(poolPads, poolShape, height: out.height, width: out.width,
+                                                                 label: "the max pool (\(pool.label))")
+                if poolShape.samePadding { network.samePadding.insert(ModelConfig.maxPoolName) }
+                blockInput = outputSides(poolShape, out)
+            } else if conv.hasSuffix(".conv1") {
+                sides = out
+            } else if conv.hasSuffix(".conv2") {
+                blockInput = out
+            }
+        }
+        for (unit, (conv, bn, _)) in zip(units, named) {
             network.state["\(conv).weight"] = Tensor(shape: unit.weight.dims, data: unit.weight.values)
             let channels = unit.outChannels
             if let b = unit.batchNorm {

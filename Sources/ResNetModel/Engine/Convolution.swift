@@ -68,7 +68,7 @@ final class Convolution {
 
     deinit { if ownsWeight { weight.deallocate() } }
 
-    var isPointwise: Bool { shape.kernel == 1 && shape.stride == 1 && shape.padding == 0 }
+    var isPointwise: Bool { shape.kernel == 1 && shape.stride == 1 && (shape.padding == 0 || shape.samePadding) }
 
     /// The algorithm for input `g` when each lane computes `laneImages` images of it. Winograd needs a fixed
     /// weight (a trainable one's backward needs the column matrix anyway) and enough tiles per lane to pay.

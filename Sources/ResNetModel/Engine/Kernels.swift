@@ -80,15 +80,16 @@ func im2col(_ s: ConvShape, _ input: UnsafePointer<Float>, _ g: Geometry, firstR
             _ col: UnsafeMutablePointer<Float>, threads: Int = Parallelism.threads) {
     let out = g.output(of: s)
     let k = s.kernel, cin = s.inChannels, patch = s.patchSize
+    let top = s.pads(g.height).before, left = s.pads(g.width).before
     Parallelism.forEachRange(rows, minimumPerThread: max(1, EngineTuning.copyFloatsPerPart / patch), threads: threads) { range in
         for r in range {
             let p = firstRow + r
             let wo = p % out.width, ho = (p / out.width) % out.height, n = p / (out.width * out.height)
             let dst = col + r * patch
-            let iw0 = wo * s.stride - s.padding
+            let iw0 = wo * s.stride - left
             let kwFirst = max(0, -iw0), kwEnd = min(k, g.width - iw0)
             for kh in 0..<k {
-                let ih = ho * s.stride - s.padding + kh
+                let ih = ho * s.stride - top + kh
                 let rowDst = dst + kh * k * cin
                 guard ih >= 0, ih < g.height, kwEnd > kwFirst else {
                     rowDst.update(repeating: 0, count: k * cin)
@@ -126,15 +127,16 @@ func biasResidualReLU(_ out: UnsafeMutablePointer<Float>, rows: Int, channels: I
     }
 }
 
-/// Max pool 3x3 / 2, padding 1 (padding never wins, as in PyTorch) over NHWC. Returns the output geometry.
-/// The first maximum in scan order wins, as in PyTorch. `window`, when given, receives for each output the tap
-/// (ky·k + kx) of its maximum, for the backward pass.
+/// Max pool over NHWC with window `pool` (3x3 / 2, padding 1 for ResNet; padding never wins, as in PyTorch
+/// and TensorFlow). Returns the output geometry. The first maximum in scan order wins, as in PyTorch. `window`,
+/// when given, receives for each output the tap (ky·k + kx) of its maximum, for the backward pass.
 @discardableResult
-func maxPool3x3s2(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
-                  _ output: UnsafeMutablePointer<Float>, window: UnsafeMutablePointer<UInt8>? = nil,
-                  threads: Int = Parallelism.threads) -> Geometry {
-    let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
-    let oh = Architecture.maxPoolOutputSide(g.height), ow = Architecture.maxPoolOutputSide(g.width)
+func maxPool(_ pool: ConvShape, _ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
+             _ output: UnsafeMutablePointer<Float>, window: UnsafeMutablePointer<UInt8>? = nil,
+             threads: Int = Parallelism.threads) -> Geometry {
+    let k = pool.kernel, s = pool.stride
+    let top = pool.pads(g.height).before, left = pool.pads(g.width).before
+    let oh = pool.outputSide(g.height), ow = pool.outputSide(g.width)
     let outG = Geometry(batch: g.batch, height: oh, width: ow)
     Parallelism.forEachRange(outG.pixels, minimumPerThread: EngineTuning.minimumPoolPixelsPerPart, threads: threads) { range in
         // The valid taps of one output: input rows and their tap numbers (at most k·k).
@@ -143,10 +145,10 @@ func maxPool3x3s2(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
                 let x = p % ow, y = (p / ow) % oh, n = p / (ow * oh)
                 var count = 0
                 for ky in 0..<k {
-                    let iy = y * s - pad + ky
+                    let iy = y * s - top + ky
                     guard iy >= 0, iy < g.height else { continue }
                     for kx in 0..<k {
-                        let ix = x * s - pad + kx
+                        let ix = x * s - left + kx
                         guard ix >= 0, ix < g.width else { continue }
                         taps[count] = (input + ((n * g.height + iy) * g.width + ix) * channels, UInt8(ky * k + kx))
                         count += 1
@@ -213,18 +215,19 @@ func col2imAdd(_ s: ConvShape, _ col: UnsafePointer<Float>, _ g: Geometry, first
                _ dx: UnsafeMutablePointer<Float>) {
     let out = g.output(of: s)
     let k = s.kernel, cin = s.inChannels, patch = s.patchSize, perImage = out.height * out.width
+    let top = s.pads(g.height).before, left = s.pads(g.width).before
     TrainingLanes.forEachRange(images, minimum: 1) { range in
         for i in range {
             let n = firstImage + i
             for q in 0..<perImage {
                 let wo = q % out.width, ho = q / out.width
                 let src = col + (i * perImage + q) * patch
-                let iw0 = wo * s.stride - s.padding
+                let iw0 = wo * s.stride - left
                 let kwFirst = max(0, -iw0), kwEnd = min(k, g.width - iw0)
                 guard kwEnd > kwFirst else { continue }
                 let run = (kwEnd - kwFirst) * cin
                 for kh in 0..<k {
-                    let ih = ho * s.stride - s.padding + kh
+                    let ih = ho * s.stride - top + kh
                     guard ih >= 0, ih < g.height else { continue }
                     let dst = dx + ((n * g.height + ih) * g.width + iw0 + kwFirst) * cin
                     let from = src + (kh * k + kwFirst) * cin

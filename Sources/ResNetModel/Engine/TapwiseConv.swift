@@ -46,14 +46,15 @@ struct TapwiseConv {
         inputArea = height * width
         outputArea = outHeight * outWidth
         var taps: [Tap] = [], offset = 0
+        let top = shape.pads(height).before, left = shape.pads(width).before
         for index in 0..<(shape.kernel * shape.kernel) {
             let kh = index / shape.kernel, kw = index % shape.kernel
             var outputs: [Int32] = [], inputs: [Int32] = []
             for ho in 0..<outHeight {
-                let hi = ho * shape.stride - shape.padding + kh
+                let hi = ho * shape.stride - top + kh
                 guard hi >= 0, hi < height else { continue }
                 for wo in 0..<outWidth {
-                    let wi = wo * shape.stride - shape.padding + kw
+                    let wi = wo * shape.stride - left + kw
                     guard wi >= 0, wi < width else { continue }
                     outputs.append(Int32(ho * outWidth + wo))
                     inputs.append(Int32(hi * width + wi))
@@ -76,10 +77,10 @@ struct TapwiseConv {
     /// The share of im2col's (pixel, tap) products that read inside the image: rows and columns independently.
     static func usefulFraction(_ s: ConvShape, input g: Geometry) -> Double {
         func along(_ side: Int) -> Double {
-            let outputs = s.outputSide(side)
+            let outputs = s.outputSide(side), before = s.pads(side).before
             var valid = 0
             for o in 0..<outputs {
-                for k in 0..<s.kernel where (0..<side).contains(o * s.stride - s.padding + k) { valid += 1 }
+                for k in 0..<s.kernel where (0..<side).contains(o * s.stride - before + k) { valid += 1 }
             }
             return Double(valid) / Double(outputs * s.kernel)
         }

@@ -142,9 +142,10 @@ struct WinogradConv {
         supports(s) && coversWell(g) && tiles(g) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels
     }
 
-    /// Whether F(2x2, 3x3) as implemented here applies: 3x3, stride 1, padding 1, channels in fours.
+    /// Whether F(2x2, 3x3) as implemented here applies: 3x3, stride 1, padding 1 (which 'same' is at stride 1),
+    /// channels in fours.
     static func supports(_ s: ConvShape) -> Bool {
-        s.kernel == 3 && s.stride == 1 && s.padding == 1 && s.inChannels % 4 == 0 && s.outChannels % 4 == 0
+        s.kernel == 3 && s.stride == 1 && (s.padding == 1 || s.samePadding) && s.inChannels % 4 == 0 && s.outChannels % 4 == 0
     }
 
     @inline(__always)

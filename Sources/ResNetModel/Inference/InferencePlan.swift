@@ -188,7 +188,7 @@ public final class InferencePlan {
         let threads = if case .caller(let t) = split { t } else { Parallelism.threads }
         // Stem: conv1 + bn1 + ReLU → buffer 0, max pool → buffer 1.
         var g = run(stem, "bn1", images, input, buf[0], residual: nil, relu: true)
-        g = maxPool3x3s2(buf[0], g, channels: stem.shape.outChannels, buf[1], threads: threads)
+        g = maxPool(architecture.maxPool, buf[0], g, channels: stem.shape.outChannels, buf[1], threads: threads)
         // Blocks rotate through four buffers: x (input), t (after conv1), d (downsample), y (output).
         var x = 1, free = [0, 2, 3]
         for block in blocks {

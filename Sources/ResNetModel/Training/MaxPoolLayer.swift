@@ -1,20 +1,20 @@
-/// Max pool 3x3/2 pad 1; forward records which tap of each window won, backward routes each output gradient
-/// to that input.
+/// Max pool (the stem's 3x3/2 pad 1); forward records which tap of each window won, backward routes each
+/// output gradient to that input.
 final class MaxPoolLayer {
-    let channels: Int
+    let pool: ConvShape
+    var channels: Int { pool.outChannels }
     let output = FloatBuffer(), inputGradient = FloatBuffer()
     private var window = UnsafeMutableBufferPointer<UInt8>(start: nil, count: 0)
     private var windowRecorded = false
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
     private var outputGeometry = Geometry(batch: 0, height: 0, width: 0)
 
-    init(channels: Int) { self.channels = channels }
+    init(_ pool: ConvShape) { self.pool = pool }
     deinit { window.deallocate() }
 
     /// `recordWindow`: keep what backward needs (a forward whose backward stops before this layer need not).
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, recordWindow: Bool) -> (UnsafeMutablePointer<Float>, Geometry) {
-        let out = Geometry(batch: g.batch, height: Architecture.maxPoolOutputSide(g.height),
-                           width: Architecture.maxPoolOutputSide(g.width))
+        let out = Geometry(batch: g.batch, height: pool.outputSide(g.height), width: pool.outputSide(g.width))
         let count = out.pixels * channels
         if recordWindow && window.count < count {
             window.deallocate()
@@ -25,9 +25,9 @@ final class MaxPoolLayer {
         let inputImage = g.height * g.width * channels, outputImage = out.height * out.width * channels
         TrainingLanes.forEachRange(g.batch, minimum: 1) { images in
             let first = images.lowerBound
-            maxPool3x3s2(x + first * inputImage, Geometry(batch: images.count, height: g.height, width: g.width),
-                         channels: channels, y + first * outputImage,
-                         window: recordWindow ? window.baseAddress! + first * outputImage : nil, threads: 1)
+            maxPool(pool, x + first * inputImage, Geometry(batch: images.count, height: g.height, width: g.width),
+                    channels: channels, y + first * outputImage,
+                    window: recordWindow ? window.baseAddress! + first * outputImage : nil, threads: 1)
         }
         windowRecorded = recordWindow
         inputGeometry = g
@@ -39,7 +39,7 @@ final class MaxPoolLayer {
     func backward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
         precondition(windowRecorded, "max pool backward after a forward that did not record its windows")
         let g = inputGeometry, out = outputGeometry, c = channels
-        let k = Architecture.maxPoolKernel, s = Architecture.maxPoolStride, pad = Architecture.maxPoolPadding
+        let k = pool.kernel, s = pool.stride, top = pool.pads(g.height).before, left = pool.pads(g.width).before
         let dx = inputGradient.reserve(g.pixels * c)
         dx.update(repeating: 0, count: g.pixels * c)
         // Offset of each tap from its window's top-left corner, in floats.
@@ -49,7 +49,7 @@ final class MaxPoolLayer {
             TrainingLanes.forEachRange(out.batch, minimum: 1) { range in
                 for p in (range.lowerBound * perImage)..<(range.upperBound * perImage) {
                     let x = p % out.width, y = (p / out.width) % out.height, n = p / perImage
-                    let corner = ((n * g.height + y * s - pad) * g.width + x * s - pad) * c
+                    let corner = ((n * g.height + y * s - top) * g.width + x * s - left) * c
                     let grad = dy + p * c, tap = taps + p * c
                     for j in 0..<c { dx[corner + tapOffsets[Int(tap[j])] + j] += grad[j] }
                 }

@@ -78,7 +78,7 @@ public final class TrainableResNet {
         }
         stemConv = conv("conv1", architecture.stem)
         stemBN = bn("bn1", relu: true)
-        maxPool = MaxPoolLayer(channels: architecture.stem.outChannels)
+        maxPool = MaxPoolLayer(architecture.maxPool)
         blocks = architecture.blocks.map { b in
             let c1 = conv("\(b.name).conv1", b.conv1), n1 = bn("\(b.name).bn1", relu: true)
             let c2 = conv("\(b.name).conv2", b.conv2), n2 = bn("\(b.name).bn2", relu: true)
