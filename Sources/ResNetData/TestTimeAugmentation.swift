@@ -5,7 +5,8 @@ import Foundation
 /// patch's label (it depends on the centre region only):
 ///   1: identity; 2: + horizontal flip; 4: + vertical flip, 180° rotation;
 ///   8: all eight (the four rotations, each also flipped horizontally).
-/// All views of a batch go through the network as one batch (two when a non-square input is transposed).
+/// The views of a batch go through the network together, in calls of at most `maxBatch` images (so memory stays
+/// that of one such batch) that never mix the geometries of a non-square input and its transpose.
 public final class TestTimeAugmentation {
     /// One view: transpose first (for 90° rotations), then flip rows (vertical flip) and/or columns (horizontal).
     public struct View: Equatable, Sendable {
@@ -57,16 +58,18 @@ public final class TestTimeAugmentation {
 
     /// The mean over the views of the logits that `classify(images, count, height, width, logits)` computes
     /// (logits [count, classes] for images [count, height, width, 3]); writes logits [count, classes].
+    /// `classify` is called on at most `maxBatch` images at a time.
     public func meanLogits(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, classes: Int,
-                           into logits: UnsafeMutablePointer<Float>,
+                           maxBatch: Int = .max, into logits: UnsafeMutablePointer<Float>,
                            classify: (UnsafePointer<Float>, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+        precondition(maxBatch >= 1, "maxBatch must be positive")
         guard views.count > 1 else { return classify(images, count, height, width, logits) }
         let imageSize = height * width * 3
         if scratch.count < views.count * count * imageSize { scratch = [Float](repeating: 0, count: views.count * count * imageSize) }
         if viewLogits.count < views.count * count * classes { viewLogits = [Float](repeating: 0, count: views.count * count * classes) }
         scratch.withUnsafeMutableBufferPointer { batch in
             viewLogits.withUnsafeMutableBufferPointer { out in
-                // views[0..<4] keep the geometry, views[4...] transpose it: one batch for square inputs, else two.
+                // views[0..<4] keep the geometry, views[4...] transpose it: one group for square inputs, else two.
                 let groups = height == width || views.count <= 4 ? [0..<views.count] : [0..<4, 4..<views.count]
                 for range in groups {
                     for v in range {
@@ -74,8 +77,11 @@ public final class TestTimeAugmentation {
                                    into: batch.baseAddress! + v * count * imageSize)
                     }
                     let (h, w) = views[range.lowerBound].transpose ? (width, height) : (height, width)
-                    classify(batch.baseAddress! + range.lowerBound * count * imageSize, range.count * count, h, w,
-                             out.baseAddress! + range.lowerBound * count * classes)
+                    let first = range.lowerBound * count, end = range.upperBound * count
+                    for start in stride(from: first, to: end, by: maxBatch) {
+                        classify(batch.baseAddress! + start * imageSize, min(maxBatch, end - start), h, w,
+                                 out.baseAddress! + start * classes)
+                    }
                 }
                 for i in 0..<(count * classes) {
                     var sum: Float = 0

@@ -155,7 +155,7 @@ struct BatchInfer: ParsableCommand {
             if batch.count > 0 {
                 logits.withUnsafeMutableBufferPointer { out in
                     augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                            width: batch.width, classes: classes, into: out.baseAddress!) {
+                                            width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: out.baseAddress!) {
                         plan.run(images: $0, count: $1, height: $2, width: $3, logits: $4)
                     }
                 }

@@ -67,7 +67,7 @@ struct Evaluate: ParsableCommand {
             var out = [Float](repeating: 0, count: batch.count * classes)
             out.withUnsafeMutableBufferPointer {
                 augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                        width: batch.width, classes: classes, into: $0.baseAddress!) {
+                                        width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: $0.baseAddress!) {
                     plan.run(images: $0, count: $1, height: $2, width: $3, logits: $4)
                 }
             }

@@ -34,9 +34,10 @@ final class TestTimeAugmentationTests: XCTestCase {
     }
 
     /// The mean over views equals classifying each view alone and averaging, for square and non-square inputs,
-    /// and the views go through the network in one batch (two when a non-square input is transposed).
+    /// and the views go through the network in one batch (two when a non-square input is transposed), or in
+    /// batches of at most `maxBatch` images.
     func testMeanLogitsAverageTheViewsInOneOrTwoBatches() {
-        for (height, width, calls) in [(3, 3, 1), (2, 3, 2)] {
+        for (height, width, maxBatch, calls) in [(3, 3, Int.max, 1), (2, 3, Int.max, 2), (3, 3, 3, 6), (2, 3, 3, 6)] {
             let count = 2, classes = 2
             let images = image(height: height, width: width) + image(height: height, width: width).map { $0 * 0.5 + 7 }
             // A position-dependent "network": logit k = Σ pixel · (1 + y + k·x), per image.
@@ -54,10 +55,14 @@ final class TestTimeAugmentationTests: XCTestCase {
             images.withUnsafeBufferPointer { src in
                 mean.withUnsafeMutableBufferPointer { out in
                     tta.meanLogits(images: src.baseAddress!, count: count, height: height, width: width, classes: classes,
-                                   into: out.baseAddress!) { batches += 1; classify($0, $1, $2, $3, $4) }
+                                   maxBatch: maxBatch, into: out.baseAddress!) {
+                        XCTAssertLessThanOrEqual($1, maxBatch)
+                        batches += 1
+                        classify($0, $1, $2, $3, $4)
+                    }
                 }
             }
-            XCTAssertEqual(batches, calls, "\(height)x\(width)")
+            XCTAssertEqual(batches, calls, "\(height)x\(width), at most \(maxBatch) per batch")
             var expected = [Float](repeating: 0, count: count * classes)
             for v in tta.views {
                 var viewed = [Float](repeating: 0, count: images.count), logits = [Float](repeating: 0, count: count * classes)
