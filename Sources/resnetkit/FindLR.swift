@@ -100,6 +100,7 @@ struct FindLR: ParsableCommand {
     func validate() throws {
         guard startLR > 0, endLR > startLR else { throw ValidationError("--start-lr must be positive and below --end-lr") }
         guard steps >= 10 else { throw ValidationError("--steps must be at least 10") }
+        if let plot, let csv, plot == csv { throw ValidationError("--plot and --csv name the same file") }
     }
 
     /// fine-tune with the same recipe options: its data loading, new head and checks.

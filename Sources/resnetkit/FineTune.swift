@@ -119,7 +119,7 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("early-stop"), help: ArgumentHelp("End a phase when --monitor has not improved for N epochs of it.", valueName: "N"))
     var earlyStop: Int?
 
-    @Option(name: .customLong("class-weights"), help: ArgumentHelp("Per-class weights of the training loss (PyTorch's CrossEntropyLoss(weight=)): none, balanced (n / (K·n_k) from the training labels) or one number per class.", valueName: "none|balanced|W0,W1,…"))
+    @Option(name: .customLong("class-weights"), help: ArgumentHelp("Per-class weights of the training loss (PyTorch's CrossEntropyLoss(weight=)): none, balanced (n / (K·n_k) from the training labels) or one positive number per class.", valueName: "none|balanced|W0,W1,…"))
     var classWeights = ClassWeighting.none
 
     @Option(help: "Seed for the split, the order, the augmentation, dropout and the new head.")

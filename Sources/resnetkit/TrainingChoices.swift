@@ -30,8 +30,8 @@ enum ClassWeighting: ExpressibleByArgument, Equatable {
         case "balanced": self = .balanced
         default:
             let values = argument.split(separator: ",", omittingEmptySubsequences: false).map { Float($0.trimmingCharacters(in: .whitespaces)) }
-            guard values.count >= 2, values.allSatisfy({ $0 != nil && $0! >= 0 && $0!.isFinite }),
-                  values.contains(where: { $0! > 0 }) else { return nil }
+            // Positive weights only: a zero weight would make a batch of that class alone 0 / 0.
+            guard values.count >= 2, values.allSatisfy({ $0 != nil && $0! > 0 && $0!.isFinite }) else { return nil }
             self = .explicit(values.map { $0! })
         }
     }

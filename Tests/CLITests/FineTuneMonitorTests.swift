@@ -66,6 +66,21 @@ final class FineTuneMonitorTests: XCTestCase, UsesDefaultFixtures {
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: report)) as? [String: Any])
         XCTAssertEqual(json["loss"] as? Double ?? -1, rows[best].valLoss, accuracy: 2e-6, "the checkpoint holds the best epoch's weights")
 
+        // --monitor val_auc: the checkpoint scores the history's highest val_auc.
+        let auc = dir.appendingPathComponent("auc.safetensors"), aucHistory = dir.appendingPathComponent("auc.csv")
+        let byAUC = try CLI.run(arguments(labels, out: auc, ["--head-epochs", "4", "--finetune-epochs", "3", "--keep", "best",
+                                                             "--monitor", "val_auc", "--history", aucHistory.path, "--quiet"]))
+        XCTAssertEqual(byAUC.status, 0, byAUC.stderr)
+        let aucRows = try epochRows(aucHistory)
+        let bestAUC = aucRows.indices.max { aucRows[$0].valAUC < aucRows[$1].valAUC || (aucRows[$0].valAUC == aucRows[$1].valAUC && $0 > $1) }!
+        let aucRecord = try monitorRecord(auc)
+        XCTAssertEqual(aucRecord["epoch"] as? Int, aucRows[bestAUC].epoch)
+        XCTAssertEqual(aucRecord["phase"] as? Int, aucRows[bestAUC].phase)
+        let aucReport = dir.appendingPathComponent("auc.json")
+        XCTAssertEqual(try CLI.run(["evaluate", Self.images.path, "--labels", labels.valid, "--model", auc.path, "--report", aucReport.path, "--quiet"]).status, 0)
+        let aucJSON = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: aucReport)) as? [String: Any])
+        XCTAssertEqual(aucJSON["roc_auc"] as? Double ?? -1, aucRows[bestAUC].valAUC, accuracy: 1e-6)
+
         // --keep last (the default) holds the last epoch and says so.
         let last = dir.appendingPathComponent("last.safetensors")
         XCTAssertEqual(try CLI.run(arguments(labels, out: last, ["--head-epochs", "4", "--finetune-epochs", "3", "--quiet"])).status, 0)
@@ -170,7 +185,7 @@ final class FineTuneMonitorTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(try Checkpoint.load(path: out.path).extra["resnetkit.fine-tune.class-weights"], "1.0,3.0")
 
         for (value, message) in [("1,2,3", "--class-weights gives 3 weights for 2 classes"), ("1,x", "--class-weights"),
-                                 ("0,0", "--class-weights")] {
+                                 ("0,1", "--class-weights"), ("-1,2", "--class-weights")] {
             let bad = try CLI.run(["fine-tune", Self.images.path, "--labels", labels.train, "--from", Self.model,
                                    "--out", dir.appendingPathComponent("bad.safetensors").path, "--class-weights", value])
             XCTAssertNotEqual(bad.status, 0, value)

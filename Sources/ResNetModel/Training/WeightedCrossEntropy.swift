@@ -8,6 +8,7 @@ func weightedCrossEntropy(_ logits: UnsafePointer<Float>, labels: [Int], classes
     guard let weights else { return crossEntropy(logits, labels: labels, classes: classes, gradient: gradient) }
     precondition(weights.count == classes, "one class weight per class")
     let total = labels.reduce(0.0) { $0 + Double(weights[$1]) }
+    precondition(total > 0, "class weights must be positive")
     var loss: Double = 0
     for (n, label) in labels.enumerated() {
         let row = logits + n * classes, g = gradient + n * classes
