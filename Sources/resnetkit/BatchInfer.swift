@@ -13,7 +13,8 @@ struct BatchInfer: ParsableCommand {
         discussion: """
             Output: header id,logit_0,…,logit_{K-1},label (label = index of the largest logit); --probs adds \
             prob_0,… (softmax) before label; --format kaggle writes id,label with label = probability of class 1. \
-            id = file name without extension (with --recursive, the path below the folder given).
+            With --tta N the logits are the mean over N views of each image, and label, probabilities and the \
+            Kaggle column derive from that mean. id = file name without extension (with --recursive, the path below the folder given).
 
             Rows are appended batch by batch in enumeration order (readdir order sorted within chunks of 4096 \
             entries, sub-folders after files), so an interrupted file holds complete rows plus at most one torn \
@@ -54,6 +55,9 @@ struct BatchInfer: ParsableCommand {
 
     @Option(name: .customLong("batch-size"), help: "Images per GEMM batch.")
     var batchSize = 64
+
+    @Option(help: TTAViews.help)
+    var tta = TTAViews.one
 
     @Option(help: "Threads: lanes that each run the network on a share of every batch, and decoders (default: all cores).")
     var threads: Int?
@@ -145,12 +149,15 @@ struct BatchInfer: ParsableCommand {
         if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
 
         var logits = [Float](repeating: 0, count: batchSize * classes)
+        let augmentation = TestTimeAugmentation(viewCount: tta.rawValue)!
         var processed = 0, failed = errorLog.existingRecords.count
         while let batch = loader.next() {
             if batch.count > 0 {
                 logits.withUnsafeMutableBufferPointer { out in
-                    plan.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
-                             logits: out.baseAddress!)
+                    augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
+                                            width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: out.baseAddress!) {
+                        plan.run(images: $0, count: $1, height: $2, width: $3, logits: $4)
+                    }
                 }
                 try output.write(rows(batch.ids, logits, classes: classes))
                 processed += batch.count

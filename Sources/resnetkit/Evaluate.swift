@@ -10,7 +10,8 @@ struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Score a model on labelled images: loss, accuracy, confusion matrix, precision/recall/F1, ROC AUC.",
         discussion: """
-            Images are classified with the model's own preprocessing (eval mode). Only images with a label are \
+            Images are classified with the model's own preprocessing (eval mode); with --tta N every figure comes \
+            from the mean logits over N views of each image. Only images with a label are \
             scored; unreadable images are reported and skipped. For two classes, class 1 is the positive class: \
             ROC AUC and average precision are computed from P(class 1), and --plots writes roc.svg and pr.svg. \
             The JSON report holds accuracy, loss, confusion_matrix (rows: true class, columns: predicted), \
@@ -35,6 +36,9 @@ struct Evaluate: ParsableCommand {
     @Option(name: .customLong("batch-size"), help: "Images per batch.")
     var batchSize = 64
 
+    @Option(help: TTAViews.help)
+    var tta = TTAViews.one
+
     @Flag(help: "Descend into sub-folders.")
     var recursive = false
 
@@ -55,14 +59,17 @@ struct Evaluate: ParsableCommand {
                                        workers: max(1, ProcessInfo.processInfo.activeProcessorCount),
                                        accept: { labelOf[$0.id] != nil })
         let progress = ProgressBar(label: "evaluate")
+        let augmentation = TestTimeAugmentation(viewCount: tta.rawValue)!
         var logits: [Float] = [], truth: [Int] = [], failures: [ImageFailure] = []
         while let batch = loader.next() {
             failures += batch.failures
             guard batch.count > 0 else { continue }
             var out = [Float](repeating: 0, count: batch.count * classes)
             out.withUnsafeMutableBufferPointer {
-                plan.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
-                         logits: $0.baseAddress!)
+                augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
+                                        width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: $0.baseAddress!) {
+                    plan.run(images: $0, count: $1, height: $2, width: $3, logits: $4)
+                }
             }
             logits += out
             truth += batch.ids.map { labelOf[$0]! }

@@ -26,6 +26,13 @@ struct FineTune: ParsableCommand {
             The checkpoint is written atomically after every epoch, with the optimizer state beside it in \
             <out>.resume.safetensors; --resume continues an interrupted run from the last finished epoch (same \
             options, same seed: same result). Images are decoded once and kept in memory as 8-bit RGB.
+            For two classes the epoch line and the history add val_auc (ROC AUC from P(class 1)).
+            --keep best: the checkpoint holds the epoch with the best --monitor figure so far (over both phases), \
+            and the next phase starts from those weights (as Keras' restore_best_weights); its metadata \
+            (resnetkit.fine-tune.monitor) names the phase, epoch and value. --early-stop N ends a phase once the \
+            figure has not improved on that phase's best for N epochs; each phase gets its own patience.
+            --class-weights weights the training loss only (val_loss stays the plain mean, comparable across \
+            runs); the weights are printed and stored in the checkpoint (resnetkit.fine-tune.class-weights).
             """)
 
     @Argument(help: "Folder of training images (<id>.tif).")
@@ -103,6 +110,18 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("train (default, the seed's) or eval (Keras'): see above.", valueName: "train|eval"))
     var frozenBN = "train"
 
+    @Option(help: ArgumentHelp("The validation figure that picks the best epoch (--keep best) and drives --early-stop; val_auc needs two classes.", valueName: "val_loss|val_acc|val_auc"))
+    var monitor = MonitorChoice.valLoss
+
+    @Option(help: ArgumentHelp("Which weights the checkpoint holds: the last epoch's (the seed's) or the best by --monitor (see above).", valueName: "last|best"))
+    var keep = KeepChoice.last
+
+    @Option(name: .customLong("early-stop"), help: ArgumentHelp("End a phase when --monitor has not improved for N epochs of it.", valueName: "N"))
+    var earlyStop: Int?
+
+    @Option(name: .customLong("class-weights"), help: ArgumentHelp("Per-class weights of the training loss (PyTorch's CrossEntropyLoss(weight=)): none, balanced (n / (K·n_k) from the training labels) or one positive number per class.", valueName: "none|balanced|W0,W1,…"))
+    var classWeights = ClassWeighting.none
+
     @Option(help: "Seed for the split, the order, the augmentation, dropout and the new head.")
     var seed: UInt64 = 0
 
@@ -163,6 +182,7 @@ struct FineTune: ParsableCommand {
         guard let mode = FrozenBatchNormMode(rawValue: frozenBN) else { throw UsageError("--frozen-bn must be train or eval, not '\(frozenBN)'") }
         if let normalize, Normalization(rawValue: normalize) == nil { throw UsageError("--normalize must be imagenet or none, not '\(normalize)'") }
         if let channelOrder, ChannelOrder(rawValue: channelOrder) == nil { throw UsageError("--channel-order must be rgb or bgr, not '\(channelOrder)'") }
+        try validateMonitoring()
         return (headKind, mode)
     }
 
@@ -209,21 +229,44 @@ struct FineTune: ParsableCommand {
         }
         Console.info("fine-tune: \(train.count) training and \(valid?.count ?? 0) validation images, classes \(classNames.joined(separator: ", "))")
 
-        let model = try TrainableResNet(architecture: checkpoint.architecture, state: checkpoint.state)
-        model.frozenBatchNorm = frozenMode
+        let resumed = resume && start.epoch > 0 ? checkpoint : nil
+        var tracker = try startMonitor(resumed: resumed, classNames: classNames)
+        let lossWeights = try lossWeights(trainingLabels: train.labels, classNames: classNames, resumed: resumed)
+        func makeModel(_ state: StateDict) throws -> TrainableResNet {
+            let model = try TrainableResNet(architecture: checkpoint.architecture, state: state)
+            model.frozenBatchNorm = frozenMode
+            model.classWeights = lossWeights
+            return model
+        }
+        var model = try makeModel(checkpoint.state)
+        // --keep best: the best weights so far (what the checkpoint holds); within a phase, training goes on from the last.
+        var bestState: StateDict? = keep == .best && resumed != nil ? checkpoint.state : nil
+        var held: (phase: Int, epoch: Int, value: Double?) = (0, 0, nil)
+        if let resumed, let text = resumed.extra[Self.monitorKey], let record = try? JSONDecoder().decode(MonitorRecord.self, from: Data(text.utf8)) {
+            held = (record.phase, record.epoch, record.value)
+        }
         var historyLog = try HistoryLog(path: history, resumeAfter: resume ? (start.phase, start.epoch) : nil)
         let stepsPerEpoch = max(1, train.count / batchSize)
         let side = crop > 0 ? crop : min(train.width, train.height)
         var batchBuffer = [Float](repeating: 0, count: batchSize * side * side * 3)
 
         for (phaseIndex, phase) in phases.enumerated() where phaseIndex >= start.phase && phase.epochs > 0 {
+            let firstEpoch = phaseIndex == start.phase ? start.epoch : 0
+            let phaseOver = firstEpoch >= phase.epochs || tracker.stoppedPhases.contains(phaseIndex)
+            if keep == .best && !phaseOver {
+                if firstEpoch == 0, let bestState {
+                    model = try makeModel(bestState)  // a new phase starts from the best weights
+                } else if firstEpoch > 0 {
+                    model = try makeModel(try Self.lastModelState(sidecar: sidecar(start.epoch)))
+                }
+            }
+            if firstEpoch == 0 { tracker.startPhase() }
             model.setBackboneFrozen(phase.frozenBackbone)
             // Each phase gets a fresh optimizer, as the seed builds a new one.
             let optimizer = AdamW(parameters: model.parameters, lr: phase.lr, weightDecay: phase.weightDecay)
             let schedule = OneCycleSchedule(maxLR: phase.maxLR, totalSteps: phase.epochs * stepsPerEpoch)
-            let firstEpoch = phaseIndex == start.phase ? start.epoch : 0
             // A finished phase needs no optimizer state: the next one starts afresh.
-            if firstEpoch > 0 && firstEpoch < phase.epochs {
+            if firstEpoch > 0 && !phaseOver {
                 let path = sidecar(start.epoch)
                 let (tensors, metadata) = try SafeTensors.read(path: path)
                 guard metadata["phase"] == String(phaseIndex), metadata["epoch"] == String(start.epoch) else {
@@ -234,7 +277,7 @@ struct FineTune: ParsableCommand {
                 let steps = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, start.epoch * stepsPerEpoch) })
                 do { try optimizer.restore(tensors: state, steps: steps) } catch { throw FileError(path, "\(error)") }
             }
-            guard firstEpoch < phase.epochs else { continue }
+            guard !phaseOver else { continue }
             Console.info("fine-tune: phase \(phaseIndex + 1) (\(phase.name)): \(phase.epochs) epochs of \(stepsPerEpoch) steps")
             for epoch in firstEpoch..<phase.epochs {
                 // Every epoch's randomness derives from (seed, phase, epoch): a resumed run repeats it exactly.
@@ -269,40 +312,57 @@ struct FineTune: ParsableCommand {
                 let averageLoss = losses.suffix(window).reduce(0, +) / Float(min(window, losses.count))
                 let averageAccuracy = accuracies.suffix(window).reduce(0, +) / Float(min(window, accuracies.count))
                 var line = String(format: "[Epoch: %02d/%02d] loss: %.4f acc: %.4f", epoch + 1, phase.epochs, averageLoss, averageAccuracy)
-                var validation: ClassificationMetrics?
+                var validation: ValidationFigures?
                 if let valid, valid.count > 0 {
                     let metrics = try Self.evaluate(model.stateDict(), architecture: model.architecture, on: valid, preprocessing: preprocessing)
                     line += String(format: " val_loss: %.4f val_acc: %.4f", metrics.loss, metrics.accuracy)
+                    if model.numClasses == 2 { line += String(format: " val_auc: %.4f", metrics.rocAUC ?? .nan) }
                     validation = metrics
                 }
                 Console.info(line)
                 historyLog.epoch(phase: phaseIndex + 1, epoch: epoch + 1, validation: validation)
+                let value = validation?.value(monitor.figure)
+                let improved = value.map { tracker.record($0, phase: phaseIndex + 1, epoch: epoch + 1) } ?? false
+                if keep == .last || improved || bestState == nil {
+                    held = (phaseIndex + 1, epoch + 1, value.flatMap { $0.isNaN ? nil : $0 })
+                    if keep == .best { bestState = model.stateDict() }
+                }
+                let stopping = epoch + 1 < phase.epochs && tracker.shouldStop(patience: earlyStop)
+                if stopping {
+                    tracker.markStopped(phase: phaseIndex)
+                    Console.info("fine-tune: phase \(phaseIndex + 1) stops early after epoch \(epoch + 1): \(monitor.rawValue) has not improved for \(earlyStop!) epochs")
+                }
 
                 // Optimizer state first (into the other slot), then the checkpoint: a kill between the two leaves the
                 // previous checkpoint with its optimizer state intact.
-                let finished = phaseIndex == phases.count - 1 ? epoch + 1 == phase.epochs
-                    : (epoch + 1 == phase.epochs && phases[(phaseIndex + 1)...].allSatisfy { $0.epochs == 0 })
+                let finished = (epoch + 1 == phase.epochs || stopping) && phases[(phaseIndex + 1)...].allSatisfy { $0.epochs == 0 }
                 let state = ResumeState(phase: phaseIndex, epoch: epoch + 1, finished: finished, recipe: recipe)
                 let (moments, _) = optimizer.state()
-                try SafeTensors.write(path: sidecar(epoch + 1), tensors: moments.keys.sorted().map { ($0, moments[$0]!.shape, moments[$0]!.data) },
+                try SafeTensors.write(path: sidecar(epoch + 1), tensors: moments.keys.sorted().map { ($0, moments[$0]!.shape, moments[$0]!.data) }
+                                        + (keep == .best ? Self.lastModelTensors(model.stateDict()) : []),
                                       metadata: ["phase": String(phaseIndex), "epoch": String(epoch + 1)])
                 var saved = checkpoint
                 saved.config = model.architecture.config
-                saved.state = model.stateDict()
+                saved.state = keep == .best ? bestState ?? model.stateDict() : model.stateDict()
                 saved.preprocessing = preprocessing
                 saved.provenance.producer = "fine-tune"
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = .sortedKeys  // same run, same bytes
                 saved.extra[Self.resumeKey] = String(decoding: try encoder.encode(state), as: UTF8.self)
+                saved.extra[Self.monitorKey] = try Self.encode(MonitorRecord(monitor: monitor.figure, keep: keep.rawValue, earlyStop: earlyStop,
+                                                                             tracker: tracker, phase: held.phase, epoch: held.epoch, value: held.value))
+                saved.extra[Self.classWeightsKey] = lossWeights.map(Self.encode)
                 try saved.save(path: out)
                 try historyLog.write()
                 if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
                 if finished {
                     for slot in 0..<2 { try? FileManager.default.removeItem(atPath: sidecar(slot)) }
                 }
+                if stopping { break }
             }
         }
-        Console.info("fine-tune: wrote \(out)")
+        let heldValue = held.value.map { String(format: ", %@ %.4f", monitor.rawValue, $0) } ?? ""
+        Console.info("fine-tune: wrote \(out) (phase \(held.phase) epoch \(held.epoch)\(heldValue))")
     }
 
     /// The pretrained backbone from --from with a freshly initialised head for the labels' classes.
@@ -373,7 +433,7 @@ struct FineTune: ParsableCommand {
 
     /// Eval-mode figures over an image set, with the fused inference plan.
     static func evaluate(_ state: StateDict, architecture: Architecture, on set: ImageSet,
-                         preprocessing: Preprocessing) throws -> ClassificationMetrics {
+                         preprocessing: Preprocessing) throws -> ValidationFigures {
         let plan = try InferencePlan(architecture: architecture, state: state)
         let side = preprocessing.crop > 0 ? preprocessing.crop : min(set.width, set.height)
         let batch = 64, classes = architecture.config.numClasses
@@ -390,14 +450,14 @@ struct FineTune: ParsableCommand {
                 }
             }
         }
-        return ClassificationMetrics(logits: logits, labels: set.labels, classes: classes)
+        return ValidationFigures(logits: logits, labels: set.labels, classes: classes)
     }
 }
 
 /// The run's figures, step by step and epoch by epoch: the --history CSV and the --plot SVG.
 struct HistoryLog {
     static let header = ["kind", "phase", "epoch", "step", "loss", "accuracy", "average_loss", "average_accuracy",
-                         "val_loss", "val_accuracy"]
+                         "val_loss", "val_accuracy", "val_auc"]
     let path: String?
     var rows: [[String]] = []
     var step = 0
@@ -407,7 +467,9 @@ struct HistoryLog {
         self.path = path
         guard let path, let resumeAfter, let data = FileManager.default.contents(atPath: path) else { return }
         let records = try CSV.parse(String(decoding: data, as: UTF8.self), path: path)
-        for record in records.dropFirst() where record.count == Self.header.count {
+        // Histories written before the val_auc column get an empty one.
+        for var record in records.dropFirst() where record.count == Self.header.count || record.count == Self.header.count - 1 {
+            if record.count < Self.header.count { record.append("") }
             guard let phase = Int(record[1]), let epoch = Int(record[2]) else {
                 throw FileError(path, "not a fine-tune history (record \(record.prefix(3).joined(separator: ",")))")
             }
@@ -421,13 +483,14 @@ struct HistoryLog {
     mutating func step(phase: Int, epoch: Int, loss: Float, accuracy: Float, averageLoss: Float, averageAccuracy: Float) {
         step += 1
         rows.append(["step", String(phase), String(epoch), String(step), Self.f(loss), Self.f(accuracy),
-                     Self.f(averageLoss), Self.f(averageAccuracy), "", ""])
+                     Self.f(averageLoss), Self.f(averageAccuracy), "", "", ""])
     }
 
-    mutating func epoch(phase: Int, epoch: Int, validation: ClassificationMetrics?) {
+    mutating func epoch(phase: Int, epoch: Int, validation: ValidationFigures?) {
         rows.append(["epoch", String(phase), String(epoch), String(step), "", "", "", "",
                      validation.map { String(format: "%.6f", $0.loss) } ?? "",
-                     validation.map { String(format: "%.6f", $0.accuracy) } ?? ""])
+                     validation.map { String(format: "%.6f", $0.accuracy) } ?? "",
+                     validation?.rocAUC.map { String(format: "%.6f", $0) } ?? ""])
     }
 
     func write() throws {

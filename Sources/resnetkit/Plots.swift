@@ -22,6 +22,10 @@ struct SVGPlot {
     /// Fixed axis ranges (e.g. 0…1 for ROC curves); nil fits the data.
     var xRange: ClosedRange<Double>? = nil
     var yRange: ClosedRange<Double>? = nil
+    /// Labels of the x ticks (e.g. 10^x for a log axis); nil: the values themselves.
+    var xTickLabel: ((Double) -> String)? = nil
+    /// The legend in the top left corner instead of the top right.
+    var legendLeft = false
 
     static func escape(_ text: String) -> String {
         text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
@@ -65,7 +69,7 @@ struct SVGPlot {
         out.append("<rect x=\"\(n(plotLeft))\" y=\"\(n(plotTop))\" width=\"\(n(plotWidth))\" height=\"\(n(plotHeight))\" fill=\"none\" stroke=\"#444\"/>")
         for t in Self.ticks(xr) {
             out.append("<line x1=\"\(n(px(t)))\" y1=\"\(n(plotTop + plotHeight))\" x2=\"\(n(px(t)))\" y2=\"\(n(plotTop + plotHeight + 4))\" stroke=\"#444\"/>")
-            out.append("<text x=\"\(n(px(t)))\" y=\"\(n(plotTop + plotHeight + 16))\" text-anchor=\"middle\">\(Self.format(t))</text>")
+            out.append("<text x=\"\(n(px(t)))\" y=\"\(n(plotTop + plotHeight + 16))\" text-anchor=\"middle\">\(Self.escape(xTickLabel?(t) ?? Self.format(t)))</text>")
         }
         for t in Self.ticks(yr) {
             out.append("<line x1=\"\(n(plotLeft - 4))\" y1=\"\(n(py(t)))\" x2=\"\(n(plotLeft + plotWidth))\" y2=\"\(n(py(t)))\" stroke=\"#ddd\"/>")
@@ -87,7 +91,7 @@ struct SVGPlot {
             }
         }
         for (i, s) in series.enumerated() {
-            let y = plotTop + 14 + Double(i) * 14, x = plotLeft + plotWidth - 150
+            let y = plotTop + 14 + Double(i) * 14, x = legendLeft ? plotLeft + 10 : plotLeft + plotWidth - 150
             out.append("<line x1=\"\(n(x))\" y1=\"\(n(y - 4))\" x2=\"\(n(x + 20))\" y2=\"\(n(y - 4))\" stroke=\"\(s.color)\" stroke-opacity=\"\(max(s.opacity, 0.4))\" stroke-width=\"2\"/>")
             out.append("<text x=\"\(n(x + 25))\" y=\"\(n(y))\">\(Self.escape(s.label))</text>")
         }

@@ -35,7 +35,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(try Data(contentsOf: a), try Data(contentsOf: b), "same seed, same checkpoint")
 
         // The seed's epoch line, once per epoch of each phase.
-        let pattern = try NSRegularExpression(pattern: #"^\[Epoch: 0[12]/0[12]\] loss: \d+\.\d{4} acc: [01]\.\d{4} val_loss: \d+\.\d{4} val_acc: [01]\.\d{4}$"#,
+        let pattern = try NSRegularExpression(pattern: #"^\[Epoch: 0[12]/0[12]\] loss: \d+\.\d{4} acc: [01]\.\d{4} val_loss: \d+\.\d{4} val_acc: [01]\.\d{4} val_auc: ([01]\.\d{4}|nan)$"#,
                                               options: .anchorsMatchLines)
         let text = first.stderr
         XCTAssertEqual(pattern.numberOfMatches(in: text, range: NSRange(text.startIndex..., in: text)), 3, text)
@@ -49,7 +49,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
 
         // 9 training images in batches of 4: 2 steps per epoch, 3 epochs; one validation row per epoch.
         let rows = try String(contentsOf: history, encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
-        XCTAssertEqual(rows.first?.joined(separator: ","), "kind,phase,epoch,step,loss,accuracy,average_loss,average_accuracy,val_loss,val_accuracy")
+        XCTAssertEqual(rows.first?.joined(separator: ","), "kind,phase,epoch,step,loss,accuracy,average_loss,average_accuracy,val_loss,val_accuracy,val_auc")
         XCTAssertEqual(rows.filter { $0.first == "step" }.count, 6)
         let epochs = rows.filter { $0.first == "epoch" }
         XCTAssertEqual(epochs.map { "\($0[1])/\($0[2])/\($0[3])" }, ["1/1/2", "1/2/4", "2/1/6"])

@@ -23,6 +23,8 @@ public final class TrainableResNet {
     /// whole model with batch statistics anyway, the head phase lets the running statistics adapt to the
     /// pathology images first instead of switching statistics at the phase boundary. `.eval` is Keras' choice.
     public var frozenBatchNorm: FrozenBatchNormMode = .train
+    /// Per-class weights of the training loss (PyTorch's `CrossEntropyLoss(weight:)`); nil: plain mean.
+    public var classWeights: [Float]?
     /// Seeds the dropout masks.
     public var rng = SplitMix64(seed: 0)
     /// How the convolutions are computed (every choice gives PyTorch's results; `.automatic` is the fastest).
@@ -200,7 +202,7 @@ public final class TrainableResNet {
         }
     }
 
-    /// Mean cross-entropy of the last forward's logits, and the backward pass filling every trainable
+    /// Mean cross-entropy (weighted by `classWeights`) of the last forward's logits, and the backward pass filling every trainable
     /// parameter's gradient. Stops at the earliest trainable layer: a frozen backbone gets no backward.
     @discardableResult
     public func backward(labels: [Int]) -> Float {
@@ -208,7 +210,7 @@ public final class TrainableResNet {
         let count = lastGeometry.batch
         precondition(labels.count == count && labels.allSatisfy { (0..<numClasses).contains($0) }, "bad labels")
         let dLogits = logitGradient.reserve(count * numClasses)
-        let loss = crossEntropy(logits, labels: labels, classes: numClasses, gradient: dLogits)
+        let loss = weightedCrossEntropy(logits, labels: labels, classes: numClasses, weights: classWeights, gradient: dLogits)
 
         // Where backward can stop: the index of the first unit (stem = 0, blocks 1…8) with a trainable parameter.
         let firstTrainableBlock = blocks.firstIndex { $0.parameters.contains { $0.requiresGrad } }

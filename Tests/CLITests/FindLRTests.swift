@@ -1,0 +1,70 @@
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+import XCTest
+
+/// find-lr on the 12 fixture patches with the small default model.
+final class FindLRTests: XCTestCase, UsesDefaultFixtures {
+    func writeLabels(_ dir: URL) throws -> String {
+        let url = dir.appendingPathComponent("labels.csv")
+        let rows = Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" }
+        try (["id,label"] + rows).joined(separator: "\n").appending("\n").write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
+
+    /// The CSV holds the exponential schedule and fastai's smoothing; the suggestion printed is the steepest descent
+    /// of the smoothed loss (first tenth and last five points left out), as the option to pass; nothing else is written.
+    func testRangeTestWritesCurveAndSuggestsTheSteepestDescent() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let labels = try writeLabels(dir)
+        let csv = dir.appendingPathComponent("lr.csv"), plot = dir.appendingPathComponent("lr.svg")
+        let result = try CLI.run(["find-lr", Self.images.path, "--labels", labels, "--from", Self.model, "--batch-size", "4",
+                                  "--start-lr", "1e-5", "--end-lr", "10", "--steps", "40", "--csv", csv.path, "--plot", plot.path])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let rows = try String(contentsOf: csv, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(rows.first, "lr,loss,smoothed_loss")
+        let values = rows.dropFirst().map { $0.split(separator: ",").map { Double($0)! } }
+        let lr = values.map { $0[0] }, loss = values.map { $0[1] }, smoothed = values.map { $0[2] }
+        XCTAssertGreaterThan(values.count, 12)
+        XCTAssertLessThanOrEqual(values.count, 40)
+        for (i, rate) in lr.enumerated() { XCTAssertEqual(rate, 1e-5 * pow(1e6, Double(i) / 39), accuracy: rate * 1e-9) }
+        var average = 0.0
+        for i in loss.indices {
+            average = 0.98 * average + 0.02 * loss[i]
+            XCTAssertEqual(smoothed[i], average / (1 - pow(0.98, Double(i + 1))), accuracy: 1e-9 * abs(smoothed[i]))
+        }
+        // Either all 40 steps ran, or it stopped at the first smoothed loss above 4x the minimum before it.
+        for i in 1..<(smoothed.count - 1) { XCTAssertLessThanOrEqual(smoothed[i], 4 * smoothed[..<i].min()!) }
+        if values.count < 40 { XCTAssertGreaterThan(smoothed.last!, 4 * smoothed.dropLast().min()!) }
+
+        var range = 4..<(smoothed.count - 5)
+        if range.count < 3 { range = 0..<smoothed.count }
+        let steepest = range.dropLast().min { (smoothed[$0 + 1] - smoothed[$0]) / log(lr[$0 + 1] / lr[$0]) < (smoothed[$1 + 1] - smoothed[$1]) / log(lr[$1 + 1] / lr[$1]) }!
+        let line = try XCTUnwrap(result.stdout.split(separator: "\n").first { $0.hasPrefix("suggested: --head-max-lr ") }, result.stdout)
+        let suggested = try XCTUnwrap(Double(line.split(separator: " ")[2]), String(line))
+        XCTAssertEqual(suggested, lr[steepest], accuracy: lr[steepest] * 0.051, "two significant digits of the steepest descent")
+
+        let svg = try Data(contentsOf: plot)
+        XCTAssertTrue(XMLParser(data: svg).parse(), "the plot is well-formed XML")
+        XCTAssertTrue(String(decoding: svg, as: UTF8.self).contains("steepest descent: \(line.split(separator: " ")[2])"), "the plot marks the suggestion")
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir.path)), ["labels.csv", "lr.csv", "lr.svg"], "the model is not saved")
+    }
+
+    func testFineTunePhaseSuggestsMaxLRAndBadRangesAreRefused() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let labels = try writeLabels(dir)
+        let result = try CLI.run(["find-lr", Self.images.path, "--labels", labels, "--from", Self.model, "--batch-size", "4",
+                                  "--phase", "finetune", "--steps", "20", "--start-lr", "1e-6", "--end-lr", "1", "--quiet"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertEqual(result.stderr, "", "--quiet prints no progress")
+        XCTAssertTrue(result.stdout.contains("suggested: --max-lr "), result.stdout)
+        for (options, message) in [(["--start-lr", "1", "--end-lr", "0.1"], "--start-lr must be positive and below --end-lr"),
+                                   (["--steps", "3"], "--steps must be at least 10"),
+                                   (["--phase", "all"], "--phase")] {
+            let bad = try CLI.run(["find-lr", Self.images.path, "--labels", labels, "--from", Self.model] + options)
+            XCTAssertNotEqual(bad.status, 0)
+            XCTAssertTrue(bad.stderr.contains(message), bad.stderr)
+        }
+    }
+}
