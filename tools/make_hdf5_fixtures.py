@@ -148,23 +148,31 @@ def write_keras(path, layers, model_weights=True, split=False, model_config=None
 
 def model_config(layers, feeds, eps):
     """Keras 2's model_config JSON: every layer with its class, config and inbound nodes (BatchNorms name their
-    convolution; the rest of the graph is not needed by the importer and left empty). Stride-2 3x3 convolutions
-    use padding "same", as hand-built Keras ResNet-18s do."""
+    convolution; convolutions that PyTorch pads at stride 2 name the ZeroPadding2D before them; the rest of the
+    graph is not needed by the importer and left empty). Padding is PyTorch's, the way keras.applications builds
+    it: ZeroPadding2D then 'valid' where a stride-2 layer pads, 'same' for the stride-1 3x3 convolutions."""
     def describe(layer, weights):
         if layer.startswith("conv2d"):
             kernel = weights[0][1].shape
             stride = 2 if kernel[2] != kernel[3] else 1  # the stem and the first conv and projection of stages 2-4
-            return {"class_name": "Conv2D", "name": layer, "inbound_nodes": [],
-                    "config": {"name": layer, "kernel_size": list(kernel[:2]), "strides": [stride, stride],
-                               "padding": "same" if kernel[0] == 3 else "valid"}}
+            pad = kernel[0] // 2
+            entry = {"class_name": "Conv2D", "name": layer, "inbound_nodes": [],
+                     "config": {"name": layer, "kernel_size": list(kernel[:2]), "strides": [stride, stride],
+                                "padding": "same" if stride == 1 and pad else "valid"}}
+            if stride == 2 and pad:
+                padding = {"class_name": "ZeroPadding2D", "name": f"{layer}_pad", "inbound_nodes": [],
+                           "config": {"name": f"{layer}_pad", "padding": [[pad, pad], [pad, pad]]}}
+                entry["inbound_nodes"] = [[[f"{layer}_pad", 0, 0, {}]]]
+                return [padding, entry]
+            return [entry]
         if layer in feeds:
-            return {"class_name": "BatchNormalization", "name": layer,
-                    "config": {"name": layer, "axis": [3], "momentum": 0.99, "epsilon": eps},
-                    "inbound_nodes": [[[feeds[layer], 0, 0, {}]]]}
+            return [{"class_name": "BatchNormalization", "name": layer,
+                     "config": {"name": layer, "axis": [3], "momentum": 0.99, "epsilon": eps},
+                     "inbound_nodes": [[[feeds[layer], 0, 0, {}]]]}]
         kind = "Conv2D" if layer.startswith("conv2d") else "Dense" if layer.startswith("dense") else "Activation"
-        return {"class_name": kind, "name": layer, "config": {"name": layer}, "inbound_nodes": []}
+        return [{"class_name": kind, "name": layer, "config": {"name": layer}, "inbound_nodes": []}]
     return {"class_name": "Functional",
-            "config": {"name": "resnet18", "layers": [describe(n, w) for n, w in layers]}}
+            "config": {"name": "resnet18", "layers": [entry for n, w in layers for entry in describe(n, w)]}}
 
 
 def main():

@@ -2,9 +2,12 @@
 logits on the committed 96x96 and 49x49 inputs of fixtures/pth (run from the repository root:
 KERAS_BACKEND=torch python3 tools/make_keras3_fixtures.py).
 
-Every stride-2 layer pads explicitly (ZeroPadding2D, then 'valid'), the way PyTorch pads, and stride-1 3x3
-convolutions use 'same' (symmetric at stride 1), so the models compute exactly what a torchvision ResNet-18 with
-these weights computes. BatchNormalization keeps Keras' default epsilon (1e-3).
+In `linear` and `mlp` every stride-2 layer pads explicitly (ZeroPadding2D, then 'valid'), the way PyTorch pads,
+and stride-1 3x3 convolutions use 'same' (symmetric at stride 1), so the models compute exactly what a torchvision
+ResNet-18 with these weights computes. `same.keras` and `same.h5` (Keras' legacy HDF5 format, with its model
+config) are built the way popular Keras ResNet-18 code builds them: padding='same' on every layer, stride 2
+included, so TensorFlow pads even-sized inputs one pixel more at the bottom and right. BatchNormalization keeps
+Keras' default epsilon (1e-3).
 """
 import os
 
@@ -17,8 +20,10 @@ OUT = "fixtures/keras3"
 INPUTS = "fixtures/pth"
 
 
-def conv_bn(x, filters, kernel, stride, name):
-    if stride == 2:
+def conv_bn(x, filters, kernel, stride, name, same=False):
+    if same:
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    elif stride == 2:
         pad = kernel // 2
         if pad:
             x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
@@ -28,23 +33,29 @@ def conv_bn(x, filters, kernel, stride, name):
     return layers.BatchNormalization(name=f"{name}_bn")(x)
 
 
-def resnet18(width, classes, head="linear", hidden=8):
+def resnet18(width, classes, head="linear", hidden=8, same=False):
     inputs = keras.Input((None, None, 3))
-    x = layers.ZeroPadding2D(3, name="stem_pad")(inputs)
-    x = layers.Conv2D(width, 7, strides=2, use_bias=False, name="stem_conv")(x)
+    if same:
+        x = layers.Conv2D(width, 7, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    else:
+        x = layers.ZeroPadding2D(3, name="stem_pad")(inputs)
+        x = layers.Conv2D(width, 7, strides=2, use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
-    x = layers.ZeroPadding2D(1, name="pool_pad")(x)  # after ReLU: zero padding is max pooling's -inf padding
-    x = layers.MaxPooling2D(3, strides=2, name="pool")(x)
+    if same:
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="pool")(x)
+    else:
+        x = layers.ZeroPadding2D(1, name="pool_pad")(x)  # after ReLU: zero padding is max pooling's -inf padding
+        x = layers.MaxPooling2D(3, strides=2, name="pool")(x)
     channels = width
     for stage, planes in enumerate([width, 2 * width, 4 * width, 8 * width]):
         for block in range(2):
             stride = 2 if stage > 0 and block == 0 else 1
             name = f"layer{stage + 1}_{block}"
-            y = conv_bn(x, planes, 3, stride, f"{name}_1")
+            y = conv_bn(x, planes, 3, stride, f"{name}_1", same)
             y = layers.ReLU(name=f"{name}_relu1")(y)
-            y = conv_bn(y, planes, 3, 1, f"{name}_2")
-            shortcut = conv_bn(x, planes, 1, stride, f"{name}_down") if stride != 1 or channels != planes else x
+            y = conv_bn(y, planes, 3, 1, f"{name}_2", same)
+            shortcut = conv_bn(x, planes, 1, stride, f"{name}_down", same) if stride != 1 or channels != planes else x
             x = layers.ReLU(name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([y, shortcut]))
             channels = planes
     x = layers.GlobalAveragePooling2D(name="avgpool")(x)
@@ -81,9 +92,19 @@ def main():
             model.save_weights(os.path.join(OUT, f"{name}.weights.h5"))
         else:
             model.save(os.path.join(OUT, f"{name}.keras"))
-        for side, x in inputs.items():
-            logits = keras.ops.convert_to_numpy(model(np.transpose(x, (0, 2, 3, 1)), training=False))
-            np.ascontiguousarray(logits, dtype="<f4").tofile(os.path.join(OUT, f"{name}.logits{side}.f32"))
+        write_logits(model, name, inputs)
+    # After the others, so their random draws (and files) stay as they were.
+    same = resnet18(2, 3, same=True)
+    randomise_batchnorm(same, rng)
+    same.save(os.path.join(OUT, "same.keras"))
+    same.save(os.path.join(OUT, "same.h5"))  # the legacy HDF5 format: weights plus model_config
+    write_logits(same, "same", inputs)
+
+
+def write_logits(model, name, inputs):
+    for side, x in inputs.items():
+        logits = keras.ops.convert_to_numpy(model(np.transpose(x, (0, 2, 3, 1)), training=False))
+        np.ascontiguousarray(logits, dtype="<f4").tofile(os.path.join(OUT, f"{name}.logits{side}.f32"))
 
 
 if __name__ == "__main__":

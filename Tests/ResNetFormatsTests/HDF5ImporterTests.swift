@@ -1,5 +1,5 @@
 import Foundation
-import ResNetFormats
+@testable import ResNetFormats
 import ResNetModel
 import ResNetSupport
 import TestSupport
@@ -66,8 +66,8 @@ final class HDF5ImporterTests: XCTestCase {
         XCTAssertEqual(imported.sourceFormat, "HDF5 (Keras)")
         XCTAssertEqual(imported.producer, "keras 2.13.1 (tensorflow)")
         XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1.001e-5)
-        XCTAssertTrue(imported.notes.contains { $0.hasPrefix("3 layers use padding='same' with stride 2 (conv2d_5, conv2d_10, conv2d_15)") },
-                      "\(imported.notes)")
+        // PyTorch's padding the keras.applications way: ZeroPadding2D, then 'valid' at stride 2.
+        XCTAssertEqual(imported.checkpoint.config.samePadding, [])
         // The file lists each projection's BatchNorm before the block's bn2: only the graph pairs them right.
         XCTAssertTrue(imported.notes.contains { $0.contains("each paired with the BatchNormalization it feeds in the model_config graph") },
                       "\(imported.notes)")
@@ -172,5 +172,33 @@ final class HDF5KerasNestedTests: XCTestCase {
         XCTAssertLessThan(relativeError(try HDF5Fixtures.logits(of: imported), expected), 1e-4)
         XCTAssertEqual(imported.checkpoint.config.batchNormEpsilon, 1e-3)
         XCTAssertTrue(imported.notes.contains("102 float64/float16 tensors converted to float32"), "\(imported.notes)")
+    }
+
+    /// A stride-2 layer that pads neither PyTorch's way nor TensorFlow's computes another network: refused, naming
+    /// the Keras layer; 'same' at stride 2 is TensorFlow's rule, 'same' at stride 1 is PyTorch's.
+    func testKerasPaddingRules() throws {
+        func config(stemPadding: String, pad: [[Int]]?) -> [String: Any] {
+            var layers: [[String: Any]] = []
+            var stem: [String: Any] = ["class_name": "Conv2D", "name": "stem",
+                                       "config": ["name": "stem", "strides": [2, 2], "padding": stemPadding]]
+            if let pad {
+                layers.append(["class_name": "ZeroPadding2D", "name": "pad", "config": ["name": "pad", "padding": pad]])
+                stem["inbound_nodes"] = [[["pad", 0, 0, [:] as [String: Any]]]]
+            }
+            layers.append(stem)
+            layers.append(["class_name": "Conv2D", "name": "c3", "config": ["name": "c3", "strides": [1, 1], "padding": "same"]])
+            return ["config": ["layers": layers]]
+        }
+        let architecture = Architecture(ModelConfig(baseWidth: 2))
+        let names = ["conv1": "stem", "layer1.0.conv1": "c3"]
+        func rules(_ c: [String: Any]) throws -> Set<String> {
+            try KerasWeights.paddingRules(c, kerasNames: names, architecture: architecture, path: "m.h5").same
+        }
+        XCTAssertEqual(try rules(config(stemPadding: "same", pad: nil)), ["conv1"])
+        XCTAssertEqual(try rules(config(stemPadding: "valid", pad: [[3, 3], [3, 3]])), [])
+        XCTAssertThrowsError(try rules(config(stemPadding: "valid", pad: nil))) { error in
+            XCTAssertEqual("\(error)", "m.h5: Keras layer 'stem' (conv1) pads its input by [0, 0, 0, 0] (top, left, bottom, right) where ResNet-18 pads 3 on every side or TensorFlow's 'same' would: not a ResNet-18 this tool computes")
+        }
+        XCTAssertThrowsError(try rules(config(stemPadding: "valid", pad: [[2, 3], [2, 3]])))
     }
 }

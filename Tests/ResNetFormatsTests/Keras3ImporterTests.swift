@@ -44,6 +44,42 @@ final class Keras3ImporterTests: XCTestCase {
         XCTAssertLessThan(error, 1e-4, "relative error \(error)")
     }
 
+    /// padding='same' at stride 2 (the stem, the max pool, every stride-2 3x3 and 1x1): TensorFlow pads 96x96 inputs
+    /// one pixel more at the bottom and right, 49x49 ones symmetrically; the .keras archive and the legacy .h5
+    /// (model_config) both say so, and the logits are Keras' at both sizes.
+    func testSamePaddingAtStrideTwoComputesWhatKerasComputes() throws {
+        let expected: Set<String> = ["conv1", "maxpool", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+        for file in ["same.keras", "same.h5"] {
+            let imported = try ModelImporter.load(path: Self.path(file))
+            XCTAssertEqual(imported.checkpoint.config.samePadding, expected, file)
+            XCTAssertTrue(imported.notes.contains { $0.contains("padding='same' at stride 2") }, "\(imported.notes)")
+            let error = try logitsError(imported.checkpoint, "same")
+            XCTAssertLessThan(error, 1e-4, "\(file): relative error \(error)")
+            // Read as if the file said nothing about padding, the 96x96 logits are far off: the test can fail.
+            var symmetric = imported.checkpoint
+            symmetric.config.samePadding = []
+            XCTAssertGreaterThan(try logitsError(symmetric, "same"), 1e-2, file)
+        }
+    }
+
+    /// The rule travels in the checkpoint, so every command applies it at any input size; training's layers
+    /// compute the same as the plan.
+    func testSamePaddingSurvivesTheCheckpointAndTraining() throws {
+        let imported = try ModelImporter.load(path: Self.path("same.keras"))
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("same-\(UUID().uuidString).safetensors").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try imported.checkpoint.save(path: path)
+        let loaded = try Checkpoint.load(path: path)
+        XCTAssertEqual(loaded.config.samePadding, imported.checkpoint.config.samePadding)
+        XCTAssertLessThan(try logitsError(loaded, "same"), 1e-4)
+        let model = try TrainableResNet(architecture: loaded.architecture, state: loaded.state)
+        let plan = try InferencePlan(architecture: loaded.architecture, state: loaded.state)
+        var rng = SplitMix64(seed: 4)
+        let images = (0..<(2 * 64 * 66 * 3)).map { _ in rng.nextUnitFloat() }
+        let trained = model.forward(images: images, count: 2, height: 64, width: 66, training: false)
+        XCTAssertLessThan(relativeError(trained, plan.run(images: images, count: 2, height: 64, width: 66)), 1e-5)
+    }
+
     func testDamagedKerasArchiveGivesOneLine() throws {
         let original = try Data(contentsOf: URL(fileURLWithPath: Self.path("mlp.keras")))
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("damaged-\(UUID().uuidString).keras").path

@@ -133,12 +133,14 @@ enum KerasWeights {
         let (epsilon, epsilonNote) = try batchNormEpsilon(modelConfig, path: path)
         var finalConfig = config
         finalConfig.batchNormEpsilon = epsilon
+        let padding = try modelConfig.map { try paddingRules($0, kerasNames: kerasNameOf, architecture: architecture, path: path) }
+        finalConfig.samePadding = padding?.same ?? []
         var notes = extraNotes + ["Keras layers mapped by structure, not name: \(convs.count) Conv2D in forward order (7x7 stem, 3x3 block "
                      + "convolutions, 1x1 downsample projections), \(pairingNote); "
                      + "\(denses.count) Dense as \(config.head == .linear ? "fc" : "head.fc1, head.fc2")",
                      "kernels transposed: Conv2D HWIO → OIHW, Dense (in, out) → (out, in)",
                      epsilonNote]
-        if let modelConfig, let note = asymmetricPaddingNote(modelConfig) { notes.append(note) }
+        if let note = padding?.note { notes.append(note) }
         if biasesFolded > 0 { notes.append("\(biasesFolded) convolution biases folded into the following BatchNorm's running_mean") }
         let converted = layers.flatMap { $0.variables.values }.filter { $0.elementSize != 4 }
         if !converted.isEmpty { notes.append("\(converted.count) float64/float16 tensors converted to float32") }
@@ -265,6 +267,11 @@ enum KerasWeights {
     /// `"inbound_nodes": [[["conv2d_3", 0, 0, {}]]]`, Keras 3 `... "keras_history": ["conv2d_3", 0, 0] ...`;
     /// both hold a `[name, number, ...]` array.
     static func batchNormInputs(_ config: Any) -> [String: String] {
+        layerInputs(config, of: ["BatchNormalization"])
+    }
+
+    /// Layer name → the layer feeding it, for the layers of these classes (all when nil).
+    static func layerInputs(_ config: Any, of classes: Set<String>? = nil) -> [String: String] {
         func firstSource(_ node: Any) -> String? {
             if let array = node as? [Any] {
                 if array.count >= 2, let name = array[0] as? String, array[1] is NSNumber { return name }
@@ -276,7 +283,7 @@ enum KerasWeights {
             return nil
         }
         var inputs: [String: String] = [:]
-        for layer in layerDescriptions(config) where layer["class_name"] as? String == "BatchNormalization" {
+        for layer in layerDescriptions(config) where classes?.contains(layer["class_name"] as? String ?? "") ?? true {
             guard let name = (layer["config"] as? [String: Any])?["name"] as? String ?? layer["name"] as? String,
                   let nodes = layer["inbound_nodes"], let source = firstSource(nodes) else { continue }
             inputs[name] = source
@@ -298,19 +305,52 @@ enum KerasWeights {
         return (Array(convs.indices), "each paired with the BatchNormalization at the same position (no usable model_config graph)")
     }
 
-    /// Keras' `padding="same"` with stride 2 pads an even-sized input only at the bottom and right, PyTorch (and
-    /// so ResNetKit) by the same amount on every side: say so when the model config shows such layers.
-    static func asymmetricPaddingNote(_ config: Any) -> String? {
-        let names = layerDescriptions(config).compactMap { layer -> String? in
-            guard ["Conv2D", "MaxPooling2D"].contains(layer["class_name"] as? String ?? ""),
-                  let settings = layer["config"] as? [String: Any], settings["padding"] as? String == "same",
-                  let strides = settings["strides"] as? [NSNumber], strides.contains(where: { $0.intValue > 1 }) else { return nil }
-            return settings["name"] as? String
+    /// Which layers pad TensorFlow's way, from the model config: a Conv2D or MaxPooling2D with padding='same'
+    /// at stride 2 (at stride 1, 'same' is PyTorch's symmetric padding). A 'valid' layer must get PyTorch's
+    /// padding from a ZeroPadding2D before it (or need none); anything else computes another network.
+    /// `kerasNames` maps torchvision's convolution names onto the Keras layers they were read from.
+    static func paddingRules(_ config: Any, kerasNames: [String: String], architecture: Architecture,
+                             path: String) throws -> (same: Set<String>, note: String?) {
+        var layers: [String: (className: String, settings: [String: Any])] = [:]
+        for layer in layerDescriptions(config) {
+            guard let className = layer["class_name"] as? String, let settings = layer["config"] as? [String: Any],
+                  let name = settings["name"] as? String ?? layer["name"] as? String else { continue }
+            layers[name] = (className, settings)
         }
-        guard !names.isEmpty else { return nil }
-        return "\(names.count) layers use padding='same' with stride 2 (\(names.prefix(3).joined(separator: ", "))\(names.count > 3 ? ", …" : "")): "
-            + "Keras pads even-sized inputs there only at the bottom and right, ResNetKit on all sides as PyTorch does, "
-            + "so outputs can differ from Keras'"
+        let inputs = layerInputs(config)
+        func ints(_ value: Any?) -> [Int] {
+            if let n = value as? NSNumber { return [n.intValue] }
+            return (value as? [Any])?.flatMap { ints($0) } ?? []
+        }
+        /// Whether the layer pads TensorFlow's way (false: PyTorch's); throws when its padding is neither.
+        func rule(_ name: String, _ shape: ConvShape, what: String) throws -> Bool {
+            guard let layer = layers[name] else { return false }
+            let strides = ints(layer.settings["strides"])
+            let stride = strides.first ?? shape.stride
+            if layer.settings["padding"] as? String == "same" { return stride > 1 && shape.kernel > 1 }
+            // 'valid': the padding, if any, comes from a ZeroPadding2D feeding the layer.
+            var pads = [0, 0, 0, 0]
+            if let source = inputs[name], let padding = layers[source], padding.className == "ZeroPadding2D" {
+                let p = ints(padding.settings["padding"])
+                pads = p.count == 4 ? [p[0], p[2], p[1], p[3]] : p.count == 2 ? [p[0], p[1], p[0], p[1]]
+                    : p.count == 1 ? Array(repeating: p[0], count: 4) : []
+            }
+            guard pads == Array(repeating: shape.padding, count: 4) else {
+                throw FileError(path, "Keras layer '\(name)' (\(what)) pads its input by \(pads) (top, left, bottom, right) "
+                                    + "where ResNet-18 pads \(shape.padding) on every side or TensorFlow's 'same' would: not a ResNet-18 this tool computes")
+            }
+            return false
+        }
+        var same: Set<String> = []
+        for (conv, _, shape) in architecture.namedConvolutions {
+            if let name = kerasNames[conv], try rule(name, shape, what: conv) { same.insert(conv) }
+        }
+        let pools = layers.filter { $0.value.className == "MaxPooling2D" }.map(\.key)
+        if pools.count == 1, try rule(pools[0], architecture.maxPool, what: "the stem's max pool") { same.insert(ModelConfig.maxPoolName) }
+        guard !same.isEmpty else { return ([], nil) }
+        return (same, "\(same.count) layers use padding='same' at stride 2 (\(same.sorted().prefix(3).joined(separator: ", "))"
+                    + "\(same.count > 3 ? ", …" : "")): computed TensorFlow's way, the extra pixel at the bottom and right for "
+                    + "even-sized inputs, at any input size")
     }
 
     /// The BatchNormalization epsilon from the model config, else Keras' default.
