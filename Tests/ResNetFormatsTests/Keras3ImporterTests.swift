@@ -80,6 +80,24 @@ final class Keras3ImporterTests: XCTestCase {
         XCTAssertLessThan(relativeError(trained, plan.run(images: images, count: 2, height: 64, width: 66)), 1e-5)
     }
 
+    /// The same model as ONNX: explicit asymmetric pads for a fixed 96x96 input (what converters from Keras
+    /// write; tools/make_same_padding_onnx.py, checked with ONNX Runtime) are recognised as TensorFlow's rule, which
+    /// then holds at 49x49 too; export-onnx writes auto_pad = SAME_UPPER, and reading it back changes nothing.
+    func testSamePaddingThroughONNX() throws {
+        let expected: Set<String> = ["conv1", "maxpool", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+        let explicit = try ModelImporter.load(path: Self.path("same_pads96.onnx"))
+        XCTAssertEqual(explicit.checkpoint.config.samePadding, expected)
+        XCTAssertLessThan(try logitsError(explicit.checkpoint, "same"), 1e-4)
+
+        let keras = try ModelImporter.load(path: Self.path("same.keras")).checkpoint
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("same-\(UUID().uuidString).onnx").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try ONNXExporter.export(keras, to: path)
+        let roundTrip = try ModelImporter.load(path: path).checkpoint
+        XCTAssertEqual(roundTrip.config.samePadding, expected)
+        XCTAssertLessThan(try logitsError(roundTrip, "same"), 1e-4)
+    }
+
     func testDamagedKerasArchiveGivesOneLine() throws {
         let original = try Data(contentsOf: URL(fileURLWithPath: Self.path("mlp.keras")))
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("damaged-\(UUID().uuidString).keras").path
