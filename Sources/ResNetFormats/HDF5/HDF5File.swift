@@ -55,6 +55,27 @@ final class HDF5File {
     static func silenceLibraryErrors() {
         H5open()
         H5Eset_auto2(hid_t(H5E_DEFAULT), nil, nil)
+        // Nothing outside the file is read: with the external link class gone, no name can lead to another file.
+        _ = externalLinksDisabled
+    }
+
+    private static let externalLinksDisabled: Void = {
+        H5Lunregister(H5L_TYPE_EXTERNAL)
+        H5Eclear2(hid_t(H5E_DEFAULT))
+    }()
+
+    /// Refuses data stored outside the file: external storage (raw data in other files, e.g. /etc/passwd) and
+    /// virtual datasets (data drawn from other datasets, possibly in other files).
+    func checkStorage(dataset id: hid_t, name: String) throws {
+        let plist = H5Dget_create_plist(id)
+        guard plist >= 0 else { throw damaged("dataset '\(name)': unreadable storage properties") }
+        defer { H5Pclose(plist) }
+        if H5Pget_external_count(plist) != 0 {
+            throw FileError(path, "dataset '\(name)' keeps its data in external files; refused (nothing outside the model file is read)")
+        }
+        if H5Pget_layout(plist) == H5D_VIRTUAL {
+            throw FileError(path, "dataset '\(name)' is a virtual dataset; refused (nothing outside the model file is read)")
+        }
     }
 
     /// The innermost description on libhdf5's error stack (the root cause), and clears the stack.
@@ -110,6 +131,11 @@ final class HDF5File {
             visited += 1
             guard visited <= Self.maxObjects else { throw FileError(path, "more than \(Self.maxObjects) objects: not a weights file") }
             let name = try linkName(group, index: index, prefix: prefix)
+            var link = H5L_info_t()
+            guard H5Lget_info(group, name, &link, hid_t(H5P_DEFAULT)) >= 0 else { throw damaged("cannot read link '\(prefix)\(name)'") }
+            if link.type != H5L_TYPE_HARD && link.type != H5L_TYPE_SOFT {
+                throw FileError(path, "'\(prefix)\(name)' is an external or user-defined link; refused (nothing outside the model file is read)")
+            }
             let child = H5Oopen(group, name, hid_t(H5P_DEFAULT))
             guard child >= 0 else { throw damaged("cannot open '\(prefix)\(name)'") }
             defer { H5Oclose(child) }
@@ -142,6 +168,7 @@ final class HDF5File {
     }
 
     private func describe(dataset id: hid_t, path name: String) throws -> Dataset {
+        try checkStorage(dataset: id, name: name)
         let space = H5Dget_space(id)
         guard space >= 0 else { throw damaged("dataset '\(name)': unreadable shape") }
         defer { H5Sclose(space) }
@@ -172,6 +199,7 @@ final class HDF5File {
         let id = H5Dopen2(group, dataset.path, hid_t(H5P_DEFAULT))
         guard id >= 0 else { throw damaged("cannot open dataset '\(dataset.path)'") }
         defer { H5Dclose(id) }
+        try checkStorage(dataset: id, name: dataset.path)
         var values = [Float](repeating: 0, count: dataset.count)
         let status = values.withUnsafeMutableBytes { buffer in
             H5Dread(id, H5T_NATIVE_FLOAT_g, hid_t(H5S_ALL), hid_t(H5S_ALL), hid_t(H5P_DEFAULT), buffer.baseAddress)
