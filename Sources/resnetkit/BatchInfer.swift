@@ -52,7 +52,7 @@ struct BatchInfer: ParsableCommand {
     @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
     var channelOrder: String?
 
-    @Option(name: .customLong("batch-size"), help: "Images per GEMM batch.")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per GEMM batch.")
     var batchSize = 64
 
     @Option(help: "Threads: lanes that each run the network on a share of every batch, and decoders (default: all cores).")
@@ -85,11 +85,20 @@ struct BatchInfer: ParsableCommand {
     @Flag(help: "No progress bar or summary (errors still go to stderr).")
     var quiet = false
 
+    @Flag(help: "Replace an existing output (and errors file) instead of refusing.")
+    var force = false
+
+    @Option(name: .customLong("max-image-pixels"), help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    var maxImagePixels: Int?
+
 
     func run() throws {
         Console.quiet = quiet
-        guard batchSize >= 1 else { throw UsageError("--batch-size must be at least 1") }
-        if let threads, threads < 1 { throw UsageError("--threads must be at least 1") }
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+        if let threads { try Limits.check(threads, Limits.threads, "--threads") }
+        if let crop { try Limits.check(crop, Limits.crop, "--crop") }
+        TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
+        if force && resume { throw UsageError("--force and --resume exclude each other (replace the output, or continue it)") }
         if let maxErrors, maxErrors < 0 { throw UsageError("--max-errors must be 0 or more") }
         guard format == "logits" || format == "kaggle" else { throw UsageError("--format must be logits or kaggle, not '\(format)'") }
         if format == "kaggle" && probs { throw UsageError("--probs does not apply to --format kaggle (its label already is a probability)") }
@@ -103,6 +112,16 @@ struct BatchInfer: ParsableCommand {
         }
 
         let modelPath = try model ?? Self.defaultModel()
+        // Nothing is read or written before the outputs are known not to clash with the inputs or each other.
+        let errorsPath = errors ?? out + ".errors.csv"
+        let outputs = [OutputGuard.Output(out, option: "--out", mayExist: resume || force),
+                       OutputGuard.Output(errorsPath, option: errors == nil ? "the errors file (--errors)" : "--errors",
+                                          mayExist: resume || force || Self.isErrorsCSV(errorsPath))]
+        try OutputGuard.check(outputs: outputs,
+                              inputs: [OutputGuard.Input(modelPath, role: "model")] + paths.map { OutputGuard.Input($0, role: "input image path") },
+                              forceHint: "use --resume to continue it, or --force to replace it")
+        let locks = try OutputGuard.lock(outputs)
+        defer { locks.forEach { $0.release() } }
         let checkpoint = try ModelImporter.load(path: modelPath).checkpoint
         Console.info("batch-infer: model \(modelPath)\(model == nil ? " (newest default model in this folder)" : "")")
         var preprocessing = checkpoint.preprocessing
@@ -125,8 +144,7 @@ struct BatchInfer: ParsableCommand {
 
         let header = format == "kaggle" ? ["id", "label"]
             : ["id"] + (0..<classes).map { "logit_\($0)" } + (probs ? (0..<classes).map { "prob_\($0)" } : []) + ["label"]
-        let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : .refuse)
-        let errorsPath = errors ?? out + ".errors.csv"
+        let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : force ? .replace : .refuse)
         let errorLog = try AppendableCSV(path: errorsPath, header: ["id", "path", "reason"], existing: resume ? .resume : .replace)
         let done = Set(output.existingRecords.map { $0[0] } + errorLog.existingRecords.map { $0[0] })
         if resume {
@@ -144,10 +162,11 @@ struct BatchInfer: ParsableCommand {
         let progress = ProgressBar(label: "batch-infer")
         if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
 
-        var logits = [Float](repeating: 0, count: batchSize * classes)
+        var logits: [Float] = []  // sized by the images present, not by --batch-size
         var processed = 0, failed = errorLog.existingRecords.count
         while let batch = loader.next() {
             if batch.count > 0 {
+                if logits.count < batch.count * classes { logits = [Float](repeating: 0, count: batch.count * classes) }
                 logits.withUnsafeMutableBufferPointer { out in
                     plan.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
                              logits: out.baseAddress!)
@@ -197,6 +216,14 @@ struct BatchInfer: ParsableCommand {
             text += fields.joined(separator: ",") + "\n"
         }
         return text
+    }
+
+    /// Whether `path` is an errors CSV of an earlier run (which a new run replaces without --force).
+    static func isErrorsCSV(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let head = (try? handle.read(upToCount: 15)) ?? Data()
+        return head == Data("id,path,reason\n".utf8)
     }
 
     /// The newer (by modification time) of what fine-tune and import-weights write by default.

@@ -61,7 +61,7 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("finetune-epochs"), help: "Epochs of phase 2 (everything trainable).")
     var finetuneEpochs = 20
 
-    @Option(name: .customLong("batch-size"), help: "Images per step.")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per step.")
     var batchSize = 16
 
     @Option(name: .customLong("head-lr"), help: "AdamW learning rate of phase 1 (overwritten by OneCycleLR, as in PyTorch).")
@@ -118,6 +118,12 @@ struct FineTune: ParsableCommand {
     @Flag(help: "No progress output (errors still go to stderr).")
     var quiet = false
 
+    @Flag(help: "Replace an existing --out, --history or --plot instead of refusing.")
+    var force = false
+
+    @Option(name: .customLong("max-image-pixels"), help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    var maxImagePixels: Int?
+
 
     /// One training phase of the recipe.
     struct Phase {
@@ -140,13 +146,22 @@ struct FineTune: ParsableCommand {
     /// The options a resumed run must repeat for its schedule and data order to continue the same run.
     var recipe: String {
         "seed \(seed), batch size \(batchSize), head epochs \(headEpochs), fine-tune epochs \(finetuneEpochs), "
-            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction)"
+            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction), head \(head), "
+            + "head lr \(headLR)/\(headMaxLR)/\(headWeightDecay), lr \(lr)/\(maxLR)/\(weightDecay), dropout \(dropout), "
+            + "crop \(crop), frozen BN \(frozenBN), augment \(!noAugment)"
     }
 
     static let resumeKey = "resnetkit.fine-tune"
 
     func validated() throws -> (HeadKind, FrozenBatchNormMode) {
         guard batchSize >= 2 else { throw UsageError("--batch-size must be at least 2 (BatchNorm needs two images)") }
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+        try Limits.check(headEpochs, Limits.epochs, "--head-epochs")
+        try Limits.check(finetuneEpochs, Limits.epochs, "--finetune-epochs")
+        try Limits.check(crop, Limits.crop, "--crop")
+        if let trainSize { try Limits.check(trainSize, 1...Int(Int32.max), "--train-size") }
+        if let validSize { try Limits.check(validSize, 0...Int(Int32.max), "--valid-size") }
+        if force && resume { throw UsageError("--force and --resume exclude each other (start afresh, or continue)") }
         guard headEpochs >= 0, finetuneEpochs >= 0, headEpochs + finetuneEpochs > 0 else {
             throw UsageError("--head-epochs and --finetune-epochs must be 0 or more, and not both 0")
         }
@@ -155,8 +170,11 @@ struct FineTune: ParsableCommand {
         guard crop == 0 || crop >= ModelConfig.minimumInputSide else {
             throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide)")
         }
-        for (name, value) in [("--head-lr", headLR), ("--head-max-lr", headMaxLR), ("--lr", lr), ("--max-lr", maxLR)] where !(value > 0) {
+        for (name, value) in [("--head-lr", headLR), ("--head-max-lr", headMaxLR), ("--lr", lr), ("--max-lr", maxLR)] where !(value > 0 && value.isFinite) {
             throw UsageError("\(name) must be positive")
+        }
+        for (name, value) in [("--head-weight-decay", headWeightDecay), ("--weight-decay", weightDecay)] where !(value >= 0 && value.isFinite) {
+            throw UsageError("\(name) must be 0 or more")
         }
         guard (validDir == nil) == (validLabels == nil) else { throw UsageError("--valid-dir and --valid-labels go together") }
         guard let headKind = HeadKind(rawValue: head) else { throw UsageError("--head must be mlp or linear, not '\(head)'") }
@@ -169,6 +187,21 @@ struct FineTune: ParsableCommand {
     func run() throws {
         Console.quiet = quiet
         let (headKind, frozenMode) = try validated()
+        TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
+        // Outputs are checked and locked before anything is read: no clash with an input, nothing replaced
+        // unless --resume or --force, and a second run on the same --out is refused.
+        let replace = resume || force
+        var outputs = [OutputGuard.Output(out, option: "--out", mayExist: replace)]
+        if let history { outputs.append(OutputGuard.Output(history, option: "--history", mayExist: replace)) }
+        if let plot { outputs.append(OutputGuard.Output(plot, option: "--plot", mayExist: replace)) }
+        outputs += (0..<2).map { OutputGuard.Output(out + ".resume\($0).safetensors", option: "the optimizer state beside --out", mayExist: true) }
+        var inputs = [OutputGuard.Input(dir, role: "training images"), OutputGuard.Input(labels, role: "labels (--labels)"),
+                      OutputGuard.Input(from, role: "pretrained model (--from)")]
+        if let validDir { inputs.append(OutputGuard.Input(validDir, role: "validation images (--valid-dir)")) }
+        if let validLabels { inputs.append(OutputGuard.Input(validLabels, role: "validation labels (--valid-labels)")) }
+        try OutputGuard.check(outputs: outputs, inputs: inputs, forceHint: "use --resume to continue it, or --force to replace it")
+        let locks = try OutputGuard.lock(Array(outputs.prefix(outputs.count - 2)))
+        defer { locks.forEach { $0.release() } }
         let phases = [Phase(name: "head", epochs: headEpochs, frozenBackbone: true, lr: headLR, maxLR: headMaxLR, weightDecay: headWeightDecay),
                       Phase(name: "fine-tune", epochs: finetuneEpochs, frozenBackbone: false, lr: lr, maxLR: maxLR, weightDecay: weightDecay)]
 
@@ -189,9 +222,8 @@ struct FineTune: ParsableCommand {
             start = state
             Console.info("fine-tune: resuming \(out) after epoch \(state.epoch) of phase \(state.phase + 1)")
         } else {
-            if !resume && FileManager.default.fileExists(atPath: out) {
-                Console.info("fine-tune: \(out) exists and will be replaced (use --resume to continue it)")
-            }
+            if resume { Console.warning("--resume: \(out) does not exist yet, so training starts from the beginning") }
+            if force && FileManager.default.fileExists(atPath: out) { Console.info("fine-tune: replacing \(out) (--force)") }
             checkpoint = try newModel(headKind: headKind)
         }
         var preprocessing = checkpoint.preprocessing
@@ -214,7 +246,7 @@ struct FineTune: ParsableCommand {
         var historyLog = try HistoryLog(path: history, resumeAfter: resume ? (start.phase, start.epoch) : nil)
         let stepsPerEpoch = max(1, train.count / batchSize)
         let side = crop > 0 ? crop : min(train.width, train.height)
-        var batchBuffer = [Float](repeating: 0, count: batchSize * side * side * 3)
+        var batchBuffer = [Float](repeating: 0, count: min(batchSize, train.count) * side * side * 3)
 
         for (phaseIndex, phase) in phases.enumerated() where phaseIndex >= start.phase && phase.epochs > 0 {
             model.setBackboneFrozen(phase.frozenBackbone)
@@ -256,6 +288,12 @@ struct FineTune: ParsableCommand {
                         return Self.correctCount(logits, labels: labels, classes: model.numClasses)
                     }
                     let loss = model.backward(labels: labels)
+                    guard loss.isFinite else {
+                        progress.finish()
+                        let kept = start.phase > 0 || start.epoch > 0 || epoch > 0 || phaseIndex > start.phase
+                            ? "\(out) keeps the last finished epoch" : "nothing was written"
+                        throw UsageError("training diverged: the loss is \(loss) at phase \(phaseIndex + 1) (\(phase.name)) epoch \(epoch + 1) step \(step + 1) at learning rate \(String(format: "%.3g", optimizer.lr)); \(kept). Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(phase.maxLR))")
+                    }
                     optimizer.step()
                     losses.append(loss)
                     accuracies.append(Float(correct) / Float(labels.count))
@@ -289,14 +327,19 @@ struct FineTune: ParsableCommand {
                 var saved = checkpoint
                 saved.config = model.architecture.config
                 saved.state = model.stateDict()
+                if let bad = saved.state.first(where: { !$0.value.data.allSatisfy(\.isFinite) }) {
+                    throw UsageError("training diverged: \(bad.key) holds NaN or infinite values after phase \(phaseIndex + 1) epoch \(epoch + 1); \(out) keeps the last good epoch. Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(phase.maxLR))")
+                }
+                // History before the checkpoint: after a kill between the two, --resume cuts the history back to
+                // the checkpoint's epoch, so the two always agree.
+                try historyLog.write()
+                if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
                 saved.preprocessing = preprocessing
                 saved.provenance.producer = "fine-tune"
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = .sortedKeys  // same run, same bytes
                 saved.extra[Self.resumeKey] = String(decoding: try encoder.encode(state), as: UTF8.self)
                 try saved.save(path: out)
-                try historyLog.write()
-                if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
                 if finished {
                     for slot in 0..<2 { try? FileManager.default.removeItem(atPath: sidecar(slot)) }
                 }
@@ -326,6 +369,7 @@ struct FineTune: ParsableCommand {
     /// The training and validation image sets (decoded once), and the class names.
     func loadData(classNames: [String]?) throws -> (ImageSet, ImageSet?, [String]) {
         let table = try LabelTable.load(path: labels, classNames: classNames)
+        if let note = table.columnNote { Console.info("note: \(note)") }
         var rng = SplitMix64(seed: seed ^ 0x5EED)
         var order = Array(0..<table.ids.count)
         order.shuffle(using: &rng)
@@ -407,12 +451,19 @@ struct HistoryLog {
         self.path = path
         guard let path, let resumeAfter, let data = FileManager.default.contents(atPath: path) else { return }
         let records = try CSV.parse(String(decoding: data, as: UTF8.self), path: path)
+        guard records.first == Self.header else {
+            throw FileError(path, "is not a fine-tune history (its header is not \(Self.header.joined(separator: ","))); left unchanged")
+        }
         for record in records.dropFirst() where record.count == Self.header.count {
             guard let phase = Int(record[1]), let epoch = Int(record[2]) else {
                 throw FileError(path, "not a fine-tune history (record \(record.prefix(3).joined(separator: ",")))")
             }
             let before = phase - 1 < resumeAfter.phase || (phase - 1 == resumeAfter.phase && epoch <= resumeAfter.epoch)
             if before { rows.append(record); step = max(step, Int(record[3]) ?? 0) }
+        }
+        let (phase, epoch) = (String(resumeAfter.phase + 1), String(resumeAfter.epoch))
+        if resumeAfter.epoch > 0 && !rows.contains(where: { $0[0] == "epoch" && $0[1] == phase && $0[2] == epoch }) {
+            throw FileError(path, "does not reach the checkpoint's epoch \(epoch) of phase \(phase) (written by another run?); use another --history, or --force to start afresh")
         }
     }
 

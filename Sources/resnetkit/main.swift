@@ -12,7 +12,7 @@ BLASRuntime.ensureOptimizedKernel(log: Console.debug)
 do {
     var command = try ResNetKit.parseAsRoot(arguments)
     try command.run()
-} catch let error where error is FileError || error is UsageError {
+} catch let error where error is FileError || error is UsageError || error is LimitError {
     // A problem with a file the user gave (`error: path: problem`) or with the options: one line, status 1.
     FileHandle.standardError.write(Data("error: \(error)\n".utf8))
     exit(1)
