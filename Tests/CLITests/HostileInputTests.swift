@@ -128,13 +128,21 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
                         "--max-image-pixels must be between 1 and 67108864, not 0")
     }
 
-    /// A batch size far above the number of images allocates for the images present only.
+    /// A batch size far above the number of images allocates for the images present only (fine-tune's batch
+    /// buffer at 65536 images of 49x49 would be 1.9 GB).
     func testBufferFollowsTheImagesNotTheBatchSize() throws {
         let dir = try CLI.temporaryDirectory(self)
         let out = dir.appendingPathComponent("p.csv")
         let result = try CLI.run(["batch-infer", Self.images.path, "--out", out.path, "--model", Self.model, "--batch-size", "65536"])
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertEqual(try String(contentsOf: out, encoding: .utf8).split(separator: "\n").count, 13)
+        let labels = dir.appendingPathComponent("labels.csv")
+        try (["id,label"] + Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" }).joined(separator: "\n")
+            .write(to: labels, atomically: true, encoding: .utf8)
+        let training = try CLI.run(["fine-tune", Self.images.path, "--labels", labels.path, "--from", Self.model,
+                                    "--out", dir.appendingPathComponent("f.safetensors").path, "--batch-size", "65536",
+                                    "--head-epochs", "1", "--finetune-epochs", "0", "--quiet"])
+        XCTAssertEqual(training.status, 0, training.stderr)
         var usage = rusage()
         getrusage(RUSAGE_CHILDREN.rawValue, &usage)
         XCTAssertLessThan(usage.ru_maxrss, 1 << 20, "peak RSS of every child so far, KiB: under 1 GiB")
