@@ -292,7 +292,7 @@ struct FineTune: ParsableCommand {
                         progress.finish()
                         let kept = start.phase > 0 || start.epoch > 0 || epoch > 0 || phaseIndex > start.phase
                             ? "\(out) keeps the last finished epoch" : "nothing was written"
-                        throw UsageError("training diverged: the loss is \(loss) at phase \(phaseIndex + 1) (\(phase.name)) epoch \(epoch + 1) step \(step + 1) at learning rate \(String(format: "%.3g", optimizer.lr)); \(kept). Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(phase.maxLR))")
+                        throw UsageError("training diverged: the loss is \(loss) at phase \(phaseIndex + 1) (\(phase.name)) epoch \(epoch + 1) step \(step + 1) at learning rate \(String(format: "%.3g", optimizer.lr)); \(kept). Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
                     }
                     optimizer.step()
                     losses.append(loss)
@@ -328,7 +328,7 @@ struct FineTune: ParsableCommand {
                 saved.config = model.architecture.config
                 saved.state = model.stateDict()
                 if let bad = saved.state.first(where: { !$0.value.data.allSatisfy(\.isFinite) }) {
-                    throw UsageError("training diverged: \(bad.key) holds NaN or infinite values after phase \(phaseIndex + 1) epoch \(epoch + 1); \(out) keeps the last good epoch. Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(phase.maxLR))")
+                    throw UsageError("training diverged: \(bad.key) holds NaN or infinite values after phase \(phaseIndex + 1) epoch \(epoch + 1); \(out) keeps the last good epoch. Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
                 }
                 // History before the checkpoint: after a kill between the two, --resume cuts the history back to
                 // the checkpoint's epoch, so the two always agree.
