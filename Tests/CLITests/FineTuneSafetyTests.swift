@@ -31,6 +31,14 @@ final class FineTuneSafetyTests: XCTestCase, UsesDefaultFixtures {
         let checkpoint = try Checkpoint.load(path: out.path)
         XCTAssertTrue(checkpoint.state.values.allSatisfy { $0.data.allSatisfy(\.isFinite) })
         XCTAssertTrue(checkpoint.extra["resnetkit.fine-tune"]?.contains("\"phase\":0") ?? false, "the last good epoch is the head phase's")
+
+        // The case: at 1e6 the loss can stay finite while running variances overflow; caught at the epoch's end.
+        try FileManager.default.removeItem(at: out)
+        let overflow = try CLI.run(arguments(labels, out: out, ["--head-epochs", "1", "--finetune-epochs", "3", "--max-lr", "1e6"]))
+        XCTAssertEqual(overflow.status, 1, overflow.stderr)
+        XCTAssertTrue(overflow.stderr.hasPrefix("error: training diverged: "), overflow.stderr)
+        XCTAssertTrue(overflow.stderr.contains("Lower --max-lr (now 1e+06)"), overflow.stderr)
+        XCTAssertNoThrow(try Checkpoint.load(path: out.path), "the checkpoint left behind loads")
     }
 
     func testResumeRefusesChangedOptionsAndSaysWhenItStartsAfresh() throws {
