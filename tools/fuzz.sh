@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the libFuzzer targets (Swift's -sanitize=fuzzer) into .build-fuzz and runs one for a bounded time.
-#   tools/fuzz.sh TARGET SECONDS      TARGET: onnx, json, safetensors, csv, tiff (or FuzzONNX, …)
+#   tools/fuzz.sh TARGET SECONDS [libFuzzer options…]   TARGET: onnx, json, safetensors, csv, tiff (or FuzzONNX, …)
 #   tools/fuzz.sh build               builds them all
 # Seeds come from fixtures/ (copied into .build-fuzz/corpus/TARGET, which keeps what the run finds); crashes go to
 # .build-fuzz/crashes/TARGET. The last line of the log says how many inputs were run.
@@ -64,10 +64,12 @@ if [ "${1:-}" = build ]; then
     for t in FuzzONNX FuzzJSON FuzzSafeTensors FuzzCSV FuzzTIFF; do build --product "$t"; done
     exit 0
 fi
-[ $# -eq 2 ] || { echo "usage: tools/fuzz.sh TARGET SECONDS | tools/fuzz.sh build" >&2; exit 64; }
+[ $# -ge 2 ] || { echo "usage: tools/fuzz.sh TARGET SECONDS [libFuzzer options…] | tools/fuzz.sh build" >&2; exit 64; }
 name=$(target_name "$1")
+seconds=$2
+shift 2
 build --product "$name"
 seed "$name"
 mkdir -p "$scratch/crashes/$name"
-exec "$scratch/release/$name" "$scratch/corpus/$name" -max_total_time="$2" -rss_limit_mb=2048 -timeout=20 \
-    -max_len=1048576 -artifact_prefix="$scratch/crashes/$name/" -print_final_stats=1
+exec "$scratch/release/$name" "$scratch/corpus/$name" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 \
+    -max_len=1048576 -artifact_prefix="$scratch/crashes/$name/" -print_final_stats=1 "$@"
