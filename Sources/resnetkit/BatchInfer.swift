@@ -43,7 +43,7 @@ struct BatchInfer: ParsableCommand {
     @Option(help: ArgumentHelp("Checkpoint, ONNX or HDF5 model (default: the newer of finetuned.safetensors and model.safetensors here).", valueName: "CKPT"))
     var model: String?
 
-    @Option(help: "Centre crop side (0: whole image); default from the model.")
+    @Option(parsing: .unconditional, help: "Centre crop side (0: whole image); default from the model.")
     var crop: Int?
 
     @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
@@ -55,7 +55,7 @@ struct BatchInfer: ParsableCommand {
     @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per GEMM batch.")
     var batchSize = 64
 
-    @Option(help: "Threads: lanes that each run the network on a share of every batch, and decoders (default: all cores).")
+    @Option(parsing: .unconditional, help: "Threads: lanes that each run the network on a share of every batch, and decoders (default: all cores).")
     var threads: Int?
 
     @Flag(help: "Descend into sub-folders.")
@@ -73,13 +73,13 @@ struct BatchInfer: ParsableCommand {
     @Option(help: ArgumentHelp("Where failed images are listed (default: <out>.errors.csv).", valueName: "CSV"))
     var errors: String?
 
-    @Option(name: .customLong("max-errors"), help: "Stop (status 4) when more than N images have failed.")
+    @Option(name: .customLong("max-errors"), parsing: .unconditional, help: "Stop (status 4) when more than N images have failed.")
     var maxErrors: Int?
 
     @Option(help: ArgumentHelp("Process only shard I of N (0-based), or auto from Kubernetes/Slurm.", valueName: "I/N|auto"))
     var shard: String?
 
-    @Option(name: .customLong("shard-count"), help: "Number of shards for --shard auto with a Kubernetes Indexed Job.")
+    @Option(name: .customLong("shard-count"), parsing: .unconditional, help: "Number of shards for --shard auto with a Kubernetes Indexed Job.")
     var shardCount: Int?
 
     @Flag(help: "No progress bar or summary (errors still go to stderr).")
@@ -88,7 +88,7 @@ struct BatchInfer: ParsableCommand {
     @Flag(help: "Replace an existing output (and errors file) instead of refusing.")
     var force = false
 
-    @Option(name: .customLong("max-image-pixels"), help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
     var maxImagePixels: Int?
 
 

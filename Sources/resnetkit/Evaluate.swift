@@ -44,7 +44,7 @@ struct Evaluate: ParsableCommand {
     @Flag(help: "Replace an existing --report or plots instead of refusing.")
     var force = false
 
-    @Option(name: .customLong("max-image-pixels"), help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
     var maxImagePixels: Int?
 
     func run() throws {

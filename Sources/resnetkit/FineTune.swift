@@ -46,49 +46,49 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("valid-labels"), help: ArgumentHelp("Labels of the validation images.", valueName: "CSV"))
     var validLabels: String?
 
-    @Option(name: .customLong("valid-fraction"), help: "Without --valid-dir: share of DIR held out for validation (seeded).")
+    @Option(name: .customLong("valid-fraction"), parsing: .unconditional, help: "Without --valid-dir: share of DIR held out for validation (seeded).")
     var validFraction = 0.2
 
-    @Option(name: .customLong("train-size"), help: "Use at most N training images (a seeded sample).")
+    @Option(name: .customLong("train-size"), parsing: .unconditional, help: "Use at most N training images (a seeded sample).")
     var trainSize: Int?
 
-    @Option(name: .customLong("valid-size"), help: "Use at most N validation images.")
+    @Option(name: .customLong("valid-size"), parsing: .unconditional, help: "Use at most N validation images.")
     var validSize: Int?
 
-    @Option(name: .customLong("head-epochs"), help: "Epochs of phase 1 (backbone frozen).")
+    @Option(name: .customLong("head-epochs"), parsing: .unconditional, help: "Epochs of phase 1 (backbone frozen).")
     var headEpochs = 10
 
-    @Option(name: .customLong("finetune-epochs"), help: "Epochs of phase 2 (everything trainable).")
+    @Option(name: .customLong("finetune-epochs"), parsing: .unconditional, help: "Epochs of phase 2 (everything trainable).")
     var finetuneEpochs = 20
 
     @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per step.")
     var batchSize = 16
 
-    @Option(name: .customLong("head-lr"), help: "AdamW learning rate of phase 1 (overwritten by OneCycleLR, as in PyTorch).")
+    @Option(name: .customLong("head-lr"), parsing: .unconditional, help: "AdamW learning rate of phase 1 (overwritten by OneCycleLR, as in PyTorch).")
     var headLR = 1e-3
 
-    @Option(name: .customLong("head-max-lr"), help: "OneCycleLR peak of phase 1.")
+    @Option(name: .customLong("head-max-lr"), parsing: .unconditional, help: "OneCycleLR peak of phase 1.")
     var headMaxLR = 1e-2
 
-    @Option(name: .customLong("head-weight-decay"), help: "AdamW weight decay of phase 1 (PyTorch's default).")
+    @Option(name: .customLong("head-weight-decay"), parsing: .unconditional, help: "AdamW weight decay of phase 1 (PyTorch's default).")
     var headWeightDecay = 0.01
 
-    @Option(help: "AdamW learning rate of phase 2.")
+    @Option(parsing: .unconditional, help: "AdamW learning rate of phase 2.")
     var lr = 1e-5
 
-    @Option(name: .customLong("max-lr"), help: "OneCycleLR peak of phase 2.")
+    @Option(name: .customLong("max-lr"), parsing: .unconditional, help: "OneCycleLR peak of phase 2.")
     var maxLR = 1e-4
 
-    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of phase 2.")
+    @Option(name: .customLong("weight-decay"), parsing: .unconditional, help: "AdamW weight decay of phase 2.")
     var weightDecay = 0.05
 
     @Option(help: ArgumentHelp("mlp (the seed's head) or linear (a single fc layer).", valueName: "mlp|linear"))
     var head = "mlp"
 
-    @Option(help: "Dropout probability in the MLP head.")
+    @Option(parsing: .unconditional, help: "Dropout probability in the MLP head.")
     var dropout: Float = 0.5
 
-    @Option(help: "Centre crop side (0: whole image).")
+    @Option(parsing: .unconditional, help: "Centre crop side (0: whole image).")
     var crop = 49
 
     @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
@@ -121,7 +121,7 @@ struct FineTune: ParsableCommand {
     @Flag(help: "Replace an existing --out, --history or --plot instead of refusing.")
     var force = false
 
-    @Option(name: .customLong("max-image-pixels"), help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
     var maxImagePixels: Int?
 
 

@@ -68,6 +68,18 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
                          "--batch-size", "10000000000"], "--batch-size must be between 1 and 65536, not 10000000000")
         try assertFails(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("p.csv").path, "--model", Self.model,
                          "--batch-size", "-1"], "--batch-size must be between 1 and 65536, not -1")
+        // Negative numbers are values, not options the parser cannot find ("Missing value").
+        try assertFails(fineTune + ["--crop", "-5"], "--crop must be between 0 and 16384, not -5")
+        try assertFails(fineTune + ["--head-epochs", "-1"], "--head-epochs must be between 0 and 1000000, not -1")
+        try assertFails(fineTune + ["--lr", "-1"], "--lr must be positive")
+        try assertFails(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("p.csv").path, "--model", Self.model,
+                         "--threads", "-2"], "--threads must be between 1 and 1024, not -2")
+        // A Slurm task id that would overflow the subtraction.
+        let slurm = try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("p.csv").path, "--model", Self.model,
+                                 "--shard", "auto"], environment: ["SLURM_ARRAY_TASK_ID": "-9223372036854775808", "SLURM_ARRAY_TASK_MIN": "1",
+                                                                   "SLURM_ARRAY_TASK_COUNT": "2"], unsetting: ["JOB_COMPLETION_INDEX"])
+        XCTAssertEqual(slurm.status, 1, slurm.stderr)
+        XCTAssertTrue(slurm.stderr.contains("out of range"), slurm.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("p.csv").path), "no header-only CSV left")
     }
 
