@@ -68,5 +68,6 @@ if Context.environment["RESNETKIT_FUZZ"] != nil {
         .executableTarget(name: "FuzzSafeTensors", dependencies: ["ResNetFormats", "FuzzSupport"], path: "Fuzz/FuzzSafeTensors"),
         .executableTarget(name: "FuzzCSV", dependencies: ["ResNetData", "FuzzSupport"], path: "Fuzz/FuzzCSV"),
         .executableTarget(name: "FuzzTIFF", dependencies: ["ResNetData", "FuzzSupport"], path: "Fuzz/FuzzTIFF"),
+        .executableTarget(name: "FuzzHDF5", dependencies: ["ResNetFormats", "FuzzSupport"], path: "Fuzz/FuzzHDF5"),
     ]
 }

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the libFuzzer targets (Swift's -sanitize=fuzzer) into .build-fuzz and runs one for a bounded time.
-#   tools/fuzz.sh TARGET SECONDS [libFuzzer options…]   TARGET: onnx, json, safetensors, csv, tiff (or FuzzONNX, …)
+#   tools/fuzz.sh TARGET SECONDS [libFuzzer options…]   TARGET: onnx, json, safetensors, csv, tiff, hdf5 (or FuzzONNX, …)
 #   tools/fuzz.sh build               builds them all
 # Seeds come from fixtures/ (copied into .build-fuzz/corpus/TARGET, which keeps what the run finds); crashes go to
 # .build-fuzz/crashes/TARGET. The last line of the log says how many inputs were run.
@@ -20,7 +20,8 @@ target_name() {
         safetensors|FuzzSafeTensors) echo FuzzSafeTensors ;;
         csv|FuzzCSV) echo FuzzCSV ;;
         tiff|FuzzTIFF) echo FuzzTIFF ;;
-        *) echo "unknown target $1 (onnx, json, safetensors, csv, tiff)" >&2; exit 64 ;;
+        hdf5|FuzzHDF5) echo FuzzHDF5 ;;
+        *) echo "unknown target $1 (onnx, json, safetensors, csv, tiff, hdf5)" >&2; exit 64 ;;
     esac
 }
 
@@ -56,12 +57,14 @@ PY
         FuzzCSV) cp fixtures/images/*.csv "$corpus"/ 2>/dev/null || true
                  printf 'id,label\na,0\n"b,c",1\n' > "$corpus/labels.csv"
                  printf '\357\273\277image,target\r\nx,1\r\n"q""",0' > "$corpus/bom.csv" ;;
+        FuzzHDF5) for f in fixtures/hdf5/*.h5; do [ "$(stat -c %s "$f")" -le 65536 ] && cp "$f" "$corpus"/; done
+                  cp fixtures/hdf5/flat.h5 "$corpus"/ ;;
         FuzzTIFF) for f in fixtures/tiff/*.tif fixtures/images/*.tif; do [ -s "$f" ] && cp "$f" "$corpus"/; done ;;
     esac
 }
 
 if [ "${1:-}" = build ]; then
-    for t in FuzzONNX FuzzJSON FuzzSafeTensors FuzzCSV FuzzTIFF; do build --product "$t"; done
+    for t in FuzzONNX FuzzJSON FuzzSafeTensors FuzzCSV FuzzTIFF FuzzHDF5; do build --product "$t"; done
     exit 0
 fi
 [ $# -ge 2 ] || { echo "usage: tools/fuzz.sh TARGET SECONDS [libFuzzer options…] | tools/fuzz.sh build" >&2; exit 64; }

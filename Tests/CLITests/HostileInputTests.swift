@@ -177,6 +177,16 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
         }
     }
 
+    /// Found by tools/fuzz.sh hdf5: a damaged datatype claiming 4 GB numbers made libhdf5 allocate 4 GB for a
+    /// 4-element dataset before it noticed the data were not in the file.
+    func testHDF5NumbersOfAbsurdSizeAreRefusedBeforeReading() throws {
+        let path = Self.fixtures.appendingPathComponent("hdf5/bad_fuzz_huge_element.h5").path
+        try assertFails(["inspect", path], "\(path): dataset 'layer1.0.bn1.bias' has 4278190084-byte numbers: truncated or damaged")
+        var usage = rusage()
+        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
+        XCTAssertLessThan(usage.ru_maxrss, 1 << 20, "peak RSS of every child so far, KiB: under 1 GiB")
+    }
+
     func testBatchNormValuesThatGiveGarbageAreRefused() throws {
         let dir = try CLI.temporaryDirectory(self)
         let out = dir.appendingPathComponent("p.csv").path

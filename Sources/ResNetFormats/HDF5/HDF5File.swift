@@ -76,6 +76,12 @@ final class HDF5File {
         if H5Pget_layout(plist) == H5D_VIRTUAL {
             throw FileError(path, "dataset '\(name)' is a virtual dataset; refused (nothing outside the model file is read)")
         }
+        // libhdf5 allocates what the layout claims before it notices the bytes are not in the file.
+        var fileSize: hsize_t = 0
+        let storage = H5Dget_storage_size(id)
+        if H5Fget_filesize(self.id, &fileSize) >= 0, storage > fileSize {
+            throw FileError(path, "dataset '\(name)' claims \(storage) bytes of storage, more than the whole file (\(fileSize)): truncated or damaged")
+        }
     }
 
     /// The innermost description on libhdf5's error stack (the root cause), and clears the stack.
@@ -195,6 +201,10 @@ final class HDF5File {
         guard dataset.isFloat || dataset.isInteger else {
             let kind = dataset.typeClass == H5T_STRING ? "text" : "a non-numeric type"
             throw FileError(path, "dataset '\(dataset.path)' holds \(kind), expected floating-point numbers")
+        }
+        // A damaged type can claim elements of gigabytes, which libhdf5 would allocate a conversion buffer for.
+        guard [1, 2, 4, 8].contains(dataset.elementSize) else {
+            throw FileError(path, "dataset '\(dataset.path)' has \(dataset.elementSize)-byte numbers: truncated or damaged")
         }
         let id = H5Dopen2(group, dataset.path, hid_t(H5P_DEFAULT))
         guard id >= 0 else { throw damaged("cannot open dataset '\(dataset.path)'") }
