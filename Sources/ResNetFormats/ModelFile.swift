@@ -95,6 +95,9 @@ public enum ModelImporter {
         case .onnx:
             return try validated(ONNXImporter.importModel(path: path, options: options), path: path)
         case .hdf5:
+            if let executable = HDF5Isolation.executable {
+                return try validated(HDF5Isolation.importModel(path: path, options: options, executable: executable), path: path)
+            }
             return try validated(HDF5Importer.importModel(path: path, options: options), path: path)
         }
     }

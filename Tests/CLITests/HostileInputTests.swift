@@ -187,6 +187,18 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertLessThan(usage.ru_maxrss, 1 << 20, "peak RSS of every child so far, KiB: under 1 GiB")
     }
 
+    /// Found by tools/fuzz.sh hdf5: a damaged group B-tree that makes libhdf5 itself dereference NULL. HDF5 files
+    /// are read in a child process, so the command reports it in one line with status 1.
+    func testACrashInsideLibHDF5IsAOneLineError() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let path = Self.fixtures.appendingPathComponent("hdf5/bad_fuzz_libhdf5_crash.h5").path
+        for command in [["inspect", path], ["import-weights", path, "--out", dir.appendingPathComponent("x.safetensors").path]] {
+            let result = try CLI.run(command)
+            XCTAssertEqual(result.status, 1, "\(command): \(result.stderr)")
+            XCTAssertEqual(result.stderr, "error: \(path): the HDF5 library crashed reading this file (signal 11): it is damaged\n")
+        }
+    }
+
     func testBatchNormValuesThatGiveGarbageAreRefused() throws {
         let dir = try CLI.temporaryDirectory(self)
         let out = dir.appendingPathComponent("p.csv").path
