@@ -199,6 +199,16 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
         }
     }
 
+    /// Found by tools/fuzz.sh hdf5: a damaged superblock that makes H5Fopen itself allocate and clear gigabytes.
+    /// The HDF5 reader runs with a memory limit, so the allocation fails and the file is reported as damaged.
+    func testHDF5AllocationsInsideLibHDF5AreBounded() throws {
+        let path = Self.fixtures.appendingPathComponent("hdf5/bad_fuzz_huge_superblock.h5").path
+        try assertFails(["inspect", path], "\(path): cannot open the HDF5 file, it is truncated or damaged")
+        var usage = rusage()
+        getrusage(RUSAGE_CHILDREN.rawValue, &usage)
+        XCTAssertLessThan(usage.ru_maxrss, 1 << 20, "peak RSS of every child so far, KiB: under 1 GiB")
+    }
+
     func testBatchNormValuesThatGiveGarbageAreRefused() throws {
         let dir = try CLI.temporaryDirectory(self)
         let out = dir.appendingPathComponent("p.csv").path

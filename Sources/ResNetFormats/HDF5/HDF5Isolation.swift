@@ -26,6 +26,7 @@ public enum HDF5Isolation {
     public static func runChildIfRequested() {
         let environment = ProcessInfo.processInfo.environment
         guard let path = environment[pathVariable], let out = environment[outVariable] else { return }
+        limitMemory()
         do {
             let classes = try environment[classesVariable].map { try JSONDecoder().decode([String].self, from: Data($0.utf8)) }
             let imported = try HDF5Importer.importModel(path: path, options: ImportOptions(classNames: classes))
@@ -40,6 +41,21 @@ public enum HDF5Isolation {
             FileHandle.standardError.write(Data(problem.utf8))
             exit(1)
         }
+    }
+
+    /// Memory the child may allocate beyond what it holds at start: libhdf5 allocates what a damaged superblock or
+    /// object header claims (gigabytes) before it checks it against the file; with the limit the allocation
+    /// fails and libhdf5 reports an error.
+    static let childMemoryBytes = 1 << 30
+
+    static func limitMemory() {
+        // VmData: the private writable memory the process already uses (libraries, OpenBLAS buffers).
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmData:") }
+        let kilobytes = line.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") } ?? 0
+        let bytes = rlim_t(kilobytes * 1024 + childMemoryBytes)
+        var limit = rlimit(rlim_cur: bytes, rlim_max: bytes)
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_DATA.rawValue), &limit)
     }
 
     /// Imports `path` in a child process running `executable`.
