@@ -59,3 +59,17 @@ let package = Package(
     ],
     swiftLanguageModes: [.v5]
 )
+
+// libFuzzer targets (tools/fuzz.sh builds them with -sanitize=fuzzer into .build-fuzz): declared only when
+// RESNETKIT_FUZZ is set, so ordinary builds and tests never see them.
+if Context.environment["RESNETKIT_FUZZ"] != nil {
+    package.targets += [
+        .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
+        .executableTarget(name: "FuzzONNX", dependencies: ["ResNetFormats", "FuzzSupport"], path: "Fuzz/FuzzONNX"),
+        .executableTarget(name: "FuzzJSON", dependencies: ["ResNetFormats", "ResNetModel", "FuzzSupport"], path: "Fuzz/FuzzJSON"),
+        .executableTarget(name: "FuzzSafeTensors", dependencies: ["ResNetFormats", "FuzzSupport"], path: "Fuzz/FuzzSafeTensors"),
+        .executableTarget(name: "FuzzCSV", dependencies: ["ResNetData", "FuzzSupport"], path: "Fuzz/FuzzCSV"),
+        .executableTarget(name: "FuzzTIFF", dependencies: ["ResNetData", "FuzzSupport"], path: "Fuzz/FuzzTIFF"),
+        .executableTarget(name: "FuzzHDF5", dependencies: ["ResNetFormats", "FuzzSupport"], path: "Fuzz/FuzzHDF5"),
+    ]
+}

@@ -88,19 +88,27 @@ public final class AppendableCSV {
             guard got > 0 else { throw FileError(path, "cannot read: \(got < 0 ? systemErrorMessage() : "the file shrank")") }
             filled += got
         }
+        // Everything is checked before a byte changes: a file that is not this run's output is left as it was.
         let complete = completeRecordsLength(bytes)
+        let records = try CSV.parse(String(decoding: bytes[..<complete], as: UTF8.self), path: path)
+        if let first = records.first {
+            guard first == header else {
+                throw FileError(path, "has the columns \(first.joined(separator: ",")) but this run writes \(header.joined(separator: ",")) (use the same options, or another output file); left unchanged")
+            }
+        } else if complete < bytes.count {
+            // No complete line at all: only a torn header of ours may be cut.
+            let tail = String(decoding: bytes[complete...], as: UTF8.self)
+            guard CSV.encodeRow(header).hasPrefix(tail) else {
+                throw FileError(path, "is not a CSV written by this command (its first line is not \(header.joined(separator: ","))); left unchanged")
+            }
+        }
+        for (index, record) in records.enumerated() where record.count != header.count {
+            throw FileError(path, "record \(index + 1) has \(record.count) fields, expected \(header.count); left unchanged")
+        }
         if complete < bytes.count {
             guard ftruncate(fd, off_t(complete)) == 0 else {
                 throw FileError(path, "cannot remove the torn last line: \(systemErrorMessage())")
             }
-        }
-        let records = try CSV.parse(String(decoding: bytes[..<complete], as: UTF8.self), path: path)
-        guard let first = records.first else { return ([], bytes.count - complete) }
-        guard first == header else {
-            throw FileError(path, "has the columns \(first.joined(separator: ",")) but this run writes \(header.joined(separator: ",")) (use the same options, or another output file)")
-        }
-        for (index, record) in records.enumerated() where record.count != header.count {
-            throw FileError(path, "record \(index + 1) has \(record.count) fields, expected \(header.count)")
         }
         return (Array(records.dropFirst()), bytes.count - complete)
     }

@@ -52,7 +52,9 @@ public struct Shard: Equatable, Sendable, CustomStringConvertible {
                 shard = Shard(index: try number(index, "JOB_COMPLETION_INDEX"), count: count)
             } else if let task = environment["SLURM_ARRAY_TASK_ID"] {
                 let first = try environment["SLURM_ARRAY_TASK_MIN"].map { try number($0, "SLURM_ARRAY_TASK_MIN") } ?? 0
-                shard = Shard(index: try number(task, "SLURM_ARRAY_TASK_ID") - first,
+                let (index, overflow) = try number(task, "SLURM_ARRAY_TASK_ID").subtractingReportingOverflow(first)
+                guard !overflow else { throw SpecError(description: "--shard auto: SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN is out of range") }
+                shard = Shard(index: index,
                               count: try shardCount ?? number(environment["SLURM_ARRAY_TASK_COUNT"], "SLURM_ARRAY_TASK_COUNT"))
             } else {
                 throw SpecError(description: "--shard auto needs JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID (Slurm job array)")

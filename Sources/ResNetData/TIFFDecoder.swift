@@ -12,7 +12,10 @@ import ResNetSupport
 /// Thread-safe: every call has its own TIFF handle and its own error buffer; libtiff never prints.
 public enum TIFFDecoder {
     /// Largest image accepted, in pixels (8192²): a patch decoder has no business allocating more.
-    public static let maxPixels = 1 << 26
+    public static let maxPixels = Limits.maxImagePixels
+    /// Largest image this run decodes, in pixels: the commands set it from `--max-image-pixels` (or the default
+    /// for their batch size) before the first image is read.
+    public nonisolated(unsafe) static var pixelBudget = Limits.defaultPixelBudget(batchSize: 64)
     /// No single libtiff allocation may exceed this (a lying header cannot make libtiff allocate gigabytes).
     static let maxLibTIFFAllocation = 1 << 30
     static let maxTileSide = 1 << 16
@@ -112,6 +115,9 @@ public enum TIFFDecoder {
         guard width > 0, height > 0 else { throw FileError(path, "not a valid TIFF: the image is \(width)x\(height)") }
         guard width * height <= maxPixels else {
             throw FileError(path, "absurd dimensions \(width)x\(height) (more than \(maxPixels) pixels)")
+        }
+        guard width * height <= pixelBudget else {
+            throw FileError(path, "\(width)x\(height) is \(width * height) pixels, more than the per-image budget of \(pixelBudget) (--max-image-pixels raises it, up to \(maxPixels))")
         }
         let layout = Layout(width: width, height: height,
                             samplesPerPixel: tag16(tif, TIFFTAG_SAMPLESPERPIXEL) ?? 1,

@@ -11,28 +11,51 @@ public struct LabelTable: Equatable, Sendable {
     /// Name of each class index: the integer labels in increasing order, or the string labels sorted.
     public var classNames: [String]
 
-    /// Reads the CSV. A first row `id,label` (any case) is a header. With `classNames` (a model's classes)
-    /// labels must name one of them; without, the classes are the distinct labels found.
+    /// How the columns were chosen when the header does not name `id` and `label` (nil when it does).
+    public var columnNote: String?
+
+    /// Reads the CSV. The first row is a header (a UTF-8 byte order mark before it is ignored): the columns named
+    /// `id` and `label` (any case) are used, or the first two columns when it names neither (`columnNote` says
+    /// so). With `classNames` (a model's classes) labels must name one of them; without, the classes are the
+    /// distinct labels found.
     public static func load(path: String, classNames given: [String]? = nil) throws -> LabelTable {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard var data = FileManager.default.contents(atPath: path) else {
             throw FileError(path, "cannot read the labels file: \(systemErrorMessage())")
         }
+        if data.starts(with: [0xEF, 0xBB, 0xBF]) { data.removeFirst(3) }
         var rows = try CSV.parse(String(decoding: data, as: UTF8.self), path: path)
-        var firstLine = 1
-        if let first = rows.first, first.count >= 2, first[0].lowercased() == "id", first[1].lowercased() == "label" {
-            rows.removeFirst()
-            firstLine = 2
-        }
-        guard !rows.isEmpty else { throw FileError(path, "no labelled rows (expected id,label)") }
-        var ids: [String] = [], names: [String] = [], seen = Set<String>()
-        for (index, row) in rows.enumerated() {
-            guard row.count >= 2, !row[0].isEmpty, !row[1].isEmpty else {
-                throw FileError(path, "record \(index + firstLine): expected id,label, got \(row.count) field(s)")
+        guard let header = rows.first else { throw FileError(path, "is empty (expected a header row id,label and a row per image)") }
+        rows.removeFirst()
+        let names = header.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        var idColumn = 0, labelColumn = 1, note: String?
+        if let id = names.firstIndex(of: "id"), let label = names.firstIndex(of: "label") {
+            (idColumn, labelColumn) = (id, label)
+        } else {
+            guard header.count >= 2 else {
+                throw FileError(path, "the header row has \(header.count) column(s); expected id,label")
             }
-            guard seen.insert(row[0]).inserted else { throw FileError(path, "record \(index + firstLine): id \(row[0]) appears twice") }
-            ids.append(row[0])
-            names.append(row[1].trimmingCharacters(in: .whitespaces))
+            note = "\(path): no id,label header; using its first two columns '\(header[0])' and '\(header[1])' as id and label"
         }
+        let firstLine = 2
+        guard !rows.isEmpty else { throw FileError(path, "no labelled rows after the header (expected id,label)") }
+        var ids: [String] = [], labelNames: [String] = [], seen = Set<String>()
+        for (index, row) in rows.enumerated() {
+            guard row.count > max(idColumn, labelColumn) else {
+                throw FileError(path, "record \(index + firstLine): \(row.count) field(s), the header has \(header.count)")
+            }
+            let id = row[idColumn], label = row[labelColumn].trimmingCharacters(in: .whitespaces)
+            guard !id.isEmpty else { throw FileError(path, "record \(index + firstLine): the id is empty") }
+            guard !label.isEmpty else { throw FileError(path, "record \(index + firstLine): the label of \(id) is empty") }
+            guard seen.insert(id).inserted else { throw FileError(path, "record \(index + firstLine): id \(id) appears twice") }
+            ids.append(id)
+            labelNames.append(label)
+        }
+        var table = try classify(ids: ids, names: labelNames, given: given, path: path, firstLine: firstLine)
+        table.columnNote = note
+        return table
+    }
+
+    static func classify(ids: [String], names: [String], given: [String]?, path: String, firstLine: Int) throws -> LabelTable {
         let classes: [String]
         if let given {
             classes = given
@@ -40,6 +63,9 @@ public struct LabelTable: Equatable, Sendable {
             classes = Set(names.map { Int($0)! }).sorted().map(String.init)
         } else {
             classes = Set(names).sorted()
+        }
+        guard classes.count <= Limits.classes.upperBound else {
+            throw FileError(path, "\(classes.count) distinct labels, more than the \(Limits.classes.upperBound) classes a head may have")
         }
         guard classes.count >= 2 || given != nil else {
             throw FileError(path, "only one class (\(classes.first ?? "")): a classifier needs at least two")

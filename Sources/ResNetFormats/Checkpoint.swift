@@ -72,19 +72,19 @@ public struct Checkpoint: Equatable {
         guard config.numClasses > 0, config.baseWidth > 0, config.hiddenUnits > 0 else {
             throw FileError(path, "metadata 'config' describes an empty network")
         }
+        let preprocessing = try decode(Preprocessing.self, "preprocessing") ?? Preprocessing()
+        try ModelValidation.check(config: config, preprocessing: preprocessing, path: path)
         do { try Architecture(config).validate(state) } catch let error as StateDictError {
             throw FileError(path, "not a ResNet-18 checkpoint of the stated shape: \(error)")
         }
-        for (name, tensor) in state where !tensor.data.allSatisfy(\.isFinite) {
-            throw FileError(path, "tensor \(name) holds NaN or infinite values")
-        }
+        try ModelValidation.check(state: state, path: path)
         let classNames = try decode([String].self, "classes")
         if let classNames, classNames.count != config.numClasses {
             throw FileError(path, "metadata lists \(classNames.count) class names for \(config.numClasses) classes")
         }
         let known: Set<String> = ["format", "config", "classes", "preprocessing", "provenance"]
         return Checkpoint(config: config, state: state, classNames: classNames,
-                          preprocessing: try decode(Preprocessing.self, "preprocessing") ?? Preprocessing(),
+                          preprocessing: preprocessing,
                           provenance: try decode(Provenance.self, "provenance") ?? Provenance(source: path),
                           extra: metadata.filter { !known.contains($0.key) })
     }

@@ -15,6 +15,10 @@ public enum ModelFileKind: String, Sendable {
     /// Sniffs the first bytes: the HDF5 signature (at 0 or a power-of-two user-block offset), a safetensors
     /// header (length + `{`), or a protobuf `ModelProto` (its first field is a small varint/length tag).
     public static func detect(path: String) throws -> ModelFileKind {
+        var info = stat()
+        if stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR {
+            throw FileError(path, "is a folder, not a model file")
+        }
         guard let handle = FileHandle(forReadingAtPath: path) else {
             var isDirectory: ObjCBool = false
             if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
@@ -95,13 +99,23 @@ public enum ModelImporter {
             return ImportedModel(checkpoint: checkpoint, sourceFormat: "safetensors", producer: checkpoint.provenance.producer,
                                  batchNormFolded: false, notes: [])
         case .onnx:
-            return try ONNXImporter.importModel(path: path, options: options)
+            return try validated(ONNXImporter.importModel(path: path, options: options), path: path)
         case .hdf5:
-            return try HDF5Importer.importModel(path: path, options: options)
+            if let executable = HDF5Isolation.executable {
+                return try validated(HDF5Isolation.importModel(path: path, options: options, executable: executable), path: path)
+            }
+            return try validated(HDF5Importer.importModel(path: path, options: options), path: path)
         case .pytorch:
-            return try PyTorchImporter.importModel(path: path, options: options)
+            return try validated(PyTorchImporter.importModel(path: path, options: options), path: path)
         case .keras:
-            return try KerasArchive.importModel(path: path, options: options)
+            return try validated(KerasArchive.importModel(path: path, options: options), path: path)
         }
+    }
+
+    /// Imported values get the checks a checkpoint's get (epsilon, variances, sizes).
+    static func validated(_ model: ImportedModel, path: String) throws -> ImportedModel {
+        try ModelValidation.check(config: model.checkpoint.config, preprocessing: model.checkpoint.preprocessing, path: path)
+        try ModelValidation.check(state: model.checkpoint.state, path: path)
+        return model
     }
 }

@@ -48,6 +48,7 @@ public enum SafeTensors {
         }
         let dataSize = data.count - headerEnd
         var tensors: [String: Entry] = [:]
+        var pending: [(name: String, dtype: String, shape: [Int], count: Int, begin: Int, end: Int)] = []
         for (name, value) in header where name != "__metadata__" {
             guard let info = value as? [String: Any], let dtype = info["dtype"] as? String,
                   let shapeAny = info["shape"] as? [Any], let offsetsAny = info["data_offsets"] as? [Any],
@@ -76,10 +77,19 @@ public enum SafeTensors {
             guard count * size == end - begin else {
                 throw FileError(path, "tensor \(name): shape \(describeShape(shape)) of \(dtype) needs \(count * size) bytes, data_offsets give \(end - begin)")
             }
+            pending.append((name, dtype, shape, count, begin, end))
+        }
+        // Tensors may not share bytes (the format forbids it, and shared ranges would let a small file expand
+        // into many copies of its largest tensor): checked before anything is converted.
+        let ranges = pending.filter { $0.end > $0.begin }.sorted { ($0.begin, $0.name) < ($1.begin, $1.name) }
+        for (previous, next) in zip(ranges, ranges.dropFirst()) where previous.end > next.begin {
+            throw FileError(path, "tensors \(previous.name) and \(next.name) overlap (data_offsets [\(previous.begin), \(previous.end)] and [\(next.begin), \(next.end)])")
+        }
+        for t in pending {
             let values = data.withUnsafeBytes { raw in
-                convert(UnsafeRawBufferPointer(rebasing: raw[(headerEnd + begin)..<(headerEnd + end)]), dtype: dtype, count: count)
+                convert(UnsafeRawBufferPointer(rebasing: raw[(headerEnd + t.begin)..<(headerEnd + t.end)]), dtype: t.dtype, count: t.count)
             }
-            tensors[name] = Entry(shape: shape, data: values, dtype: dtype)
+            tensors[t.name] = Entry(shape: t.shape, data: values, dtype: t.dtype)
         }
         return (tensors, metadata)
     }

@@ -37,6 +37,21 @@ public enum AtomicFile {
         }
     }
 
+    /// Removes temporary files that runs killed while writing `path` (or a file named `path.…`, such as a
+    /// sidecar) left beside it: `.<name>.….<pid>.<random>.tmp` whose process no longer exists.
+    public static func removeStaleTemporaries(for path: String) {
+        let url = URL(fileURLWithPath: path)
+        let folder = url.deletingLastPathComponent().path
+        let prefix = ".\(url.lastPathComponent)."
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
+        for name in names where name.hasPrefix(prefix) && name.hasSuffix(".tmp") {
+            let parts = name.dropLast(4).split(separator: ".")
+            guard parts.count >= 3, let pid = Int32(parts[parts.count - 2]), UInt32(parts[parts.count - 1]) != nil,
+                  pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            unlink((folder as NSString).appendingPathComponent(name))
+        }
+    }
+
     /// Writes `data` atomically.
     public static func write(_ data: Data, to path: String, overwrite: Bool = true) throws {
         try write(to: path, overwrite: overwrite) { try $0.write(contentsOf: data) }

@@ -44,7 +44,7 @@ struct BatchInfer: ParsableCommand {
     @Option(help: ArgumentHelp("Checkpoint, ONNX or HDF5 model (default: the newer of finetuned.safetensors and model.safetensors here).", valueName: "CKPT"))
     var model: String?
 
-    @Option(help: "Centre crop side (0: whole image); default from the model.")
+    @Option(parsing: .unconditional, help: "Centre crop side (0: whole image); default from the model.")
     var crop: Int?
 
     @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
@@ -53,13 +53,13 @@ struct BatchInfer: ParsableCommand {
     @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
     var channelOrder: String?
 
-    @Option(name: .customLong("batch-size"), help: "Images per GEMM batch.")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per GEMM batch.")
     var batchSize = 64
 
     @Option(help: TTAViews.help)
     var tta = TTAViews.one
 
-    @Option(help: "Threads: lanes that each run the network on a share of every batch, and decoders (default: all cores).")
+    @Option(parsing: .unconditional, help: "Threads: lanes that each run the network on a share of every batch, and decoders (default: all cores).")
     var threads: Int?
 
     @Flag(help: "Descend into sub-folders.")
@@ -77,23 +77,32 @@ struct BatchInfer: ParsableCommand {
     @Option(help: ArgumentHelp("Where failed images are listed (default: <out>.errors.csv).", valueName: "CSV"))
     var errors: String?
 
-    @Option(name: .customLong("max-errors"), help: "Stop (status 4) when more than N images have failed.")
+    @Option(name: .customLong("max-errors"), parsing: .unconditional, help: "Stop (status 4) when more than N images have failed.")
     var maxErrors: Int?
 
     @Option(help: ArgumentHelp("Process only shard I of N (0-based), or auto from Kubernetes/Slurm.", valueName: "I/N|auto"))
     var shard: String?
 
-    @Option(name: .customLong("shard-count"), help: "Number of shards for --shard auto with a Kubernetes Indexed Job.")
+    @Option(name: .customLong("shard-count"), parsing: .unconditional, help: "Number of shards for --shard auto with a Kubernetes Indexed Job.")
     var shardCount: Int?
 
     @Flag(help: "No progress bar or summary (errors still go to stderr).")
     var quiet = false
 
+    @Flag(help: "Replace an existing output (and errors file) instead of refusing.")
+    var force = false
+
+    @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    var maxImagePixels: Int?
+
 
     func run() throws {
         Console.quiet = quiet
-        guard batchSize >= 1 else { throw UsageError("--batch-size must be at least 1") }
-        if let threads, threads < 1 { throw UsageError("--threads must be at least 1") }
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+        if let threads { try Limits.check(threads, Limits.threads, "--threads") }
+        if let crop { try Limits.check(crop, Limits.crop, "--crop") }
+        TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
+        if force && resume { throw UsageError("--force and --resume exclude each other (replace the output, or continue it)") }
         if let maxErrors, maxErrors < 0 { throw UsageError("--max-errors must be 0 or more") }
         guard format == "logits" || format == "kaggle" else { throw UsageError("--format must be logits or kaggle, not '\(format)'") }
         if format == "kaggle" && probs { throw UsageError("--probs does not apply to --format kaggle (its label already is a probability)") }
@@ -107,6 +116,16 @@ struct BatchInfer: ParsableCommand {
         }
 
         let modelPath = try model ?? Self.defaultModel()
+        // Nothing is read or written before the outputs are known not to clash with the inputs or each other.
+        let errorsPath = errors ?? out + ".errors.csv"
+        let outputs = [OutputGuard.Output(out, option: "--out", mayExist: resume || force),
+                       OutputGuard.Output(errorsPath, option: errors == nil ? "the errors file (--errors)" : "--errors",
+                                          mayExist: resume || force || Self.isErrorsCSV(errorsPath))]
+        try OutputGuard.check(outputs: outputs,
+                              inputs: [OutputGuard.Input(modelPath, role: "model")] + paths.map { OutputGuard.Input($0, role: "input image path") },
+                              forceHint: "use --resume to continue it, or --force to replace it")
+        let locks = try OutputGuard.lock(outputs)
+        defer { locks.forEach { $0.release() } }
         let checkpoint = try ModelImporter.load(path: modelPath).checkpoint
         Console.info("batch-infer: model \(modelPath)\(model == nil ? " (newest default model in this folder)" : "")")
         var preprocessing = checkpoint.preprocessing
@@ -129,8 +148,7 @@ struct BatchInfer: ParsableCommand {
 
         let header = format == "kaggle" ? ["id", "label"]
             : ["id"] + (0..<classes).map { "logit_\($0)" } + (probs ? (0..<classes).map { "prob_\($0)" } : []) + ["label"]
-        let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : .refuse)
-        let errorsPath = errors ?? out + ".errors.csv"
+        let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : force ? .replace : .refuse)
         let errorLog = try AppendableCSV(path: errorsPath, header: ["id", "path", "reason"], existing: resume ? .resume : .replace)
         let done = Set(output.existingRecords.map { $0[0] } + errorLog.existingRecords.map { $0[0] })
         if resume {
@@ -148,11 +166,12 @@ struct BatchInfer: ParsableCommand {
         let progress = ProgressBar(label: "batch-infer")
         if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
 
-        var logits = [Float](repeating: 0, count: batchSize * classes)
+        var logits: [Float] = []  // sized by the images present, not by --batch-size
         let augmentation = TestTimeAugmentation(viewCount: tta.rawValue)!
         var processed = 0, failed = errorLog.existingRecords.count
         while let batch = loader.next() {
             if batch.count > 0 {
+                if logits.count < batch.count * classes { logits = [Float](repeating: 0, count: batch.count * classes) }
                 logits.withUnsafeMutableBufferPointer { out in
                     augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
                                             width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: out.baseAddress!) {
@@ -200,6 +219,14 @@ struct BatchInfer: ParsableCommand {
             text += fields.joined(separator: ",") + "\n"
         }
         return text
+    }
+
+    /// Whether `path` is an errors CSV of an earlier run (which a new run replaces without --force).
+    static func isErrorsCSV(_ path: String) -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? handle.close() }
+        let head = (try? handle.read(upToCount: 15)) ?? Data()
+        return head == Data("id,path,reason\n".utf8)
     }
 
     /// The newer (by modification time) of what fine-tune and import-weights write by default.

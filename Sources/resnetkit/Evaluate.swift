@@ -33,7 +33,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: ArgumentHelp("Write roc.svg and pr.svg (binary tasks) into this folder.", valueName: "DIR"))
     var plots: String?
 
-    @Option(name: .customLong("batch-size"), help: "Images per batch.")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per batch.")
     var batchSize = 64
 
     @Option(help: TTAViews.help)
@@ -45,13 +45,35 @@ struct Evaluate: ParsableCommand {
     @Flag(help: "No progress output or summary (errors still go to stderr).")
     var quiet = false
 
+    @Flag(help: "Replace an existing --report or plots instead of refusing.")
+    var force = false
+
+    @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    var maxImagePixels: Int?
+
     func run() throws {
         Console.quiet = quiet
-        guard batchSize >= 1 else { throw UsageError("--batch-size must be at least 1") }
+        if quiet { Console.silenceStandardOutput() }
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+        TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
         for path in paths where !FileManager.default.fileExists(atPath: path) { throw FileError(path, "no such file or folder") }
+        // Outputs are checked (and the plots folder made) before the evaluation, not after it.
+        var outputs: [OutputGuard.Output] = []
+        if let report { outputs.append(OutputGuard.Output(report, option: "--report", mayExist: force)) }
+        if let plots {
+            do { try FileManager.default.createDirectory(atPath: plots, withIntermediateDirectories: true) } catch {
+                throw FileError(plots, "cannot create the plots folder: \((error as NSError).localizedFailureReason ?? systemErrorMessage())")
+            }
+            outputs += ["roc.svg", "pr.svg"].map { OutputGuard.Output((plots as NSString).appendingPathComponent($0), option: "--plots", mayExist: force) }
+        }
+        try OutputGuard.check(outputs: outputs, inputs: [OutputGuard.Input(model, role: "model (--model)"), OutputGuard.Input(labels, role: "labels (--labels)")]
+                                + paths.map { OutputGuard.Input($0, role: "input image path") })
+        let locks = try OutputGuard.lock(outputs)
+        defer { locks.forEach { $0.release() } }
         let checkpoint = try ModelImporter.load(path: model).checkpoint
         let classes = checkpoint.config.numClasses
         let table = try LabelTable.load(path: labels, classNames: checkpoint.classNames)
+        if let note = table.columnNote { Console.info("note: \(note)") }
         let labelOf = Dictionary(uniqueKeysWithValues: zip(table.ids, table.labels))
         let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
         let loader = PrefetchingLoader(enumerator: ImageEnumerator(paths: paths, recursive: recursive),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ResNetFormats
+import ResNetSupport
 
 /// `resnetkit export-onnx CKPT --out FILE [--opset N]`: a checkpoint as a standard eval-mode ONNX model.
 struct ExportONNX: ParsableCommand {
@@ -21,6 +22,9 @@ struct ExportONNX: ParsableCommand {
     @Flag(name: .customLong("quiet"), help: "Print nothing but errors.")
     var quiet = false
 
+    @Flag(help: "Replace an existing output file.")
+    var force = false
+
     func validate() throws {
         guard ONNXExporter.supportedOpsets.contains(opset) else {
             throw ValidationError("--opset must be between \(ONNXExporter.supportedOpsets.lowerBound) and \(ONNXExporter.supportedOpsets.upperBound)")
@@ -29,6 +33,10 @@ struct ExportONNX: ParsableCommand {
 
     func run() throws {
         Console.quiet = quiet
+        let output = OutputGuard.Output(out, option: "--out", mayExist: force)
+        try OutputGuard.check(outputs: [output], inputs: [OutputGuard.Input(checkpoint, role: "checkpoint")])
+        let locks = try OutputGuard.lock([output])
+        defer { locks.forEach { $0.release() } }
         let model = try ModelImporter.load(path: checkpoint).checkpoint
         try ONNXExporter.export(model, to: out, opset: opset)
         Console.info("wrote \(out) (ONNX opset \(opset), ResNet-18 width \(model.config.baseWidth), \(model.config.head.rawValue) head, \(model.config.numClasses) classes)")

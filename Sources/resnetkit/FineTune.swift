@@ -53,49 +53,49 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("valid-labels"), help: ArgumentHelp("Labels of the validation images.", valueName: "CSV"))
     var validLabels: String?
 
-    @Option(name: .customLong("valid-fraction"), help: "Without --valid-dir: share of DIR held out for validation (seeded).")
+    @Option(name: .customLong("valid-fraction"), parsing: .unconditional, help: "Without --valid-dir: share of DIR held out for validation (seeded).")
     var validFraction = 0.2
 
-    @Option(name: .customLong("train-size"), help: "Use at most N training images (a seeded sample).")
+    @Option(name: .customLong("train-size"), parsing: .unconditional, help: "Use at most N training images (a seeded sample).")
     var trainSize: Int?
 
-    @Option(name: .customLong("valid-size"), help: "Use at most N validation images.")
+    @Option(name: .customLong("valid-size"), parsing: .unconditional, help: "Use at most N validation images.")
     var validSize: Int?
 
-    @Option(name: .customLong("head-epochs"), help: "Epochs of phase 1 (backbone frozen).")
+    @Option(name: .customLong("head-epochs"), parsing: .unconditional, help: "Epochs of phase 1 (backbone frozen).")
     var headEpochs = 10
 
-    @Option(name: .customLong("finetune-epochs"), help: "Epochs of phase 2 (everything trainable).")
+    @Option(name: .customLong("finetune-epochs"), parsing: .unconditional, help: "Epochs of phase 2 (everything trainable).")
     var finetuneEpochs = 20
 
-    @Option(name: .customLong("batch-size"), help: "Images per step.")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per step.")
     var batchSize = 16
 
-    @Option(name: .customLong("head-lr"), help: "AdamW learning rate of phase 1 (overwritten by OneCycleLR, as in PyTorch).")
+    @Option(name: .customLong("head-lr"), parsing: .unconditional, help: "AdamW learning rate of phase 1 (overwritten by OneCycleLR, as in PyTorch).")
     var headLR = 1e-3
 
-    @Option(name: .customLong("head-max-lr"), help: "OneCycleLR peak of phase 1.")
+    @Option(name: .customLong("head-max-lr"), parsing: .unconditional, help: "OneCycleLR peak of phase 1.")
     var headMaxLR = 1e-2
 
-    @Option(name: .customLong("head-weight-decay"), help: "AdamW weight decay of phase 1 (PyTorch's default).")
+    @Option(name: .customLong("head-weight-decay"), parsing: .unconditional, help: "AdamW weight decay of phase 1 (PyTorch's default).")
     var headWeightDecay = 0.01
 
-    @Option(help: "AdamW learning rate of phase 2.")
+    @Option(parsing: .unconditional, help: "AdamW learning rate of phase 2.")
     var lr = 1e-5
 
-    @Option(name: .customLong("max-lr"), help: "OneCycleLR peak of phase 2.")
+    @Option(name: .customLong("max-lr"), parsing: .unconditional, help: "OneCycleLR peak of phase 2.")
     var maxLR = 1e-4
 
-    @Option(name: .customLong("weight-decay"), help: "AdamW weight decay of phase 2.")
+    @Option(name: .customLong("weight-decay"), parsing: .unconditional, help: "AdamW weight decay of phase 2.")
     var weightDecay = 0.05
 
     @Option(help: ArgumentHelp("mlp (the seed's head) or linear (a single fc layer).", valueName: "mlp|linear"))
     var head = "mlp"
 
-    @Option(help: "Dropout probability in the MLP head.")
+    @Option(parsing: .unconditional, help: "Dropout probability in the MLP head.")
     var dropout: Float = 0.5
 
-    @Option(help: "Centre crop side (0: whole image).")
+    @Option(parsing: .unconditional, help: "Centre crop side (0: whole image).")
     var crop = 49
 
     @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
@@ -137,6 +137,12 @@ struct FineTune: ParsableCommand {
     @Flag(help: "No progress output (errors still go to stderr).")
     var quiet = false
 
+    @Flag(help: "Replace an existing --out, --history or --plot instead of refusing.")
+    var force = false
+
+    @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
+    var maxImagePixels: Int?
+
 
     /// One training phase of the recipe.
     struct Phase {
@@ -159,13 +165,23 @@ struct FineTune: ParsableCommand {
     /// The options a resumed run must repeat for its schedule and data order to continue the same run.
     var recipe: String {
         "seed \(seed), batch size \(batchSize), head epochs \(headEpochs), fine-tune epochs \(finetuneEpochs), "
-            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction)"
+            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction), head \(head), "
+            + "head lr \(headLR)/\(headMaxLR)/\(headWeightDecay), lr \(lr)/\(maxLR)/\(weightDecay), dropout \(dropout), "
+            + "crop \(crop), frozen BN \(frozenBN), augment \(!noAugment)"
+        // --monitor, --keep, --early-stop and --class-weights are checked on their own (FineTuneMonitoring).
     }
 
     static let resumeKey = "resnetkit.fine-tune"
 
     func validated() throws -> (HeadKind, FrozenBatchNormMode) {
         guard batchSize >= 2 else { throw UsageError("--batch-size must be at least 2 (BatchNorm needs two images)") }
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+        try Limits.check(headEpochs, Limits.epochs, "--head-epochs")
+        try Limits.check(finetuneEpochs, Limits.epochs, "--finetune-epochs")
+        try Limits.check(crop, Limits.crop, "--crop")
+        if let trainSize { try Limits.check(trainSize, 1...Int(Int32.max), "--train-size") }
+        if let validSize { try Limits.check(validSize, 0...Int(Int32.max), "--valid-size") }
+        if force && resume { throw UsageError("--force and --resume exclude each other (start afresh, or continue)") }
         guard headEpochs >= 0, finetuneEpochs >= 0, headEpochs + finetuneEpochs > 0 else {
             throw UsageError("--head-epochs and --finetune-epochs must be 0 or more, and not both 0")
         }
@@ -174,8 +190,11 @@ struct FineTune: ParsableCommand {
         guard crop == 0 || crop >= ModelConfig.minimumInputSide else {
             throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide)")
         }
-        for (name, value) in [("--head-lr", headLR), ("--head-max-lr", headMaxLR), ("--lr", lr), ("--max-lr", maxLR)] where !(value > 0) {
+        for (name, value) in [("--head-lr", headLR), ("--head-max-lr", headMaxLR), ("--lr", lr), ("--max-lr", maxLR)] where !(value > 0 && value.isFinite) {
             throw UsageError("\(name) must be positive")
+        }
+        for (name, value) in [("--head-weight-decay", headWeightDecay), ("--weight-decay", weightDecay)] where !(value >= 0 && value.isFinite) {
+            throw UsageError("\(name) must be 0 or more")
         }
         guard (validDir == nil) == (validLabels == nil) else { throw UsageError("--valid-dir and --valid-labels go together") }
         guard let headKind = HeadKind(rawValue: head) else { throw UsageError("--head must be mlp or linear, not '\(head)'") }
@@ -189,6 +208,21 @@ struct FineTune: ParsableCommand {
     func run() throws {
         Console.quiet = quiet
         let (headKind, frozenMode) = try validated()
+        TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
+        // Outputs are checked and locked before anything is read: no clash with an input, nothing replaced
+        // unless --resume or --force, and a second run on the same --out is refused.
+        let replace = resume || force
+        var outputs = [OutputGuard.Output(out, option: "--out", mayExist: replace)]
+        if let history { outputs.append(OutputGuard.Output(history, option: "--history", mayExist: replace)) }
+        if let plot { outputs.append(OutputGuard.Output(plot, option: "--plot", mayExist: replace)) }
+        outputs += (0..<2).map { OutputGuard.Output(out + ".resume\($0).safetensors", option: "the optimizer state beside --out", mayExist: true) }
+        var inputs = [OutputGuard.Input(dir, role: "training images"), OutputGuard.Input(labels, role: "labels (--labels)"),
+                      OutputGuard.Input(from, role: "pretrained model (--from)")]
+        if let validDir { inputs.append(OutputGuard.Input(validDir, role: "validation images (--valid-dir)")) }
+        if let validLabels { inputs.append(OutputGuard.Input(validLabels, role: "validation labels (--valid-labels)")) }
+        try OutputGuard.check(outputs: outputs, inputs: inputs, forceHint: "use --resume to continue it, or --force to replace it")
+        let locks = try OutputGuard.lock(Array(outputs.prefix(outputs.count - 2)))
+        defer { locks.forEach { $0.release() } }
         let phases = [Phase(name: "head", epochs: headEpochs, frozenBackbone: true, lr: headLR, maxLR: headMaxLR, weightDecay: headWeightDecay),
                       Phase(name: "fine-tune", epochs: finetuneEpochs, frozenBackbone: false, lr: lr, maxLR: maxLR, weightDecay: weightDecay)]
 
@@ -209,9 +243,8 @@ struct FineTune: ParsableCommand {
             start = state
             Console.info("fine-tune: resuming \(out) after epoch \(state.epoch) of phase \(state.phase + 1)")
         } else {
-            if !resume && FileManager.default.fileExists(atPath: out) {
-                Console.info("fine-tune: \(out) exists and will be replaced (use --resume to continue it)")
-            }
+            if resume { Console.warning("--resume: \(out) does not exist yet, so training starts from the beginning") }
+            if force && FileManager.default.fileExists(atPath: out) { Console.info("fine-tune: replacing \(out) (--force)") }
             checkpoint = try newModel(headKind: headKind)
         }
         var preprocessing = checkpoint.preprocessing
@@ -248,7 +281,7 @@ struct FineTune: ParsableCommand {
         var historyLog = try HistoryLog(path: history, resumeAfter: resume ? (start.phase, start.epoch) : nil)
         let stepsPerEpoch = max(1, train.count / batchSize)
         let side = crop > 0 ? crop : min(train.width, train.height)
-        var batchBuffer = [Float](repeating: 0, count: batchSize * side * side * 3)
+        var batchBuffer = [Float](repeating: 0, count: min(batchSize, train.count) * side * side * 3)
 
         for (phaseIndex, phase) in phases.enumerated() where phaseIndex >= start.phase && phase.epochs > 0 {
             let firstEpoch = phaseIndex == start.phase ? start.epoch : 0
@@ -299,6 +332,12 @@ struct FineTune: ParsableCommand {
                         return Self.correctCount(logits, labels: labels, classes: model.numClasses)
                     }
                     let loss = model.backward(labels: labels)
+                    guard loss.isFinite else {
+                        progress.finish()
+                        let kept = start.phase > 0 || start.epoch > 0 || epoch > 0 || phaseIndex > start.phase
+                            ? "\(out) keeps the last finished epoch" : "nothing was written"
+                        throw UsageError("training diverged: the loss is \(loss) at phase \(phaseIndex + 1) (\(phase.name)) epoch \(epoch + 1) step \(step + 1) at learning rate \(String(format: "%.3g", optimizer.lr)); \(kept). Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
+                    }
                     optimizer.step()
                     losses.append(loss)
                     accuracies.append(Float(correct) / Float(labels.count))
@@ -343,7 +382,15 @@ struct FineTune: ParsableCommand {
                                       metadata: ["phase": String(phaseIndex), "epoch": String(epoch + 1)])
                 var saved = checkpoint
                 saved.config = model.architecture.config
-                saved.state = keep == .best ? bestState ?? model.stateDict() : model.stateDict()
+                let current = model.stateDict()
+                if let bad = current.first(where: { !$0.value.data.allSatisfy(\.isFinite) }) {
+                    throw UsageError("training diverged: \(bad.key) holds NaN or infinite values after phase \(phaseIndex + 1) epoch \(epoch + 1); \(out) keeps the last good epoch. Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
+                }
+                saved.state = keep == .best ? bestState ?? current : current
+                // History before the checkpoint: after a kill between the two, --resume cuts the history back to
+                // the checkpoint's epoch, so the two always agree.
+                try historyLog.write()
+                if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
                 saved.preprocessing = preprocessing
                 saved.provenance.producer = "fine-tune"
                 let encoder = JSONEncoder()
@@ -353,8 +400,6 @@ struct FineTune: ParsableCommand {
                                                                              tracker: tracker, phase: held.phase, epoch: held.epoch, value: held.value))
                 saved.extra[Self.classWeightsKey] = lossWeights.map(Self.encode)
                 try saved.save(path: out)
-                try historyLog.write()
-                if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
                 if finished {
                     for slot in 0..<2 { try? FileManager.default.removeItem(atPath: sidecar(slot)) }
                 }
@@ -386,6 +431,7 @@ struct FineTune: ParsableCommand {
     /// The training and validation image sets (decoded once), and the class names.
     func loadData(classNames: [String]?) throws -> (ImageSet, ImageSet?, [String]) {
         let table = try LabelTable.load(path: labels, classNames: classNames)
+        if let note = table.columnNote { Console.info("note: \(note)") }
         var rng = SplitMix64(seed: seed ^ 0x5EED)
         var order = Array(0..<table.ids.count)
         order.shuffle(using: &rng)
@@ -467,14 +513,21 @@ struct HistoryLog {
         self.path = path
         guard let path, let resumeAfter, let data = FileManager.default.contents(atPath: path) else { return }
         let records = try CSV.parse(String(decoding: data, as: UTF8.self), path: path)
-        // Histories written before the val_auc column get an empty one.
-        for var record in records.dropFirst() where record.count == Self.header.count || record.count == Self.header.count - 1 {
+        // Histories written before the val_auc column (the header's last) get an empty one.
+        guard let header = records.first, header == Self.header || header == Array(Self.header.dropLast()) else {
+            throw FileError(path, "is not a fine-tune history (its header is not \(Self.header.joined(separator: ","))); left unchanged")
+        }
+        for var record in records.dropFirst() where record.count == header.count {
             if record.count < Self.header.count { record.append("") }
             guard let phase = Int(record[1]), let epoch = Int(record[2]) else {
                 throw FileError(path, "not a fine-tune history (record \(record.prefix(3).joined(separator: ",")))")
             }
             let before = phase - 1 < resumeAfter.phase || (phase - 1 == resumeAfter.phase && epoch <= resumeAfter.epoch)
             if before { rows.append(record); step = max(step, Int(record[3]) ?? 0) }
+        }
+        let (phase, epoch) = (String(resumeAfter.phase + 1), String(resumeAfter.epoch))
+        if resumeAfter.epoch > 0 && !rows.contains(where: { $0[0] == "epoch" && $0[1] == phase && $0[2] == epoch }) {
+            throw FileError(path, "does not reach the checkpoint's epoch \(epoch) of phase \(phase) (written by another run?); use another --history, or --force to start afresh")
         }
     }
 

@@ -43,9 +43,14 @@ struct ImportWeights: ParsableCommand {
 
     func run() throws {
         Console.quiet = quiet
-        if !force && FileManager.default.fileExists(atPath: out) {
-            throw FileError(out, "already exists (use --force to replace it)")
-        }
+        if quiet { Console.silenceStandardOutput() }
+        var inputs = [OutputGuard.Input(file, role: "model being imported")]
+        if let calibrate { inputs.append(OutputGuard.Input(calibrate, role: "calibration images (--calibrate)")) }
+        if let classes, FileManager.default.fileExists(atPath: classes) { inputs.append(OutputGuard.Input(classes, role: "class names (--classes)")) }
+        let output = OutputGuard.Output(out, option: "--out", mayExist: force)
+        try OutputGuard.check(outputs: [output], inputs: inputs)
+        let locks = try OutputGuard.lock([output])
+        defer { locks.forEach { $0.release() } }
         let classNames = try classes.map(Self.parseClassNames)
         let kind = try ModelFileKind.detect(path: file)
         var calibration: CalibrationImages?

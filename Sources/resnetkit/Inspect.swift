@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import ResNetFormats
 import ResNetModel
+import ResNetSupport
 
 /// `resnetkit inspect FILE`: what a model file holds and a torchinfo-like table of the network.
 struct Inspect: ParsableCommand {
@@ -24,8 +25,13 @@ struct Inspect: ParsableCommand {
         if let inputSize {
             let parts = inputSize.lowercased().split(separator: "x").compactMap { Int($0) }
             guard parts.count == 4, parts[0] > 0, parts[1] == 3, parts[2] >= ModelConfig.minimumInputSide,
-                  parts[3] >= ModelConfig.minimumInputSide else {
-                throw ValidationError("--input-size must look like 16x3x49x49 (3 channels, sides of at least \(ModelConfig.minimumInputSide))")
+                  parts[3] >= ModelConfig.minimumInputSide, Limits.inputBatch.contains(parts[0]),
+                  Limits.inputSide.contains(parts[2]), Limits.inputSide.contains(parts[3]) else {
+                throw ValidationError("--input-size must look like 16x3x49x49 (3 channels, batch up to \(Limits.inputBatch.upperBound), sides \(ModelConfig.minimumInputSide)…\(Limits.inputSide.upperBound))")
+            }
+            // Every layer's mult-adds are at most batch·H·W·(9·featureWidth²), and there are fewer than 32 layers.
+            guard Limits.product([parts[0], parts[2], parts[3], 9 * config.featureWidth, config.featureWidth, 32]) != nil else {
+                throw ValidationError("--input-size \(inputSize) is too large to count mult-adds for this model")
             }
             shape = parts
         }

@@ -1,4 +1,5 @@
 import Foundation
+import ResNetFormats
 import ResNetSupport
 
 // `import-weights`, `batch-infer` and `fine-tune` are installed as links to this binary: the program
@@ -8,11 +9,14 @@ let programName = URL(fileURLWithPath: CommandLine.arguments.first ?? "resnetkit
 if ResNetKit.linkedSubcommands.contains(programName) {
     arguments.insert(programName, at: 0)
 }
+// HDF5 files are read by a child copy of this program (libhdf5 can crash on damaged files); this is that child.
+HDF5Isolation.runChildIfRequested()
+HDF5Isolation.executable = "/proc/self/exe"
 BLASRuntime.ensureOptimizedKernel(log: Console.debug)
 do {
     var command = try ResNetKit.parseAsRoot(arguments)
     try command.run()
-} catch let error where error is FileError || error is UsageError {
+} catch let error where error is FileError || error is UsageError || error is LimitError {
     // A problem with a file the user gave (`error: path: problem`) or with the options: one line, status 1.
     FileHandle.standardError.write(Data("error: \(error)\n".utf8))
     exit(1)

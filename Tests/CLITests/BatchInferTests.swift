@@ -82,7 +82,7 @@ final class BatchInferTests: XCTestCase, UsesDefaultFixtures {
         try Data("keep me\n".utf8).write(to: out)
         let result = try CLI.run(["batch-infer", Self.images.path, "--out", out.path, "--model", Self.model])
         XCTAssertEqual(result.status, 1)
-        XCTAssertTrue(result.stderr.contains("\(out.path): already exists (use --resume to continue it, or remove it)"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("\(out.path): already exists (use --resume to continue it, or --force to replace it)"), result.stderr)
         XCTAssertEqual(try String(contentsOf: out, encoding: .utf8), "keep me\n")
     }
 
@@ -316,7 +316,7 @@ extension BatchInferTests {
             ([Self.images.path, "--out", out, "--model", Self.model, "--crop", "16"], "--crop must be 0 (none) or at least 32"),
             ([Self.images.path, "--out", out, "--model", Self.model, "--format", "kaggle", "--probs"], "--probs does not apply to --format kaggle"),
             ([Self.images.path, "--out", out, "--model", Self.model, "--normalize", "zscore"], "--normalize must be imagenet or none, not 'zscore'"),
-            ([Self.images.path, "--out", out, "--model", Self.model, "--batch-size", "0"], "--batch-size must be at least 1"),
+            ([Self.images.path, "--out", out, "--model", Self.model, "--batch-size", "0"], "--batch-size must be between 1 and 65536, not 0"),
         ]
         for (arguments, message) in cases {
             let result = try CLI.run(["batch-infer"] + arguments)

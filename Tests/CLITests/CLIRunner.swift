@@ -19,7 +19,11 @@ enum CLI {
         return url
     }()
 
-    static var executable: URL { productsDirectory.appendingPathComponent("resnetkit") }
+    /// The binary under test; RESNETKIT_CLI_BINARY runs the tests against another build (e.g. an older one).
+    static var executable: URL {
+        if let other = ProcessInfo.processInfo.environment["RESNETKIT_CLI_BINARY"] { return URL(fileURLWithPath: other) }
+        return productsDirectory.appendingPathComponent("resnetkit")
+    }
 
     /// The repository root (for fixtures) and `../shared/reference`.
     static let repository = TestPaths.repository

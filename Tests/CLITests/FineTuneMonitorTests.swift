@@ -180,7 +180,7 @@ final class FineTuneMonitorTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertTrue(result.stderr.contains("fine-tune: class weights (loss) 0: \(String(format: "%.4g", weights[0])), 1: \(String(format: "%.4g", weights[1]))"), result.stderr)
 
         let explicit = try CLI.run(["fine-tune", Self.images.path, "--labels", labels.train, "--from", Self.model, "--out", out.path,
-                                    "--batch-size", "4", "--head-epochs", "1", "--finetune-epochs", "0", "--class-weights", "1,3"])
+                                    "--batch-size", "4", "--head-epochs", "1", "--finetune-epochs", "0", "--class-weights", "1,3", "--force"])
         XCTAssertEqual(explicit.status, 0, explicit.stderr)
         XCTAssertEqual(try Checkpoint.load(path: out.path).extra["resnetkit.fine-tune.class-weights"], "1.0,3.0")
 

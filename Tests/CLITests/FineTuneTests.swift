@@ -107,7 +107,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
         try Data("not a tiff".utf8).write(to: images.appendingPathComponent("broken.tif"))
         let labels = dir.appendingPathComponent("labels.csv")
         let rows = Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" } + ["broken,1", "absent,0"]
-        try (rows.joined(separator: "\n") + "\n").write(to: labels, atomically: true, encoding: .utf8)
+        try ((["id,label"] + rows).joined(separator: "\n") + "\n").write(to: labels, atomically: true, encoding: .utf8)
         let result = try CLI.run(["fine-tune", images.path, "--labels", labels.path, "--from", Self.model,
                                   "--out", dir.appendingPathComponent("out.safetensors").path, "--valid-fraction", "0",
                                   "--head-epochs", "1", "--finetune-epochs", "0", "--batch-size", "4"])
@@ -166,9 +166,9 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
         let ids = Self.imageIDs
         let cases: [(String, String)] = [
             ("id,label\n\(ids[0]),0\n\(ids[0]),1\n", "labels.csv: record 3: id \(ids[0]) appears twice"),
-            ("id,label\n\(ids[0]),0\n\(ids[1])\n", "labels.csv: record 3: expected id,label, got 1 field(s)"),
+            ("id,label\n\(ids[0]),0\n\(ids[1])\n", "labels.csv: record 3: 1 field(s), the header has 2"),
             ("id,label\n\(ids[0]),1\n\(ids[1]),1\n", "labels.csv: only one class (1): a classifier needs at least two"),
-            ("id,label\n", "labels.csv: no labelled rows (expected id,label)"),
+            ("id,label\n", "labels.csv: no labelled rows after the header (expected id,label)"),
             ("id,label\n\"\(ids[0]),0\n", "labels.csv:"),
         ]
         for (content, message) in cases {

@@ -44,7 +44,7 @@ final class ImportWeightsCommandTests: XCTestCase {
         let classes = folder.appendingPathComponent("classes.txt")
         try "benign\ntumor\nstroma\n\nfat\nmucosa\n".write(to: classes, atomically: true, encoding: .utf8)
         let out = folder.appendingPathComponent("keras.safetensors").path
-        let result = try CLI.run(["import-weights", Self.fixture("keras_split.h5"), "--out", out, "--classes", classes.path, "--quiet"])
+        let result = try CLI.run(["import-weights", Self.fixture("keras_split.h5"), "--out", out, "--classes", classes.path])
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stdout.contains("Format:     HDF5 (Keras), produced by keras 2.13.1 (tensorflow)"), result.stdout)
         let checkpoint = try Checkpoint.load(path: out)

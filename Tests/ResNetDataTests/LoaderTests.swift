@@ -105,14 +105,14 @@ final class AppendableCSVTests: XCTestCase {
         try csv.write("d,3\n")
         XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "id,v\n\"a\nb\",1\nc,2\nd,3\n")
         XCTAssertThrowsError(try AppendableCSV(path: path, header: ["id", "w"], existing: .resume)) {
-            XCTAssertEqual("\($0)", "\(path): has the columns id,v but this run writes id,w (use the same options, or another output file)")
+            XCTAssertEqual("\($0)", "\(path): has the columns id,v but this run writes id,w (use the same options, or another output file); left unchanged")
         }
         XCTAssertThrowsError(try AppendableCSV(path: path, header: ["id", "v"], existing: .refuse)) {
             XCTAssertEqual("\($0)", "\(path): already exists (use --resume to continue it, or remove it)")
         }
         try Data("id,v\nx,1,2\n".utf8).write(to: URL(fileURLWithPath: path))
         XCTAssertThrowsError(try AppendableCSV(path: path, header: ["id", "v"], existing: .resume)) {
-            XCTAssertEqual("\($0)", "\(path): record 2 has 3 fields, expected 2")
+            XCTAssertEqual("\($0)", "\(path): record 2 has 3 fields, expected 2; left unchanged")
         }
     }
 }

@@ -54,19 +54,21 @@ final class TrainingDataTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: dir) }
         let numeric = dir.appendingPathComponent("n.csv"), text = dir.appendingPathComponent("t.csv")
         try "id,label\na,10\nb,2\nc,2\n".write(to: numeric, atomically: true, encoding: .utf8)
-        try "x,tumor\ny,normal\n\"z,1\",normal\n".write(to: text, atomically: true, encoding: .utf8)
+        try "image,diagnosis\nx,tumor\ny,normal\n\"z,1\",normal\n".write(to: text, atomically: true, encoding: .utf8)
         let n = try LabelTable.load(path: numeric.path)
         XCTAssertEqual(n.classNames, ["2", "10"], "integer labels sort as numbers")
         XCTAssertEqual(n.labels, [1, 0, 0])
         let t = try LabelTable.load(path: text.path)
-        XCTAssertEqual(t.ids, ["x", "y", "z,1"], "no header, quoted id")
+        XCTAssertEqual(t.ids, ["x", "y", "z,1"], "other column names, quoted id")
+        XCTAssertEqual(t.columnNote, "\(text.path): no id,label header; using its first two columns 'image' and 'diagnosis' as id and label")
+        XCTAssertNil(n.columnNote)
         XCTAssertEqual(t.classNames, ["normal", "tumor"])
         XCTAssertEqual(t.labels, [1, 0, 0])
         // A model's classes: names or indices.
         let given = try LabelTable.load(path: numeric.path, classNames: ["2", "10", "11"])
         XCTAssertEqual(given.labels, [1, 0, 0])
         XCTAssertThrowsError(try LabelTable.load(path: text.path, classNames: ["0", "1"])) { error in
-            XCTAssertEqual("\(error)", "\(text.path): record 1: label tumor is not one of the classes 0, 1")
+            XCTAssertEqual("\(error)", "\(text.path): record 2: label tumor is not one of the classes 0, 1")
         }
     }
 }

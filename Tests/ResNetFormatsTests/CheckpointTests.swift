@@ -129,6 +129,19 @@ final class CheckpointTests: XCTestCase {
                         "tensor w: shape [3] of F32 needs 12 bytes, data_offsets give 8")
     }
 
+    /// Issue 11: shared byte ranges are refused before any tensor is converted.
+    func testOverlappingDataOffsetsAreRefused() {
+        assertLoadFails(Self.file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                                  data: Data(count: 12)),
+                        "tensors a and b overlap (data_offsets [0, 8] and [4, 12])")
+        assertLoadFails(Self.file(header: #"{"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                                  data: Data(count: 8)),
+                        "tensors a and b overlap (data_offsets [0, 8] and [0, 8])")
+        // Empty tensors occupy no bytes and may sit anywhere.
+        XCTAssertNoThrow(try SafeTensors.parse(Self.file(header: #"{"a":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                                                         data: Data(count: 8)), path: "x"))
+    }
+
     func testUnsupportedDtype() {
         assertLoadFails(Self.file(header: #"{"w":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}}"#, data: Data(count: 8)),
                         "tensor w: unsupported dtype C64")

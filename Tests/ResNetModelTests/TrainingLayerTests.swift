@@ -128,6 +128,8 @@ final class TrainingLayerTests: XCTestCase {
         // Thresholds 0.9 (R 1/3, P 1), 0.5 (R 2/3, P 2/3), 0.2 (R 2/3), 0.1 (R 1, P 3/5).
         XCTAssertEqual(curves.averagePrecision, 1.0 / 3 * 1 + 1.0 / 3 * (2.0 / 3) + 1.0 / 3 * 0.6, accuracy: 1e-12)
         XCTAssertNil(BinaryCurves(scores: [0.1, 0.2], positive: [true, true]))
+        // A diverged model scores NaN: no curve (its ties would never resolve), never a hang.
+        XCTAssertNil(BinaryCurves(scores: [0.1, .nan, 0.3], positive: [true, false, true]))
     }
 
     func testOneCycleEndsAtTheFinalLearningRate() {

@@ -55,6 +55,33 @@ final class HDF5File {
     static func silenceLibraryErrors() {
         H5open()
         H5Eset_auto2(hid_t(H5E_DEFAULT), nil, nil)
+        // Nothing outside the file is read: with the external link class gone, no name can lead to another file.
+        _ = externalLinksDisabled
+    }
+
+    private static let externalLinksDisabled: Void = {
+        H5Lunregister(H5L_TYPE_EXTERNAL)
+        H5Eclear2(hid_t(H5E_DEFAULT))
+    }()
+
+    /// Refuses data stored outside the file: external storage (raw data in other files, e.g. /etc/passwd) and
+    /// virtual datasets (data drawn from other datasets, possibly in other files).
+    func checkStorage(dataset id: hid_t, name: String) throws {
+        let plist = H5Dget_create_plist(id)
+        guard plist >= 0 else { throw damaged("dataset '\(name)': unreadable storage properties") }
+        defer { H5Pclose(plist) }
+        if H5Pget_external_count(plist) != 0 {
+            throw FileError(path, "dataset '\(name)' keeps its data in external files; refused (nothing outside the model file is read)")
+        }
+        if H5Pget_layout(plist) == H5D_VIRTUAL {
+            throw FileError(path, "dataset '\(name)' is a virtual dataset; refused (nothing outside the model file is read)")
+        }
+        // libhdf5 allocates what the layout claims before it notices the bytes are not in the file.
+        var fileSize: hsize_t = 0
+        let storage = H5Dget_storage_size(id)
+        if H5Fget_filesize(self.id, &fileSize) >= 0, storage > fileSize {
+            throw FileError(path, "dataset '\(name)' claims \(storage) bytes of storage, more than the whole file (\(fileSize)): truncated or damaged")
+        }
     }
 
     /// The innermost description on libhdf5's error stack (the root cause), and clears the stack.
@@ -110,6 +137,11 @@ final class HDF5File {
             visited += 1
             guard visited <= Self.maxObjects else { throw FileError(path, "more than \(Self.maxObjects) objects: not a weights file") }
             let name = try linkName(group, index: index, prefix: prefix)
+            var link = H5L_info_t()
+            guard H5Lget_info(group, name, &link, hid_t(H5P_DEFAULT)) >= 0 else { throw damaged("cannot read link '\(prefix)\(name)'") }
+            if link.type != H5L_TYPE_HARD && link.type != H5L_TYPE_SOFT {
+                throw FileError(path, "'\(prefix)\(name)' is an external or user-defined link; refused (nothing outside the model file is read)")
+            }
             let child = H5Oopen(group, name, hid_t(H5P_DEFAULT))
             guard child >= 0 else { throw damaged("cannot open '\(prefix)\(name)'") }
             defer { H5Oclose(child) }
@@ -142,6 +174,7 @@ final class HDF5File {
     }
 
     private func describe(dataset id: hid_t, path name: String) throws -> Dataset {
+        try checkStorage(dataset: id, name: name)
         let space = H5Dget_space(id)
         guard space >= 0 else { throw damaged("dataset '\(name)': unreadable shape") }
         defer { H5Sclose(space) }
@@ -169,9 +202,14 @@ final class HDF5File {
             let kind = dataset.typeClass == H5T_STRING ? "text" : "a non-numeric type"
             throw FileError(path, "dataset '\(dataset.path)' holds \(kind), expected floating-point numbers")
         }
+        // A damaged type can claim elements of gigabytes, which libhdf5 would allocate a conversion buffer for.
+        guard [1, 2, 4, 8].contains(dataset.elementSize) else {
+            throw FileError(path, "dataset '\(dataset.path)' has \(dataset.elementSize)-byte numbers: truncated or damaged")
+        }
         let id = H5Dopen2(group, dataset.path, hid_t(H5P_DEFAULT))
         guard id >= 0 else { throw damaged("cannot open dataset '\(dataset.path)'") }
         defer { H5Dclose(id) }
+        try checkStorage(dataset: id, name: dataset.path)
         var values = [Float](repeating: 0, count: dataset.count)
         let status = values.withUnsafeMutableBytes { buffer in
             H5Dread(id, H5T_NATIVE_FLOAT_g, hid_t(H5S_ALL), hid_t(H5S_ALL), hid_t(H5P_DEFAULT), buffer.baseAddress)

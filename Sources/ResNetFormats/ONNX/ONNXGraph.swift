@@ -56,6 +56,12 @@ struct ONNXGraph {
         guard let data = try? Data(contentsOf: url, options: .alwaysMapped) else {
             throw FileError(path, "cannot read the file: \(systemErrorMessage())")
         }
+        do { try data.withUnsafeBytes { try ProtobufNesting.check($0) } } catch {
+            if case ProtobufNesting.Problem.tooDeep(let limit) = error {
+                throw FileError(path, "not a ResNet-18 ONNX model: its messages (subgraphs or types) nest deeper than \(limit) levels")
+            }
+            throw FileError(path, "not a valid ONNX model: the protobuf is truncated or corrupt")
+        }
         let unpacked = data.withUnsafeBytes { raw in
             onnx__model_proto__unpack(nil, raw.count, raw.bindMemory(to: UInt8.self).baseAddress)
         }

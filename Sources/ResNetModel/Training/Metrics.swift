@@ -51,10 +51,10 @@ public struct BinaryCurves: Equatable, Sendable {
             && a.precisionRecall.elementsEqual(b.precisionRecall, by: ==)
     }
 
-    /// nil when one of the classes is absent (the curves are undefined).
+    /// nil when one of the classes is absent or a score is NaN (a diverged model): the curves are undefined.
     public init?(scores: [Double], positive: [Bool]) {
         let positives = positive.filter { $0 }.count, negatives = positive.count - positives
-        guard positives > 0, negatives > 0 else { return nil }
+        guard positives > 0, negatives > 0, !scores.contains(where: \.isNaN) else { return nil }
         let order = scores.indices.sorted { scores[$0] > scores[$1] }
         var tp = 0, fp = 0, i = 0
         var roc: [(x: Double, y: Double)] = [(0, 0)]

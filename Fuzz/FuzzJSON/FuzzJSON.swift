@@ -1,0 +1,34 @@
+import FuzzSupport
+import Foundation
+@testable import ResNetFormats
+import ResNetModel
+
+// The JSON that model files carry: a Keras model_config attribute (layer walk, BatchNorm graph, padding) and a
+// checkpoint's metadata strings (config, preprocessing, provenance, classes), then the value checks.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzJSON(_ start: UnsafeRawPointer?, _ count: Int) -> CInt {
+    guard let start else { return 0 }
+    let data = Data(bytes: start, count: count)
+    if let json = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) {
+        _ = KerasWeights.layerDescriptions(json)
+        _ = KerasWeights.batchNormInputs(json)
+        _ = KerasWeights.asymmetricPaddingNote(json)
+    }
+    let decoder = JSONDecoder()
+    if let config = try? decoder.decode(ModelConfig.self, from: data) {
+        if (try? ModelValidation.check(config: config, preprocessing: Preprocessing(), path: "fuzz")) != nil {
+            _ = Architecture(config).parameterSpecs.count
+        }
+    }
+    if let preprocessing = try? decoder.decode(Preprocessing.self, from: data) {
+        _ = try? ModelValidation.check(config: ModelConfig(), preprocessing: preprocessing, path: "fuzz")
+    }
+    _ = try? decoder.decode(Provenance.self, from: data)
+    _ = try? decoder.decode([String].self, from: data)
+    return 0
+}
+
+@_cdecl("FuzzJSON_main")
+public func fuzzJSONMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    runFuzzer(argc, argv, fuzzJSON)
+}
