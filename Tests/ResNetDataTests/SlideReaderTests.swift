@@ -1,0 +1,248 @@
+import CTIFF
+import Foundation
+import ResNetData
+import ResNetSupport
+import XCTest
+
+/// Writes test slides through libtiff: every level as tiles or strips, with the given compression, the smaller
+/// levels as SubIFDs of the first (or as further main IFDs).
+enum TestSlide {
+    /// 8-bit RGB pattern of level `level` at (x, y): distinct per pixel and channel, smooth enough for JPEG.
+    static func pattern(_ x: Int, _ y: Int, _ c: Int, level: Int = 0) -> UInt8 {
+        UInt8((x + 2 * y + 60 * c + 40 * level) % 256 / 2 + 40)
+    }
+
+    struct Level {
+        var width: Int, height: Int
+        var pixels: [UInt8]
+        init(width: Int, height: Int, level: Int = 0) {
+            self.width = width
+            self.height = height
+            pixels = [UInt8](repeating: 0, count: width * height * 3)
+            for y in 0..<height { for x in 0..<width { for c in 0..<3 { pixels[(y * width + x) * 3 + c] = TestSlide.pattern(x, y, c, level: level) } } }
+        }
+        init(width: Int, height: Int, pixels: [UInt8]) {
+            self.width = width
+            self.height = height
+            self.pixels = pixels
+        }
+    }
+
+    static func write(_ path: String, levels: [Level], block: Int, tiled: Bool = true, compression: Int32 = COMPRESSION_ADOBE_DEFLATE,
+                      subIFDs: Bool = true, bigTIFF: Bool = true) throws {
+        guard let tif = TIFFOpen(path, bigTIFF ? "w8" : "w") else { throw FileError(path, "cannot create") }
+        defer { TIFFClose(tif) }
+        for (index, level) in levels.enumerated() {
+            func set16(_ tag: Int32, _ value: Int32) { _ = resnetkit_tiff_set_u16(tif, UInt32(tag), UInt16(value)) }
+            func set32(_ tag: Int32, _ value: Int) { _ = resnetkit_tiff_set_u32(tif, UInt32(tag), UInt32(value)) }
+            set32(TIFFTAG_IMAGEWIDTH, level.width)
+            set32(TIFFTAG_IMAGELENGTH, level.height)
+            set16(TIFFTAG_BITSPERSAMPLE, 8)
+            set16(TIFFTAG_SAMPLESPERPIXEL, 3)
+            set16(TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG)
+            set16(TIFFTAG_COMPRESSION, compression)
+            if compression == COMPRESSION_JPEG {
+                set16(TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_YCBCR)
+                _ = resnetkit_tiff_set_int(tif, UInt32(TIFFTAG_JPEGCOLORMODE), JPEGCOLORMODE_RGB)
+                _ = resnetkit_tiff_set_int(tif, UInt32(TIFFTAG_JPEGQUALITY), 95)
+            } else {
+                set16(TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_RGB)
+            }
+            if index > 0 { set32(TIFFTAG_SUBFILETYPE, Int(FILETYPE_REDUCEDIMAGE)) }
+            if index == 0 && subIFDs && levels.count > 1 { _ = resnetkit_tiff_set_subifds(tif, UInt16(levels.count - 1)) }
+            if tiled {
+                set32(TIFFTAG_TILEWIDTH, block)
+                set32(TIFFTAG_TILELENGTH, block)
+                var buffer = [UInt8](repeating: 0, count: block * block * 3)
+                for ty in stride(from: 0, to: level.height, by: block) {
+                    for tx in stride(from: 0, to: level.width, by: block) {
+                        for i in buffer.indices { buffer[i] = 0 }
+                        for y in ty..<min(level.height, ty + block) {
+                            for x in tx..<min(level.width, tx + block) {
+                                for c in 0..<3 { buffer[((y - ty) * block + (x - tx)) * 3 + c] = level.pixels[(y * level.width + x) * 3 + c] }
+                            }
+                        }
+                        let tile = TIFFComputeTile(tif, UInt32(tx), UInt32(ty), 0, 0)
+                        guard TIFFWriteEncodedTile(tif, tile, &buffer, tmsize_t(buffer.count)) >= 0 else { throw FileError(path, "tile write failed") }
+                    }
+                }
+            } else {
+                set32(TIFFTAG_ROWSPERSTRIP, block)
+                for (strip, y) in stride(from: 0, to: level.height, by: block).enumerated() {
+                    let rows = min(block, level.height - y)
+                    var data = Array(level.pixels[(y * level.width * 3)..<((y + rows) * level.width * 3)])
+                    guard TIFFWriteEncodedStrip(tif, UInt32(strip), &data, tmsize_t(data.count)) >= 0 else { throw FileError(path, "strip write failed") }
+                }
+            }
+            guard TIFFWriteDirectory(tif) == 1 else { throw FileError(path, "directory write failed") }
+        }
+    }
+
+    static func temporaryFile(_ test: XCTestCase, _ name: String) -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-slide-\(UUID().uuidString)")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        test.addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        return dir.appendingPathComponent(name).path
+    }
+}
+
+extension SlideLevel {
+    static func testLevel(width: Int, height: Int) -> SlideLevel {
+        SlideLevel(width: width, height: height, blockWidth: 256, blockHeight: 256, tiled: true)
+    }
+}
+
+final class SlideReaderTests: XCTestCase {
+    func region(_ reader: SlideReader, level: Int, x: Int, y: Int, width: Int, height: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: width * height * 3)
+        try out.withUnsafeMutableBufferPointer { try reader.read(level: level, x: x, y: y, width: width, height: height, into: $0.baseAddress!) }
+        return out
+    }
+
+    func expected(level: Int, x: Int, y: Int, width: Int, height: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        for row in y..<(y + height) { for column in x..<(x + width) { for c in 0..<3 { out.append(TestSlide.pattern(column, row, c, level: level)) } } }
+        return out
+    }
+
+    /// A pyramid in SubIFDs, tiled, Deflate, BigTIFF: levels in order, regions across tile borders and at the edges.
+    func testTiledPyramidInSubIFDs() throws {
+        let path = TestSlide.temporaryFile(self, "slide.tif")
+        try TestSlide.write(path, levels: [.init(width: 300, height: 200), .init(width: 150, height: 100, level: 1),
+                                           .init(width: 75, height: 50, level: 2)], block: 64)
+        let reader = try SlideReader(path: path)
+        XCTAssertEqual(reader.levels.map { [$0.width, $0.height] }, [[300, 200], [150, 100], [75, 50]])
+        XCTAssertEqual(reader.levels.map(\.tiled), [true, true, true])
+        for (x, y, w, h) in [(0, 0, 64, 64), (30, 50, 96, 96), (204, 104, 96, 96), (299, 199, 1, 1), (10, 60, 200, 5)] {
+            XCTAssertEqual(try region(reader, level: 0, x: x, y: y, width: w, height: h), expected(level: 0, x: x, y: y, width: w, height: h), "\(x),\(y)")
+        }
+        XCTAssertEqual(try region(reader, level: 1, x: 100, y: 40, width: 50, height: 60), expected(level: 1, x: 100, y: 40, width: 50, height: 60))
+        XCTAssertEqual(try region(reader, level: 2, x: 0, y: 0, width: 75, height: 50), expected(level: 2, x: 0, y: 0, width: 75, height: 50))
+        // Back to level 0 after another level: the cache belongs to one level.
+        XCTAssertEqual(try region(reader, level: 0, x: 1, y: 2, width: 70, height: 70), expected(level: 0, x: 1, y: 2, width: 70, height: 70))
+    }
+
+    /// Strips (LZW, classic TIFF) and levels as further main IFDs; an IFD of another aspect ratio (a label) is no level.
+    func testStripsAndMainChainLevels() throws {
+        let path = TestSlide.temporaryFile(self, "strips.tif")
+        try TestSlide.write(path, levels: [.init(width: 200, height: 120), .init(width: 100, height: 60, level: 1),
+                                           .init(width: 40, height: 40, level: 2)],
+                            block: 16, tiled: false, compression: COMPRESSION_LZW, subIFDs: false, bigTIFF: false)
+        let reader = try SlideReader(path: path)
+        XCTAssertEqual(reader.levels.map { [$0.width, $0.height] }, [[200, 120], [100, 60]])
+        XCTAssertEqual(reader.levels[0].tiled, false)
+        XCTAssertEqual(try region(reader, level: 0, x: 13, y: 7, width: 96, height: 96), expected(level: 0, x: 13, y: 7, width: 96, height: 96))
+        XCTAssertEqual(try region(reader, level: 1, x: 4, y: 0, width: 96, height: 60), expected(level: 1, x: 4, y: 0, width: 96, height: 60))
+    }
+
+    /// JPEG in YCbCr: libtiff converts to RGB; lossy, so close to the pattern (which is smooth), not equal.
+    func testJPEGYCbCrTiles() throws {
+        let path = TestSlide.temporaryFile(self, "jpeg.tif")
+        try TestSlide.write(path, levels: [.init(width: 256, height: 192)], block: 128, compression: COMPRESSION_JPEG)
+        let reader = try SlideReader(path: path)
+        XCTAssertEqual(reader.levels.count, 1)
+        let got = try region(reader, level: 0, x: 100, y: 50, width: 96, height: 96)
+        let want = expected(level: 0, x: 100, y: 50, width: 96, height: 96)
+        let meanError = zip(got, want).map { abs(Double($0) - Double($1)) }.reduce(0, +) / Double(got.count)
+        XCTAssertLessThan(meanError, 3, "JPEG at quality 95 of a smooth ramp")
+        XCTAssertGreaterThan(got.max()!, 100)
+    }
+
+    /// Each TIFF tile is decoded once when a grid is read in its band order with the cache the loader sizes.
+    func testBandOrderDecodesEachTileOnce() throws {
+        let path = TestSlide.temporaryFile(self, "slide.tif")
+        try TestSlide.write(path, levels: [.init(width: 640, height: 480)], block: 64)
+        let reader = try SlideReader(path: path)
+        let grid = try SlideGrid(level: reader.levels[0], levelZero: reader.levels[0], tile: 48, stride: 40)
+        reader.cacheCapacity = reader.cacheBlocks(level: 0, regionHeight: 48, bandWidth: 2 * 40 + 48)
+        var buffer = [UInt8](repeating: 0, count: 48 * 48 * 3)
+        for cell in grid.order(bandColumns: 2) {
+            let (x, y) = grid.origin(cell)
+            try buffer.withUnsafeMutableBufferPointer { try reader.read(level: 0, x: x, y: y, width: 48, height: 48, into: $0.baseAddress!) }
+            XCTAssertEqual(buffer, expected(level: 0, x: x, y: y, width: 48, height: 48))
+        }
+        // 10 x 8 TIFF tiles; bands of 80 px can straddle a tile border, so a border tile may be decoded twice.
+        XCTAssertLessThanOrEqual(reader.blocksDecoded, 80 * 2)
+        XCTAssertGreaterThanOrEqual(reader.blocksDecoded, 80)
+        XCTAssertLessThanOrEqual(reader.cacheCapacity, 20)
+    }
+
+    func testBadSlidesAreRefusedWithOneLine() throws {
+        let notTIFF = TestSlide.temporaryFile(self, "notes.txt")
+        try Data("hello".utf8).write(to: URL(fileURLWithPath: notTIFF))
+        XCTAssertThrowsError(try SlideReader(path: notTIFF)) { XCTAssertTrue("\($0)".contains("not a TIFF"), "\($0)") }
+        XCTAssertThrowsError(try SlideReader(path: "/nonexistent/slide.tif")) { XCTAssertTrue("\($0)".contains("no such file"), "\($0)") }
+
+        // 16-bit level 0: refused, naming the level.
+        let gray = Fixtures.tiff("rgb16_deflate.tif")
+        XCTAssertThrowsError(try SlideReader(path: gray)) { XCTAssertTrue("\($0)".contains("level 0: 16-bit"), "\($0)") }
+
+        // Corrupt Deflate data: the directory is intact, a tile is not; the read fails naming the tile.
+        let path = TestSlide.temporaryFile(self, "corrupt.tif")
+        try TestSlide.write(path, levels: [.init(width: 256, height: 256)], block: 64, bigTIFF: false)
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        data.replaceSubrange(8..<1000, with: Data(repeating: 0xA5, count: 992))
+        try data.write(to: URL(fileURLWithPath: path))
+        let reader = try SlideReader(path: path)
+        var buffer = [UInt8](repeating: 0, count: 64 * 64 * 3)
+        XCTAssertThrowsError(try buffer.withUnsafeMutableBufferPointer { try reader.read(level: 0, x: 0, y: 0, width: 64, height: 64, into: $0.baseAddress!) }) {
+            XCTAssertTrue("\($0)".hasPrefix(path + ": level 0: truncated or corrupt tile at x 0, y 0"), "\($0)")
+        }
+
+        // Cut short: libtiff writes the directory last, so the file no longer opens.
+        let truncated = TestSlide.temporaryFile(self, "truncated.tif")
+        try TestSlide.write(truncated, levels: [.init(width: 256, height: 256)], block: 64, compression: COMPRESSION_NONE, bigTIFF: false)
+        let whole = try Data(contentsOf: URL(fileURLWithPath: truncated))
+        try whole.prefix(150_000).write(to: URL(fileURLWithPath: truncated))
+        XCTAssertThrowsError(try SlideReader(path: truncated)) { XCTAssertTrue("\($0)".hasPrefix(truncated + ": "), "\($0)") }
+    }
+
+    func testGridTissueAndColourMap() throws {
+        let level = SlideLevel.testLevel(width: 1000, height: 500)
+        let grid = try SlideGrid(level: SlideLevel.testLevel(width: 250, height: 125), levelZero: level, tile: 96, stride: 50)
+        XCTAssertEqual([grid.columns, grid.rows], [4, 1])
+        XCTAssertTrue(grid.levelZeroOrigin(GridCell(column: 3, row: 0)) == (600, 0))
+        XCTAssertEqual(grid.order(bandColumns: 3).map { Int($0.column) }, [0, 1, 2, 3])
+        XCTAssertThrowsError(try SlideGrid(level: level, levelZero: level, tile: 600, stride: 600)) {
+            XCTAssertEqual("\($0)", "a 600-pixel tile is larger than the level (1000x500)")
+        }
+        XCTAssertThrowsError(try SlideGrid(level: SlideLevel.testLevel(width: 200_000, height: 200_000), levelZero: level, tile: 1, stride: 1))
+
+        // Two populations of saturation: Otsu's threshold falls between them.
+        let values = [Float](repeating: 0.02, count: 600) + [Float](repeating: 0.4, count: 400)
+        let t = TissueMask.otsu(values)
+        XCTAssertGreaterThan(t, 0.02)
+        XCTAssertLessThanOrEqual(t, 0.4)
+        // A thumbnail: left half glass (near white), right half pink.
+        var thumbnail: [UInt8] = []
+        for _ in 0..<10 { for x in 0..<20 { thumbnail += x < 10 ? [240, 238, 241] : [228, 140, 186] } }
+        let mask = TissueMask(thumbnail: thumbnail, width: 20, height: 10)
+        XCTAssertEqual(mask.fraction(x: 0, y: 0, width: 100, height: 100, levelWidth: 200, levelHeight: 100), 0)
+        XCTAssertEqual(mask.fraction(x: 100, y: 0, width: 100, height: 100, levelWidth: 200, levelHeight: 100), 1)
+        XCTAssertEqual(mask.fraction(x: 50, y: 0, width: 100, height: 100, levelWidth: 200, levelHeight: 100), 0.5)
+        // Bare glass with noise: nothing is tissue.
+        var glass: [UInt8] = []
+        for i in 0..<300 {
+            let a: Int = 236 + i % 5, b: Int = 238 - i % 3, c: Int = 237 + i % 4
+            glass += [UInt8(a), UInt8(b), UInt8(c)]
+        }
+        XCTAssertEqual(TissueMask(thumbnail: glass, width: 30, height: 10).tissue.filter { $0 }.count, 0)
+
+        XCTAssertTrue(ColorMap.viridis(0) == (68, 1, 84))
+        XCTAssertTrue(ColorMap.viridis(1) == (253, 231, 37))
+        XCTAssertTrue(ColorMap.viridis(.nan) == (68, 1, 84))
+    }
+
+    func testPNGRoundTrip() throws {
+        let path = TestSlide.temporaryFile(self, "heat.png")
+        let pixels: [UInt8] = [255, 0, 0, 255, 0, 255, 0, 0, 0, 0, 255, 128, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        try PNGFile.write(path: path, width: 3, height: 2, channels: 4, pixels: pixels)
+        let back = try PNGFile.read(path: path)
+        XCTAssertEqual(back.width, 3)
+        XCTAssertEqual(back.height, 2)
+        XCTAssertEqual(back.pixels, pixels)
+        XCTAssertThrowsError(try PNGFile.write(path: "/nonexistent/x.png", width: 3, height: 2, channels: 4, pixels: pixels)) {
+            XCTAssertTrue("\($0)".hasPrefix("/nonexistent/x.png: "), "\($0)")
+        }
+    }
+}
