@@ -50,11 +50,11 @@ let package = Package(
                           path: "tools/bench"),
 
         // Paths to fixtures/ and ../shared/reference, and the relative error the tolerances refer to.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["CTIFF"], path: "Tests/TestSupport"),
         .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "CKernels", "TestSupport"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel", "TestSupport"]),
         .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport", "CTIFF"]),
-        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetSupport", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetData", "ResNetSupport", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -2,82 +2,10 @@ import CTIFF
 import Foundation
 import ResNetData
 import ResNetSupport
+import TestSupport
 import XCTest
 
-/// Writes test slides through libtiff: every level as tiles or strips, with the given compression, the smaller
-/// levels as SubIFDs of the first (or as further main IFDs).
-enum TestSlide {
-    /// 8-bit RGB pattern of level `level` at (x, y): distinct per pixel and channel, smooth enough for JPEG.
-    static func pattern(_ x: Int, _ y: Int, _ c: Int, level: Int = 0) -> UInt8 {
-        UInt8((x + 2 * y + 60 * c + 40 * level) % 256 / 2 + 40)
-    }
-
-    struct Level {
-        var width: Int, height: Int
-        var pixels: [UInt8]
-        init(width: Int, height: Int, level: Int = 0) {
-            self.width = width
-            self.height = height
-            pixels = [UInt8](repeating: 0, count: width * height * 3)
-            for y in 0..<height { for x in 0..<width { for c in 0..<3 { pixels[(y * width + x) * 3 + c] = TestSlide.pattern(x, y, c, level: level) } } }
-        }
-        init(width: Int, height: Int, pixels: [UInt8]) {
-            self.width = width
-            self.height = height
-            self.pixels = pixels
-        }
-    }
-
-    static func write(_ path: String, levels: [Level], block: Int, tiled: Bool = true, compression: Int32 = COMPRESSION_ADOBE_DEFLATE,
-                      subIFDs: Bool = true, bigTIFF: Bool = true) throws {
-        guard let tif = TIFFOpen(path, bigTIFF ? "w8" : "w") else { throw FileError(path, "cannot create") }
-        defer { TIFFClose(tif) }
-        for (index, level) in levels.enumerated() {
-            func set16(_ tag: Int32, _ value: Int32) { _ = resnetkit_tiff_set_u16(tif, UInt32(tag), UInt16(value)) }
-            func set32(_ tag: Int32, _ value: Int) { _ = resnetkit_tiff_set_u32(tif, UInt32(tag), UInt32(value)) }
-            set32(TIFFTAG_IMAGEWIDTH, level.width)
-            set32(TIFFTAG_IMAGELENGTH, level.height)
-            set16(TIFFTAG_BITSPERSAMPLE, 8)
-            set16(TIFFTAG_SAMPLESPERPIXEL, 3)
-            set16(TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG)
-            set16(TIFFTAG_COMPRESSION, compression)
-            if compression == COMPRESSION_JPEG {
-                set16(TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_YCBCR)
-                _ = resnetkit_tiff_set_int(tif, UInt32(TIFFTAG_JPEGCOLORMODE), JPEGCOLORMODE_RGB)
-                _ = resnetkit_tiff_set_int(tif, UInt32(TIFFTAG_JPEGQUALITY), 95)
-            } else {
-                set16(TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_RGB)
-            }
-            if index > 0 { set32(TIFFTAG_SUBFILETYPE, Int(FILETYPE_REDUCEDIMAGE)) }
-            if index == 0 && subIFDs && levels.count > 1 { _ = resnetkit_tiff_set_subifds(tif, UInt16(levels.count - 1)) }
-            if tiled {
-                set32(TIFFTAG_TILEWIDTH, block)
-                set32(TIFFTAG_TILELENGTH, block)
-                var buffer = [UInt8](repeating: 0, count: block * block * 3)
-                for ty in stride(from: 0, to: level.height, by: block) {
-                    for tx in stride(from: 0, to: level.width, by: block) {
-                        for i in buffer.indices { buffer[i] = 0 }
-                        for y in ty..<min(level.height, ty + block) {
-                            for x in tx..<min(level.width, tx + block) {
-                                for c in 0..<3 { buffer[((y - ty) * block + (x - tx)) * 3 + c] = level.pixels[(y * level.width + x) * 3 + c] }
-                            }
-                        }
-                        let tile = TIFFComputeTile(tif, UInt32(tx), UInt32(ty), 0, 0)
-                        guard TIFFWriteEncodedTile(tif, tile, &buffer, tmsize_t(buffer.count)) >= 0 else { throw FileError(path, "tile write failed") }
-                    }
-                }
-            } else {
-                set32(TIFFTAG_ROWSPERSTRIP, block)
-                for (strip, y) in stride(from: 0, to: level.height, by: block).enumerated() {
-                    let rows = min(block, level.height - y)
-                    var data = Array(level.pixels[(y * level.width * 3)..<((y + rows) * level.width * 3)])
-                    guard TIFFWriteEncodedStrip(tif, UInt32(strip), &data, tmsize_t(data.count)) >= 0 else { throw FileError(path, "strip write failed") }
-                }
-            }
-            guard TIFFWriteDirectory(tif) == 1 else { throw FileError(path, "directory write failed") }
-        }
-    }
-
+extension TestSlide {
     static func temporaryFile(_ test: XCTestCase, _ name: String) -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("resnetkit-slide-\(UUID().uuidString)")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
