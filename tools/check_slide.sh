@@ -6,6 +6,8 @@
 #   WORK (default /tmp/check-slide) receives tiles.csv, heat.png, overlay.png, tiles/ (one TIFF per kept tile),
 #   batch.csv, killed.csv. Prints: tiles and tiles/s, batch-infer's images/s, the largest logit difference, both
 #   peak RSS figures and the slide's decoded size, and whether the resumed run holds every tile once.
+#   TILE_COMPRESSION=zlib writes the tile files with Deflate (as the slide's tiles are) instead of uncompressed;
+#   TILE=N when --tile N is passed; KILL_AFTER=S seconds before the kill (default 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 slide=$1 model=$2 work=${3:-/tmp/check-slide}
@@ -28,7 +30,8 @@ side = int(os.environ.get("TILE", "96"))
 os.makedirs(os.path.join(work, "tiles"), exist_ok=True)
 for r in rows:
     x, y = int(r["x"]), int(r["y"])
-    tifffile.imwrite(os.path.join(work, "tiles", f"{x}_{y}.tif"), np.ascontiguousarray(level0[y:y + side, x:x + side]), photometric="rgb")
+    tifffile.imwrite(os.path.join(work, "tiles", f"{x}_{y}.tif"), np.ascontiguousarray(level0[y:y + side, x:x + side]),
+                     photometric="rgb", compression=os.environ.get("TILE_COMPRESSION"))
 print(f"cut {len(rows)} tiles; level 0 decoded: {level0.nbytes / 1e6:.0f} MB")
 EOF
 

@@ -20,7 +20,7 @@ public struct SlideGrid: Sendable, Equatable {
     public let columns: Int, rows: Int
 
     /// Most cells a grid may have (their list and the heatmap are kept in memory).
-    public static let maxCells = 1 << 27
+    public static let maxCells = 1 << 25
 
     public enum GridError: Error, CustomStringConvertible {
         case tileTooLarge(tile: Int, width: Int, height: Int)
@@ -83,9 +83,23 @@ public struct SlideGrid: Sendable, Equatable {
         return cells
     }
 
-    /// Band width (in cells) for a level: about 2048 pixels of tiled levels, the whole width of stripped ones.
-    public func bandColumns(for level: SlideLevel) -> Int {
-        level.tiled ? max(1, 2048 / stride) : columns
+    /// Band width (in cells) for a level read by `workers` readers, each taking an equal vertical strip of the band:
+    /// about 2048 pixels of a tiled level, with the band's and the strips' edges on TIFF tile edges where the
+    /// stride allows (so no TIFF tile is decoded twice across them); the whole width of a stripped level.
+    public func bandColumns(for level: SlideLevel, workers: Int = 1) -> Int {
+        guard level.tiled else { return columns }
+        let workers = max(1, workers)
+        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
+        // The fewest cells whose width is a whole number of TIFF tiles.
+        let unit = level.blockWidth / gcd(stride, level.blockWidth)
+        let unitPixels = unit * stride
+        guard unitPixels <= 4096 else { return max(workers, 2048 / stride) }
+        return max(1, 2048 / workers / unitPixels) * unit * workers
+    }
+
+    /// Which of `workers` readers reads a cell: the strip of its band it falls in.
+    public func worker(_ cell: GridCell, band: Int, workers: Int) -> Int {
+        Int(cell.column) % band * workers / band
     }
 }
 

@@ -257,23 +257,29 @@ public final class SlideReader {
         let l = levels[level]
         let scale = min(1, Double(maxSide) / Double(max(l.width, l.height)))
         let width = max(1, Int((Double(l.width) * scale).rounded())), height = max(1, Int((Double(l.height) * scale).rounded()))
-        var sums = [Float](repeating: 0, count: width * height * 3)
-        var counts = [Float](repeating: 0, count: width * height)
         try select(level)
         let saved = cacheCapacity
         cacheCapacity = 1
         defer { cacheCapacity = saved }
+        // Sums for the thumbnail rows one row of blocks touches (plus one it shares with the next), flushed into
+        // 8-bit pixels as they complete, so memory stays at the thumbnail and one band.
+        let bandRows = (l.blockHeight * height + l.height - 1) / l.height + 2
+        var sums = [Float](repeating: 0, count: bandRows * width * 3)
+        var counts = [Float](repeating: 0, count: bandRows * width)
+        var pixels = [UInt8](repeating: 0, count: width * height * 3)
+        var bandStart = 0
         let across = (l.width + l.blockWidth - 1) / l.blockWidth, down = (l.height + l.blockHeight - 1) / l.blockHeight
-        try sums.withUnsafeMutableBufferPointer { sums in
-            try counts.withUnsafeMutableBufferPointer { counts in
-                for by in 0..<down {
+        for by in 0..<down {
+            let y0 = by * l.blockHeight, yEnd = min(l.height, y0 + l.blockHeight)
+            try sums.withUnsafeMutableBufferPointer { sums in
+                try counts.withUnsafeMutableBufferPointer { counts in
                     for bx in 0..<across {
                         let block = try self.block(column: bx, row: by).assumingMemoryBound(to: UInt8.self)
-                        let x0 = bx * l.blockWidth, y0 = by * l.blockHeight
+                        let x0 = bx * l.blockWidth
                         // Which thumbnail column each of the block's columns falls in.
                         let columnCell = (x0..<min(l.width, x0 + l.blockWidth)).map { min(width - 1, $0 * width / l.width) }
-                        for row in y0..<min(l.height, y0 + l.blockHeight) {
-                            let cellRow = min(height - 1, row * height / l.height) * width
+                        for row in y0..<yEnd {
+                            let cellRow = (min(height - 1, row * height / l.height) - bandStart) * width
                             var source = block + (row - y0) * l.blockWidth * l.samplesPerPixel
                             for column in x0..<min(l.width, x0 + l.blockWidth) {
                                 let cell = cellRow + columnCell[column - x0]
@@ -287,10 +293,19 @@ public final class SlideReader {
                     }
                 }
             }
-        }
-        var pixels = [UInt8](repeating: 0, count: width * height * 3)
-        for i in 0..<(width * height) where counts[i] > 0 {
-            for c in 0..<3 { pixels[3 * i + c] = UInt8(min(255, (sums[3 * i + c] / counts[i]).rounded())) }
+            // Rows below the one level row yEnd maps to receive nothing more.
+            let complete = yEnd == l.height ? height : min(height, yEnd * height / l.height)
+            for i in 0..<((complete - bandStart) * width) where counts[i] > 0 {
+                let out = (bandStart * width + i) * 3
+                for c in 0..<3 { pixels[out + c] = UInt8(min(255, (sums[3 * i + c] / counts[i]).rounded())) }
+            }
+            let kept = (complete - bandStart) * width
+            for i in 0..<(bandRows * width) {
+                let from = i + kept
+                counts[i] = from < bandRows * width ? counts[from] : 0
+                for c in 0..<3 { sums[3 * i + c] = from < bandRows * width ? sums[3 * from + c] : 0 }
+            }
+            bandStart = complete
         }
         return (level, width, height, pixels)
     }

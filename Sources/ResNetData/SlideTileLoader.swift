@@ -24,12 +24,13 @@ public final class SlideBatch: @unchecked Sendable {
     deinit { pixels.deallocate() }
 }
 
-/// Reads a slide's grid cells in the given order on a background thread, about two batches ahead of the consumer,
+/// Reads a slide's grid cells in the given order on background threads (one reader per worker, each taking a
+/// contiguous share of every batch), about two batches ahead of the consumer,
 /// and prepares each tile exactly as `PrefetchingLoader` prepares an image file: 8-bit samples / 255, then
-/// `ImagePreparation.prepare` (centre crop, channel order, normalisation). Memory: the reader's block cache plus
+/// `ImagePreparation.prepare` (centre crop, channel order, normalisation). Memory: the readers' block caches plus
 /// (queueDepth + 2) batches. `cancel()` stops the producer (the consumer calls it when it stops early).
 public final class SlideTileLoader: @unchecked Sendable {
-    private let reader: SlideReader
+    private let readers: [SlideReader]
     private let level: Int
     private let grid: SlideGrid
     private let cells: [GridCell]
@@ -41,20 +42,23 @@ public final class SlideTileLoader: @unchecked Sendable {
     private var finished = false
     private var cancelled = false
 
-    /// Takes the reader over: the loader's thread is its only user from now on.
-    public init(reader: SlideReader, level: Int, grid: SlideGrid, cells: [GridCell], preprocessing: Preprocessing,
+    /// Takes the readers over (one per decoding worker, all of the same slide): the loader's threads are their
+    /// only users from now on.
+    public init(readers: [SlideReader], level: Int, grid: SlideGrid, cells: [GridCell], preprocessing: Preprocessing,
                 batchSize: Int, queueDepth: Int = 2) {
-        precondition(batchSize > 0 && queueDepth > 0)
+        precondition(batchSize > 0 && queueDepth > 0 && !readers.isEmpty)
         precondition(preprocessing.crop <= grid.tile)
-        self.reader = reader
+        self.readers = readers
         self.level = level
         self.grid = grid
         self.cells = cells
         self.preprocessing = preprocessing
         self.batchSize = batchSize
         self.queueDepth = queueDepth
-        reader.cacheCapacity = reader.cacheBlocks(level: level, regionHeight: grid.tile,
-                                                  bandWidth: grid.bandColumns(for: reader.levels[level]) * grid.stride + grid.tile)
+        for reader in readers {
+            reader.cacheCapacity = reader.cacheBlocks(level: level, regionHeight: grid.tile,
+                                                      bandWidth: grid.bandColumns(for: reader.levels[level], workers: readers.count) * grid.stride + grid.tile)
+        }
         let thread = Thread { [self] in produce() }
         thread.name = "slide reader"
         thread.start()
@@ -96,31 +100,52 @@ public final class SlideTileLoader: @unchecked Sendable {
         let tile = grid.tile
         let (height, width) = ImagePreparation.outputSize(width: tile, height: tile, preprocessing)
         let imageFloats = height * width * 3
-        var raw = [UInt8](repeating: 0, count: tile * tile * 3)
-        var image = RGBImage(width: tile, height: tile, pixels: [Float](repeating: 0, count: tile * tile * 3))
         let scale: Float = 1 / 255  // TIFFDecoder's factor for 8-bit samples
+        let raws = readers.map { _ in UnsafeMutableBufferPointer<UInt8>.allocate(capacity: tile * tile * 3) }
+        let bandColumns = grid.bandColumns(for: readers[0].levels[level], workers: readers.count)
+        defer { raws.forEach { $0.deallocate() } }
         var start = 0
         while start < cells.count && !isCancelled {
-            let chunk = cells[start..<min(cells.count, start + batchSize)]
+            let chunk = Array(cells[start..<min(cells.count, start + batchSize)])
             start += chunk.count
             let pixels = UnsafeMutableBufferPointer<Float>.allocate(capacity: chunk.count * imageFloats)
-            var done: [GridCell] = [], failures: [(cell: GridCell, reason: String)] = []
-            for cell in chunk {
-                let (x, y) = grid.origin(cell)
-                do {
-                    try raw.withUnsafeMutableBufferPointer {
-                        try reader.read(level: level, x: x, y: y, width: tile, height: tile, into: $0.baseAddress!)
+            let reasons = UnsafeMutableBufferPointer<String?>.allocate(capacity: chunk.count)
+            reasons.initialize(repeating: nil)
+            defer { reasons.deinitialize(); reasons.deallocate() }
+            // Workers split the band's width: each reads the tiles in its vertical strip of the band with its own
+            // reader (own libtiff handle and cache), so a TIFF tile is decoded by one worker, not by all.
+            let workers = readers.count
+            var shares = [[Int]](repeating: [], count: workers)
+            for (j, cell) in chunk.enumerated() { shares[grid.worker(cell, band: bandColumns, workers: workers)].append(j) }
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                guard !shares[w].isEmpty else { return }
+                let reader = readers[w], raw = raws[w]
+                var image = RGBImage(width: tile, height: tile, pixels: [Float](repeating: 0, count: tile * tile * 3))
+                for j in shares[w] {
+                    let (x, y) = grid.origin(chunk[j])
+                    do {
+                        try reader.read(level: level, x: x, y: y, width: tile, height: tile, into: raw.baseAddress!)
+                        // The same arithmetic as an 8-bit TIFF file's decoding, so the network sees the same floats.
+                        image.pixels.withUnsafeMutableBufferPointer { out in
+                            for i in 0..<out.count { out[i] = Float(raw[i]) * scale }
+                        }
+                        try ImagePreparation.prepare(image, preprocessing, into: pixels.baseAddress! + j * imageFloats, path: reader.path)
+                    } catch {
+                        reasons[j] = "\(error)"
                     }
-                    // The same arithmetic as an 8-bit TIFF file's decoding, so the network sees the same floats.
-                    image.pixels.withUnsafeMutableBufferPointer { out in
-                        for i in 0..<out.count { out[i] = Float(raw[i]) * scale }
-                    }
-                    try ImagePreparation.prepare(image, preprocessing, into: pixels.baseAddress! + done.count * imageFloats,
-                                                 path: reader.path)
-                    done.append(cell)
-                } catch {
-                    failures.append((cell, "\(error)"))
                 }
+            }
+            // Failed tiles leave holes: close them so the batch's images stay contiguous and in order.
+            var done: [GridCell] = [], failures: [(cell: GridCell, reason: String)] = []
+            for (j, cell) in chunk.enumerated() {
+                if let reason = reasons[j] {
+                    failures.append((cell, reason))
+                    continue
+                }
+                if done.count != j {
+                    (pixels.baseAddress! + done.count * imageFloats).update(from: pixels.baseAddress! + j * imageFloats, count: imageFloats)
+                }
+                done.append(cell)
             }
             let batch = SlideBatch(cells: done, height: height, width: width, failures: failures, pixels: pixels)
             condition.lock()

@@ -78,7 +78,7 @@ struct InferSlide: ParsableCommand {
     @Option(name: .customLong("batch-size"), help: "Tiles per GEMM batch.")
     var batchSize = 64
 
-    @Option(help: "Threads for the network (default: all cores).")
+    @Option(help: "Threads: lanes for the network and tile decoders (default: all cores).")
     var threads: Int?
 
     @Option(help: "Centre crop side (0: whole tile); default from the model.")
@@ -174,7 +174,8 @@ struct InferSlide: ParsableCommand {
         }
         var scores = [Float](repeating: .nan, count: grid.count)
         var tissueCells = 0
-        let cells = grid.order(bandColumns: grid.bandColumns(for: chosen)) { cell in
+        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        let cells = grid.order(bandColumns: grid.bandColumns(for: chosen, workers: threadCount)) { cell in
             if let mask {
                 let (x, y) = grid.origin(cell)
                 guard mask.fraction(x: x, y: y, width: tile, height: tile, levelWidth: grid.levelWidth,
@@ -197,11 +198,12 @@ struct InferSlide: ParsableCommand {
             Console.info("infer-slide: resuming \(out): \(output.existingRecords.count) rows already there\(torn); \(cells.count) tiles to do")
         }
 
-        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
         BLASRuntime.setThreads(threadCount)
         Parallelism.threads = threadCount
         let engine: any InferenceEngine = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
-        let loader = SlideTileLoader(reader: reader, level: level, grid: grid, cells: cells, preprocessing: preprocessing,
+        // Decoders: as many as the network's threads, each with its own libtiff handle.
+        let readers = try [reader] + (1..<threadCount).map { _ in try SlideReader(path: slide) }
+        let loader = SlideTileLoader(readers: readers, level: level, grid: grid, cells: cells, preprocessing: preprocessing,
                                      batchSize: batchSize)
         defer { loader.cancel() }
         let progress = ProgressBar(label: "infer-slide", unit: "tiles")
@@ -232,6 +234,7 @@ struct InferSlide: ParsableCommand {
             progress.update(done: processed + failed, failed: failed)
         }
         progress.finish()
+        Console.debug("infer-slide: \(readers.map(\.blocksDecoded).reduce(0, +)) TIFF \(chosen.tiled ? "tiles" : "strips") decoded by \(readers.count) readers")
         let rate = progress.elapsed > 0 ? Double(processed) / progress.elapsed : 0
         Console.info(String(format: "infer-slide: %d tiles, %d failed, %.1f tiles/s, wrote %@", processed, failed, rate, out))
 

@@ -137,6 +137,31 @@ final class InferSlideTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(Set(after.map { "\($0[0]),\($0[1])" }), Set(before.map { "\($0[0]),\($0[1])" }))
     }
 
+    /// A corrupt TIFF tile costs its grid cell only: the others are classified as in an intact slide (status 3).
+    func testACorruptTileIsReportedAndTheRestClassified() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let level0 = TestSlide.glassAndTissue(width: 320, height: 192, tissueFrom: 100)
+        let intact = dir.appendingPathComponent("intact.tif").path, broken = dir.appendingPathComponent("broken.tif").path
+        try TestSlide.write(intact, levels: [level0], block: 64, bigTIFF: false)
+        try TestSlide.write(broken, levels: [level0], block: 64, bigTIFF: false)
+        // Classic TIFF from libtiff: the first tile's Deflate stream starts right after the 8-byte header.
+        var data = try Data(contentsOf: URL(fileURLWithPath: broken))
+        data.replaceSubrange(8..<300, with: Data(repeating: 0xA5, count: 292))
+        try data.write(to: URL(fileURLWithPath: broken))
+        let options = ["--model", Self.model, "--tile", "64", "--tissue", "none", "--batch-size", "4", "--threads", "2"]
+        let good = dir.appendingPathComponent("good.csv"), bad = dir.appendingPathComponent("bad.csv")
+        XCTAssertEqual(try CLI.run(["infer-slide", intact, "--out", good.path, "--quiet"] + options).status, 0)
+        let result = try CLI.run(["infer-slide", broken, "--out", bad.path] + options)
+        XCTAssertEqual(result.status, 3, result.stderr)
+        XCTAssertTrue(result.stderr.contains("warning: tile at x 0, y 0 skipped: \(broken): level 0: truncated or corrupt tile at x 0, y 0"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("14 tiles, 1 failed"), result.stderr)
+        let expected = try rows(good, header: "x,y,logit_0,logit_1,label").filter { !($0[0] == "0" && $0[1] == "0") }
+        let got = try rows(bad, header: "x,y,logit_0,logit_1,label")
+        // Same tiles in the same order; logits equal up to the last bits (the batches group other tiles).
+        XCTAssertEqual(got.map { [$0[0], $0[1], $0[4]] }, expected.map { [$0[0], $0[1], $0[4]] })
+        XCTAssertLessThan(relativeError(got.flatMap { [Float($0[2])!, Float($0[3])!] }, expected.flatMap { [Float($0[2])!, Float($0[3])!] }), 1e-5)
+    }
+
     func testBadSlidesAndOptionsAreRefusedWithOneLine() throws {
         let dir = try CLI.temporaryDirectory(self)
         let (slide, _) = try makeSlide(dir)

@@ -95,6 +95,28 @@ final class SlideReaderTests: XCTestCase {
         XCTAssertLessThanOrEqual(reader.cacheCapacity, 20)
     }
 
+    /// The thumbnail averages the pixels each thumbnail pixel covers, from the smallest level long enough.
+    func testThumbnailAveragesTheSmallestLongEnoughLevel() throws {
+        let path = TestSlide.temporaryFile(self, "slide.tif")
+        try TestSlide.write(path, levels: [.init(width: 300, height: 200), .init(width: 150, height: 100, level: 1)], block: 32)
+        let reader = try SlideReader(path: path)
+        let whole = try reader.thumbnail(maxSide: 150)
+        XCTAssertEqual([whole.level, whole.width, whole.height], [1, 150, 100])
+        XCTAssertEqual(whole.pixels, expected(level: 1, x: 0, y: 0, width: 150, height: 100))
+        let small = try reader.thumbnail(maxSide: 64)
+        XCTAssertEqual([small.level, small.width, small.height], [1, 64, 43])
+        var sums = [Double](repeating: 0, count: 64 * 43 * 3), counts = [Double](repeating: 0, count: 64 * 43)
+        for y in 0..<100 { for x in 0..<150 {
+            let cell = min(42, y * 43 / 100) * 64 + min(63, x * 64 / 150)
+            counts[cell] += 1
+            for c in 0..<3 { sums[3 * cell + c] += Double(TestSlide.pattern(x, y, c, level: 1)) }
+        } }
+        let want = (0..<(64 * 43 * 3)).map { UInt8((sums[$0] / counts[$0 / 3]).rounded()) }
+        XCTAssertEqual(zip(small.pixels, want).map { abs(Int($0) - Int($1)) }.max(), 0)
+        // Only level 0 is long enough for 256.
+        XCTAssertEqual(try reader.thumbnail(maxSide: 256).level, 0)
+    }
+
     func testBadSlidesAreRefusedWithOneLine() throws {
         let notTIFF = TestSlide.temporaryFile(self, "notes.txt")
         try Data("hello".utf8).write(to: URL(fileURLWithPath: notTIFF))
@@ -131,6 +153,16 @@ final class SlideReaderTests: XCTestCase {
         XCTAssertEqual([grid.columns, grid.rows], [4, 1])
         XCTAssertTrue(grid.levelZeroOrigin(GridCell(column: 3, row: 0)) == (600, 0))
         XCTAssertEqual(grid.order(bandColumns: 3).map { Int($0.column) }, [0, 1, 2, 3])
+        // Bands and workers' strips end on TIFF tile edges: 8 cells of 96 are 3 tiles of 256.
+        let big = SlideLevel.testLevel(width: 10_000, height: 10_000)
+        let g96 = try SlideGrid(level: big, levelZero: big, tile: 96, stride: 96)
+        XCTAssertEqual(g96.bandColumns(for: big, workers: 2), 16)
+        XCTAssertEqual(g96.bandColumns(for: big, workers: 1), 16)
+        XCTAssertEqual((0..<16).map { g96.worker(GridCell(column: $0 + 32, row: 5), band: 16, workers: 2) }, Array(repeating: 0, count: 8) + Array(repeating: 1, count: 8))
+        let g97 = try SlideGrid(level: big, levelZero: big, tile: 97, stride: 97)
+        XCTAssertEqual(g97.bandColumns(for: big, workers: 2), 21, "no aligned width nearby: about 2048 pixels")
+        let stripped = SlideLevel(width: 10_000, height: 10_000, blockWidth: 10_000, blockHeight: 16, tiled: false)
+        XCTAssertEqual(g96.bandColumns(for: stripped, workers: 2), g96.columns)
         XCTAssertThrowsError(try SlideGrid(level: level, levelZero: level, tile: 600, stride: 600)) {
             XCTAssertEqual("\($0)", "a 600-pixel tile is larger than the level (1000x500)")
         }
