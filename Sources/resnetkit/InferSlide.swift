@@ -33,8 +33,8 @@ struct InferSlide: ParsableCommand {
             tile is kept when at least 10% of its footprint is tissue. --tissue none keeps every tile.
 
             Output: header x,y,logit_0,...,logit_{K-1},label with x, y the level-0 pixel coordinates of the tile's \
-            top-left corner; rows are appended batch by batch (in vertical bands of about 2048 pixels, row by row \
-            within a band). --resume cuts off a torn last line and does only the tiles not in the file; without \
+            top-left corner; rows are appended batch by batch (in vertical bands of up to about 2048 pixels, row \
+            by row within a band). --resume cuts off a torn last line and does only the tiles not in the file; without \
             it an existing output is refused.
 
             --heatmap: a PNG with one pixel per grid cell, P(class 1) (for more than 2 classes, the top class's \
