@@ -120,7 +120,7 @@ public final class SlideReader {
         let photometric = TIFFDecoder.tag16(tif, TIFFTAG_PHOTOMETRIC) ?? -1
         let compression = TIFFDecoder.tag16(tif, TIFFTAG_COMPRESSION) ?? Int(COMPRESSION_NONE)
         let separate = TIFFDecoder.tag16(tif, TIFFTAG_PLANARCONFIG) == Int(PLANARCONFIG_SEPARATE)
-        let jpegYCbCr = photometric == Int(PHOTOMETRIC_YCBCR) && (compression == Int(COMPRESSION_JPEG) || compression == Int(COMPRESSION_OJPEG))
+        let jpegYCbCr = photometric == Int(PHOTOMETRIC_YCBCR) && compression == Int(COMPRESSION_JPEG)
         guard bits == 8 else { throw FileError(path, "\(name): \(bits)-bit samples (slides must be 8-bit RGB)") }
         guard photometric == Int(PHOTOMETRIC_RGB) || jpegYCbCr, spp >= 3, spp <= 16 else {
             throw FileError(path, "\(name): not an RGB image (photometric \(photometric), \(spp) samples per pixel)")
@@ -264,8 +264,9 @@ public final class SlideReader {
         // Sums for the thumbnail rows one row of blocks touches (plus one it shares with the next), flushed into
         // 8-bit pixels as they complete, so memory stays at the thumbnail and one band.
         let bandRows = (l.blockHeight * height + l.height - 1) / l.height + 2
-        var sums = [Float](repeating: 0, count: bandRows * width * 3)
-        var counts = [Float](repeating: 0, count: bandRows * width)
+        // Double: a thumbnail pixel of a huge single-level slide averages hundreds of thousands of pixels.
+        var sums = [Double](repeating: 0, count: bandRows * width * 3)
+        var counts = [Double](repeating: 0, count: bandRows * width)
         var pixels = [UInt8](repeating: 0, count: width * height * 3)
         var bandStart = 0
         let across = (l.width + l.blockWidth - 1) / l.blockWidth, down = (l.height + l.blockHeight - 1) / l.blockHeight
@@ -283,9 +284,9 @@ public final class SlideReader {
                             var source = block + (row - y0) * l.blockWidth * l.samplesPerPixel
                             for column in x0..<min(l.width, x0 + l.blockWidth) {
                                 let cell = cellRow + columnCell[column - x0]
-                                sums[3 * cell] += Float(source[0])
-                                sums[3 * cell + 1] += Float(source[1])
-                                sums[3 * cell + 2] += Float(source[2])
+                                sums[3 * cell] += Double(source[0])
+                                sums[3 * cell + 1] += Double(source[1])
+                                sums[3 * cell + 2] += Double(source[2])
                                 counts[cell] += 1
                                 source += l.samplesPerPixel
                             }
