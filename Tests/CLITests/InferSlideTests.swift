@@ -108,6 +108,13 @@ final class InferSlideTests: XCTestCase, UsesDefaultFixtures {
         // Glass away from any kept tile keeps its colour; a tissue pixel under a kept tile does not.
         XCTAssertEqual(thumb.pixels[(10 * 448 + 10) * 4 + 3], 255)
         XCTAssertLessThan(abs(Int(thumb.pixels[(10 * 448 + 10) * 4]) - 238), 5)
+
+        // A threshold above every saturation keeps nothing: a header-only CSV.
+        let none = dir.appendingPathComponent("none.csv")
+        let strict = try CLI.run(["infer-slide", slide, "--out", none.path, "--model", Self.model, "--tile", "64", "--tissue-threshold", "1"])
+        XCTAssertEqual(strict.status, 0, strict.stderr)
+        XCTAssertTrue(strict.stderr.contains("tissue: 0 of 35 tiles (saturation threshold 1.000)"), strict.stderr)
+        XCTAssertEqual(try rows(none, header: "x,y,logit_0,logit_1,label").count, 0)
     }
 
     func testResumeFinishesATornFileWithEveryTileOnce() throws {
@@ -126,7 +133,8 @@ final class InferSlideTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(refused.status, 1)
         XCTAssertTrue(refused.stderr.contains("\(partial.path): already exists (use --resume"), refused.stderr)
 
-        let resumed = try CLI.run(["infer-slide", slide, "--out", partial.path, "--resume"] + options.dropLast())
+        let heat = dir.appendingPathComponent("heat.png")
+        let resumed = try CLI.run(["infer-slide", slide, "--out", partial.path, "--resume", "--heatmap", heat.path] + options.dropLast())
         XCTAssertEqual(resumed.status, 0, resumed.stderr)
         XCTAssertTrue(resumed.stderr.contains("resuming \(partial.path): 9 rows already there, removed a torn last line; 26 tiles to do"), resumed.stderr)
         let before = try rows(full, header: "x,y,logit_0,logit_1,label")
@@ -135,6 +143,14 @@ final class InferSlideTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(Set(after.map { "\($0[0]),\($0[1])" }).count, 35)
         XCTAssertEqual(Array(after.prefix(9)), Array(before.prefix(9)))
         XCTAssertEqual(Set(after.map { "\($0[0]),\($0[1])" }), Set(before.map { "\($0[0]),\($0[1])" }))
+        // The heatmap of a resumed run covers the rows of the first run too.
+        let png = try PNGFile.read(path: heat.path)
+        XCTAssertEqual((0..<35).filter { png.pixels[4 * $0 + 3] == 255 }.count, 35)
+        let first = after[0]
+        let p = 1 / (1 + exp(Double(first[2])! - Double(first[3])!))
+        let colour = ColorMap.viridis(Float(p))
+        let i = (Int(first[1])! / 64 * 7 + Int(first[0])! / 64) * 4
+        XCTAssertEqual([png.pixels[i], png.pixels[i + 1], png.pixels[i + 2]], [colour.0, colour.1, colour.2])
     }
 
     /// A corrupt TIFF tile costs its grid cell only: the others are classified as in an intact slide (status 3).
