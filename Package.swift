@@ -24,6 +24,7 @@ let package = Package(
         .systemLibrary(name: "CTIFF", pkgConfig: "libtiff-4", providers: [.apt(["libtiff-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
 
         // C code generated from onnx.proto by protoc-c (tools/generate_onnx_proto.sh).
         .target(name: "ONNXProto", dependencies: ["CProtobufC"]),
@@ -41,8 +42,8 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ]),
-        // Images (libtiff), preprocessing, CSV, the prefetching loader.
-        .target(name: "ResNetData", dependencies: ["ResNetModel", "ResNetSupport", "CTIFF"]),
+        // Images (libtiff, libpng), slides, preprocessing, CSV, the prefetching loader.
+        .target(name: "ResNetData", dependencies: ["ResNetModel", "ResNetSupport", "CTIFF", "CPNG"]),
         .executableTarget(name: "resnetkit", dependencies: [
             "ResNetModel", "ResNetFormats", "ResNetData", "ResNetSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -51,11 +52,11 @@ let package = Package(
                           path: "tools/bench"),
 
         // Paths to fixtures/ and ../shared/reference, and the relative error the tolerances refer to.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["CTIFF"], path: "Tests/TestSupport"),
         .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "CKernels", "TestSupport"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel", "TestSupport"]),
-        .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetSupport", "TestSupport"]),
+        .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport", "CTIFF"]),
+        .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetData", "ResNetSupport", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -38,3 +38,22 @@ static inline TIFF *resnetkit_tiff_open(int fd, const char *name, ResNetKitTIFFM
     TIFFOpenOptionsFree(options);
     return tif;
 }
+
+// Slides and float maps (infer-slide, explain): SubIFD offsets, JPEG colour conversion and the setters a
+// writer needs, as typed wrappers of the variadic calls.
+static inline int resnetkit_tiff_get_subifds(TIFF *tif, uint16_t *count, uint64_t **offsets) {
+    return TIFFGetField(tif, TIFFTAG_SUBIFD, count, offsets);
+}
+static inline int resnetkit_tiff_set_u16(TIFF *tif, uint32_t tag, uint16_t value) {
+    return TIFFSetField(tif, tag, value);
+}
+static inline int resnetkit_tiff_set_u32(TIFF *tif, uint32_t tag, uint32_t value) {
+    return TIFFSetField(tif, tag, value);
+}
+static inline int resnetkit_tiff_set_int(TIFF *tif, uint32_t tag, int value) {
+    return TIFFSetField(tif, tag, value);
+}
+static inline int resnetkit_tiff_set_subifds(TIFF *tif, uint16_t count) {
+    uint64_t zeros[16] = {0};
+    return TIFFSetField(tif, TIFFTAG_SUBIFD, count, zeros);
+}

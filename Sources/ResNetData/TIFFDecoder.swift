@@ -22,7 +22,7 @@ public enum TIFFDecoder {
 
     /// libtiff's process-wide handlers print to stderr; every handle here has its own, so they are turned off
     /// once (a lazily initialised static runs exactly once, whatever the threads).
-    private static let globalHandlersSilenced: Void = {
+    static let globalHandlersSilenced: Void = {
         TIFFSetErrorHandler(nil)
         TIFFSetWarningHandler(nil)
     }()
