@@ -12,21 +12,35 @@ func check(_ status: dnnl_status_t, _ what: @autoclosure () -> String) throws {
     guard status == dnnl_success else { throw DNNLError("oneDNN: \(what()) failed (status \(status.rawValue))") }
 }
 
-/// The process's oneDNN CPU engine and stream, created on first use. Primitives run in order on the one stream.
+/// The process's oneDNN CPU engine and a stream for work done once (weight reorders), created on first use.
 final class DNNLContext: @unchecked Sendable {
     let engine: dnnl_engine_t
-    let stream: dnnl_stream_t
+    let stream: Stream
 
     static let shared = Result { try DNNLContext() }
 
     private init() throws {
         var engine: dnnl_engine_t?
         try check(dnnl_engine_create(&engine, dnnl_cpu, 0), "creating the CPU engine")
-        var stream: dnnl_stream_t?
-        try check(dnnl_stream_create(&stream, engine, UInt32(dnnl_stream_default_flags.rawValue)), "creating a stream")
         self.engine = engine!
-        self.stream = stream!
+        stream = try Stream(engine!)
     }
+}
+
+/// An in-order queue of primitive executions; one per lane (streams are not shared between threads).
+final class Stream {
+    let handle: dnnl_stream_t
+
+    init(_ engine: dnnl_engine_t? = nil) throws {
+        var stream: dnnl_stream_t?
+        let engine = try engine ?? DNNLContext.shared.get().engine
+        try check(dnnl_stream_create(&stream, engine, UInt32(dnnl_stream_default_flags.rawValue)), "creating a stream")
+        handle = stream!
+    }
+
+    func wait() throws { try check(dnnl_stream_wait(handle), "waiting for a stream") }
+
+    deinit { dnnl_stream_destroy(handle) }
 }
 
 /// A memory descriptor built from dimensions, a data type and a format tag (`dnnl_format_tag_any` lets the
@@ -71,10 +85,16 @@ final class Attributes {
     let handle: dnnl_primitive_attr_t
 
     /// `mask`: which dimensions the scales vary over (default: dst channels when there are several scales).
-    init(outputScales: [Float]? = nil, mask: Int32? = nil, sum: (scale: Float, type: dnnl_data_type_t)? = nil, relu: Bool = false) throws {
+    /// `userScratchpad`: the caller passes each execution its scratchpad (lanes run primitives concurrently;
+    /// the library's own scratchpad is shared by all primitives).
+    init(outputScales: [Float]? = nil, mask: Int32? = nil, sum: (scale: Float, type: dnnl_data_type_t)? = nil, relu: Bool = false,
+         userScratchpad: Bool = false) throws {
         var a: dnnl_primitive_attr_t?
         try check(dnnl_primitive_attr_create(&a), "creating attributes")
         handle = a!
+        if userScratchpad {
+            try check(dnnl_primitive_attr_set_scratchpad_mode(handle, dnnl_scratchpad_mode_user), "setting the scratchpad mode")
+        }
         if let outputScales {
             try check(dnnl_primitive_attr_set_output_scales(handle, dnnl_dim_t(outputScales.count),
                                                             mask ?? (outputScales.count > 1 ? 1 << 1 : 0), outputScales),
@@ -135,17 +155,20 @@ final class Primitive {
         return String(cString: name)
     }
 
-    func execute(_ args: [(Int32, Memory)]) throws {
-        let context = try DNNLContext.shared.get()
+    /// Bytes of scratchpad this primitive needs (with a user scratchpad).
+    var scratchpadSize: Int { dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)) }
+
+    func execute(_ args: [(Int32, Memory)], on stream: Stream) throws {
         let list = args.map { dnnl_exec_arg_t(arg: $0.0, memory: $0.1.handle) }
-        try check(dnnl_primitive_execute(primitive, context.stream, Int32(list.count), list), "executing a primitive")
+        try check(dnnl_primitive_execute(primitive, stream.handle, Int32(list.count), list), "executing a primitive")
     }
 
-    /// Runs a reorder once and waits (weights at load).
+    /// Runs a reorder once and waits (weights at load; not concurrently with itself).
     static func reorder(_ src: Memory, _ dst: Memory, attributes: Attributes? = nil) throws {
         let r = try Primitive(reorderFrom: src.desc, to: dst.desc, attributes: attributes)
-        try r.execute([(DNNL_ARG_FROM, src), (DNNL_ARG_TO, dst)])
-        try check(dnnl_stream_wait(try DNNLContext.shared.get().stream), "waiting for a reorder")
+        let stream = try DNNLContext.shared.get().stream
+        try r.execute([(DNNL_ARG_FROM, src), (DNNL_ARG_TO, dst)], on: stream)
+        try stream.wait()
     }
 
     deinit {
@@ -184,11 +207,16 @@ public enum DNNLRuntime {
         return have & need == need
     }
 
-    /// Sets oneDNN's OpenMP thread count. libgomp is loaded with libdnnl but not linked here, so the symbol is
-    /// looked up at run time.
+    /// Sets the OpenMP thread count of oneDNN calls made from the calling thread (an OpenMP setting is per
+    /// thread). libgomp is loaded with libdnnl but not linked here, so the symbol is looked up at run time.
     public static func setThreads(_ count: Int) {
-        typealias SetThreads = @convention(c) (Int32) -> Void
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") else { return }
-        unsafeBitCast(symbol, to: SetThreads.self)(Int32(max(1, count)))
+        guard let setNumThreads else { return }
+        setNumThreads(Int32(max(1, count)))
     }
+
+    private typealias SetThreads = @convention(c) (Int32) -> Void
+    nonisolated(unsafe) private static let setNumThreads: SetThreads? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") else { return nil }
+        return unsafeBitCast(symbol, to: SetThreads.self)
+    }()
 }

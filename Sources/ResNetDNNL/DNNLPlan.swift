@@ -1,5 +1,6 @@
 import CDNNL
 import COpenBLAS
+import Dispatch
 import ResNetModel
 
 /// The eval-mode network on oneDNN in bf16 or int8: every convolution with its BatchNorm folded, bias, residual
@@ -8,7 +9,10 @@ import ResNetModel
 /// oneDNN too. Global pooling and the head run in fp32. Accumulation is fp32 (bf16) or int32 (int8).
 ///
 /// Primitives are built per input shape (batch, height, width) and kept, so a run of equal batches builds once.
-/// Not thread-safe: one plan per thread.
+/// A batch is split across `Parallelism.threads` lanes, each running its own primitives, stream and scratchpad
+/// with one OpenMP thread (as the fp32 plan splits its lanes): no OpenMP barriers between the cores, which cost
+/// much when other work (the TIFF decoders, other processes) shares them. A single image runs on one lane with
+/// all threads. Not thread-safe: one plan per thread.
 public final class DNNLPlan: InferenceEngine {
     public let architecture: Architecture
     public let precision: Precision
@@ -74,7 +78,8 @@ public final class DNNLPlan: InferenceEngine {
         }
     }
 
-    struct Shape: Hashable { var batch: Int, height: Int, width: Int }
+    /// One lane's primitives for a slice of `batch` images (lanes with equal slices still own separate networks).
+    struct Shape: Hashable { var batch: Int, height: Int, width: Int, lane: Int = 0 }
 
     /// The implementation oneDNN chose for each kind of convolution (`7x7/2 3→64: brgconv:avx512_core_bf16`),
     /// for a batch of this shape.
@@ -88,7 +93,7 @@ public final class DNNLPlan: InferenceEngine {
     private func network(_ shape: Shape) throws -> Network {
         if let n = networks[shape] { return n }
         // Keep a few shapes (a full batch and a last partial one, usually); drop the rest.
-        if networks.count >= 4 { networks.removeAll() }
+        if networks.count >= 8 { networks.removeAll() }
         let n = try Network(self, shape)
         networks[shape] = n
         return n
@@ -105,7 +110,15 @@ public final class DNNLPlan: InferenceEngine {
     /// Builds the primitives for a shape ahead of `run`, so that errors (a CPU or shape oneDNN cannot serve)
     /// surface as errors rather than traps; `run` after a successful `prepare` of the same shape does not fail.
     public func prepare(batch: Int, height: Int, width: Int) throws {
-        _ = try network(Shape(batch: batch, height: height, width: width))
+        for (lane, range) in lanes(batch).enumerated() {
+            _ = try network(Shape(batch: range.count, height: height, width: width, lane: lane))
+        }
+    }
+
+    /// Each lane's share of a batch.
+    private func lanes(_ count: Int) -> [Range<Int>] {
+        let laneCount = max(1, min(Parallelism.threads, count))
+        return (0..<laneCount).map { count * $0 / laneCount ..< count * ($0 + 1) / laneCount }
     }
 
     /// Whether any batch shape has been built.
@@ -115,10 +128,28 @@ public final class DNNLPlan: InferenceEngine {
                             output: UnsafeMutablePointer<Float>, head withHead: Bool) throws {
         precondition(count > 0 && height >= ModelConfig.minimumInputSide && width >= ModelConfig.minimumInputSide,
                      "batch of \(count) \(height)x\(width) images")
-        let network = try self.network(Shape(batch: count, height: height, width: width))
-        let pixels = try network.forward(images)
+        let ranges = lanes(count)
+        let networks = try ranges.enumerated().map { lane, range in
+            try self.network(Shape(batch: range.count, height: height, width: width, lane: lane))
+        }
+        let imageFloats = height * width * 3
+        var outputs = [UnsafeBufferPointer<Float>?](repeating: nil, count: ranges.count)
+        var failure: Error?
+        if ranges.count == 1 {
+            DNNLRuntime.setThreads(Parallelism.threads)
+            outputs[0] = try networks[0].forward(images)
+        } else {
+            outputs.withUnsafeMutableBufferPointer { results in
+                let results = results
+                DispatchQueue.concurrentPerform(iterations: ranges.count) { lane in
+                    DNNLRuntime.setThreads(1)
+                    do { results[lane] = try networks[lane].forward(images + ranges[lane].lowerBound * imageFloats) } catch { failure = error }
+                }
+            }
+            if let failure { throw failure }
+        }
         // Global average pool of layer4's NHWC fp32 output, then the folded linear layers.
-        let channels = featureWidth, area = pixels.count / (count * channels)
+        let channels = featureWidth
         let target: UnsafeMutablePointer<Float>
         if withHead {
             if pooled.count < count * channels { pooled = [Float](repeating: 0, count: count * channels) }
@@ -126,15 +157,19 @@ public final class DNNLPlan: InferenceEngine {
         } else {
             target = output
         }
-        for n in 0..<count {
-            let dst = target + n * channels
-            dst.update(repeating: 0, count: channels)
-            for p in 0..<area {
-                let src = pixels.baseAddress! + (n * area + p) * channels
-                for c in 0..<channels { dst[c] += src[c] }
+        for (range, pixels) in zip(ranges, outputs) {
+            let pixels = pixels!
+            let area = pixels.count / (range.count * channels)
+            for i in 0..<range.count {
+                let dst = target + (range.lowerBound + i) * channels
+                dst.update(repeating: 0, count: channels)
+                for p in 0..<area {
+                    let src = pixels.baseAddress! + (i * area + p) * channels
+                    for c in 0..<channels { dst[c] += src[c] }
+                }
+                let inverse = 1 / Float(area)
+                for c in 0..<channels { dst[c] *= inverse }
             }
-            let inverse = 1 / Float(area)
-            for c in 0..<channels { dst[c] *= inverse }
         }
         guard withHead else { return }
         var current = UnsafePointer(target)
@@ -182,8 +217,12 @@ final class Network {
     private var constants: [Memory] = []
     /// (kind of convolution, implementation), in forward order.
     private(set) var implementations: [(String, String)] = []
+    private let stream: Stream
+    /// One scratchpad for all steps (they run one after another), as large as the largest needs.
+    private var scratchpad: Memory!
 
     init(_ plan: DNNLPlan, _ shape: DNNLPlan.Shape) throws {
+        stream = try Stream()
         let int8 = plan.precision == .int8
         let activation: dnnl_data_type_t = int8 ? dnnl_u8 : dnnl_bf16
         let n = shape.batch
@@ -234,7 +273,7 @@ final class Network {
             let attributes = try Attributes(
                 outputScales: int8 ? weightScales.map { dstScale / (srcScale * $0) } : nil,
                 sum: residual.map { (int8 ? dstScale / $0.scale : 1, $0.memory.desc.data_type) },
-                relu: relu)
+                relu: relu, userScratchpad: true)
             let conv = try Primitive(&desc, attributes: attributes, what: "\(layer.name)'s convolution")
             implementations.append(("\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)", conv.implementation))
 
@@ -279,7 +318,8 @@ final class Network {
             stemSrcMD = probe.md(dnnl_query_src_md)
         }
         let stemSrc = try Memory(stemSrcMD)
-        let toStem = try Primitive(reorderFrom: userInput, to: stemSrcMD, attributes: int8 ? try Attributes(outputScales: [inputScale]) : nil)
+        let toStem = try Primitive(reorderFrom: userInput, to: stemSrcMD,
+                                   attributes: try Attributes(outputScales: int8 ? [inputScale] : nil, userScratchpad: true))
         steps.append(Step(primitive: toStem, args: [(DNNL_ARG_FROM, input), (DNNL_ARG_TO, stemSrc)]))
         var (x, xScale, side) = try convolution(plan.stem, stemSrc, srcScale: inputScale, inSide: (shape.height, shape.width), relu: true)
 
@@ -294,7 +334,7 @@ final class Network {
             try check(dnnl_pooling_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_pooling_max, &srcMD, &dstMD,
                                                         [d.init(st), d.init(st)], [d.init(k), d.init(k)], [0, 0],
                                                         [d.init(p), d.init(p)], [d.init(p), d.init(p)]), "describing the max pool")
-            let pool = try Primitive(&desc, attributes: nil, what: "the max pool")
+            let pool = try Primitive(&desc, attributes: try Attributes(userScratchpad: true), what: "the max pool")
             implementations.append(("max pool", pool.implementation))
             let pooled = try Memory(pool.md(dnnl_query_dst_md))
             steps.append(Step(primitive: pool, args: [(DNNL_ARG_SRC, x), (DNNL_ARG_DST, pooled)]))
@@ -320,16 +360,20 @@ final class Network {
         let outMD = try memoryDesc([n, channels, side.0, side.1], dnnl_f32, dnnl_nhwc)
         output = try Memory(outMD)
         outputCount = n * channels * side.0 * side.1
-        let fromLast = try Primitive(reorderFrom: x.desc, to: outMD, attributes: int8 ? try Attributes(outputScales: [1 / xScale]) : nil)
+        let fromLast = try Primitive(reorderFrom: x.desc, to: outMD,
+                                     attributes: try Attributes(outputScales: int8 ? [1 / xScale] : nil, userScratchpad: true))
         steps.append(Step(primitive: fromLast, args: [(DNNL_ARG_FROM, x), (DNNL_ARG_TO, output)]))
         constants.append(x)
+        let scratchBytes = steps.map(\.primitive.scratchpadSize).max() ?? 0
+        scratchpad = try Memory(try memoryDesc([max(1, scratchBytes)], dnnl_u8, dnnl_x))
+        for index in steps.indices { steps[index].args.append((DNNL_ARG_SCRATCHPAD, scratchpad)) }
     }
 
     /// Runs the backbone on `images` (fp32 NHWC) and returns layer4's output, fp32 NHWC, valid until the next call.
     func forward(_ images: UnsafePointer<Float>) throws -> UnsafeBufferPointer<Float> {
         input.setData(UnsafeMutableRawPointer(mutating: images))
-        for step in steps { try step.primitive.execute(step.args) }
-        try check(dnnl_stream_wait(try DNNLContext.shared.get().stream), "waiting for the network")
+        for step in steps { try step.primitive.execute(step.args, on: stream) }
+        try stream.wait()
         return UnsafeBufferPointer(start: output.data.assumingMemoryBound(to: Float.self), count: outputCount)
     }
 }
