@@ -85,6 +85,9 @@ struct BatchInfer: ParsableCommand {
     @Flag(help: "No progress bar or summary (errors still go to stderr).")
     var quiet = false
 
+    @Option(help: EngineChoice.help)
+    var precision = "fp32"
+
 
     func run() throws {
         Console.quiet = quiet
@@ -92,6 +95,7 @@ struct BatchInfer: ParsableCommand {
         if let threads, threads < 1 { throw UsageError("--threads must be at least 1") }
         if let maxErrors, maxErrors < 0 { throw UsageError("--max-errors must be 0 or more") }
         guard format == "logits" || format == "kaggle" else { throw UsageError("--format must be logits or kaggle, not '\(format)'") }
+        _ = try EngineChoice.precision(precision)
         if format == "kaggle" && probs { throw UsageError("--probs does not apply to --format kaggle (its label already is a probability)") }
         let shard: Shard
         do { shard = try self.shard.map { try Shard.parse($0, shardCount: shardCount) } ?? .all } catch let error as Shard.SpecError {
@@ -137,7 +141,7 @@ struct BatchInfer: ParsableCommand {
         let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
         BLASRuntime.setThreads(threadCount)
         Parallelism.threads = threadCount
-        let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        let plan = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: modelPath, threads: threadCount)
         let accept: @Sendable (ImageEntry) -> Bool = { shard.contains(id: $0.id) && !done.contains($0.id) }
         let loader = PrefetchingLoader(enumerator: ImageEnumerator(paths: paths, recursive: recursive),
                                        preprocessing: preprocessing, batchSize: batchSize, workers: threadCount, accept: accept)
@@ -148,8 +152,8 @@ struct BatchInfer: ParsableCommand {
         var processed = 0, failed = errorLog.existingRecords.count
         while let batch = loader.next() {
             if batch.count > 0 {
-                logits.withUnsafeMutableBufferPointer { out in
-                    plan.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
+                try logits.withUnsafeMutableBufferPointer { out in
+                    try plan.checkedRun(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
                              logits: out.baseAddress!)
                 }
                 try output.write(rows(batch.ids, logits, classes: classes))

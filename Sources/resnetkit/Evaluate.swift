@@ -41,6 +41,9 @@ struct Evaluate: ParsableCommand {
     @Flag(help: "No progress output or summary (errors still go to stderr).")
     var quiet = false
 
+    @Option(help: EngineChoice.help)
+    var precision = "fp32"
+
     func run() throws {
         Console.quiet = quiet
         guard batchSize >= 1 else { throw UsageError("--batch-size must be at least 1") }
@@ -49,7 +52,8 @@ struct Evaluate: ParsableCommand {
         let classes = checkpoint.config.numClasses
         let table = try LabelTable.load(path: labels, classNames: checkpoint.classNames)
         let labelOf = Dictionary(uniqueKeysWithValues: zip(table.ids, table.labels))
-        let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        let plan = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: model,
+                                         threads: ProcessInfo.processInfo.activeProcessorCount)
         let loader = PrefetchingLoader(enumerator: ImageEnumerator(paths: paths, recursive: recursive),
                                        preprocessing: checkpoint.preprocessing, batchSize: batchSize,
                                        workers: max(1, ProcessInfo.processInfo.activeProcessorCount),
@@ -60,8 +64,8 @@ struct Evaluate: ParsableCommand {
             failures += batch.failures
             guard batch.count > 0 else { continue }
             var out = [Float](repeating: 0, count: batch.count * classes)
-            out.withUnsafeMutableBufferPointer {
-                plan.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
+            try out.withUnsafeMutableBufferPointer {
+                try plan.checkedRun(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
                          logits: $0.baseAddress!)
             }
             logits += out

@@ -13,7 +13,7 @@ struct ResNetKit: ParsableCommand {
             Set RESNETKIT_LOG=debug to see which OpenBLAS kernel runs.
             """,
         version: "0.1.0",
-        subcommands: [ImportWeights.self, FineTune.self, BatchInfer.self, Evaluate.self, Inspect.self, ExportONNX.self, System.self])
+        subcommands: [ImportWeights.self, FineTune.self, BatchInfer.self, Evaluate.self, Inspect.self, ExportONNX.self, System.self, Quantize.self])
 
     /// Subcommands reachable through a link named after them.
     static let linkedSubcommands: Set<String> = ["import-weights", "batch-infer", "fine-tune"]
