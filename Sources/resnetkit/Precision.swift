@@ -19,7 +19,7 @@ enum EngineChoice {
         return precision
     }
 
-    /// The engine for `checkpoint` (read from `modelPath`) at this precision, with `threads` threads for oneDNN.
+    /// The engine for `checkpoint` (read from `modelPath`) at this precision (`threads`: the lanes, as Parallelism.threads, for the debug line).
     /// Every refusal is one line: unknown precision, int8 without scales, a CPU oneDNN cannot serve.
     static func make(_ name: String, checkpoint: Checkpoint, modelPath: String, threads: Int) throws -> any InferenceEngine {
         let precision = try precision(name)
@@ -33,9 +33,8 @@ enum EngineChoice {
             throw FileError(modelPath, "no int8 activation ranges: run `resnetkit quantize \(modelPath) --calibrate DIR` first")
         }
         if precision != .fp32 {
-            // oneDNN's OpenMP team gets the same thread count as the lanes would (see README: threads).
-            DNNLRuntime.setThreads(threads)
-            Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa), \(threads) OpenMP threads, \(precision.rawValue)")
+            // The plan splits batches into Parallelism.threads lanes of one OpenMP thread each (see DNNLPlan).
+            Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa), \(threads) lanes of one OpenMP thread, \(precision.rawValue)")
         }
         do {
             return try precision.makeEngine(architecture: checkpoint.architecture, state: checkpoint.state, scales: scales)
