@@ -1,4 +1,4 @@
-import ResNetDNNL
+@testable import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import TestSupport
@@ -76,6 +76,18 @@ final class DNNLPlanTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.hasPrefix("7x7/2 3→64: ") }, "\(lines)")
         XCTAssertTrue(lines.contains { $0.hasPrefix("max pool: ") }, "\(lines)")
         XCTAssertFalse(lines.contains { $0.hasSuffix(": ?") }, "\(lines)")
+    }
+
+    /// max is the largest magnitude; percentile 99.99 of 1…100 000 (one outlier at −1e6) clips the outlier and
+    /// lands within a histogram bin of 99 990.
+    func testRangeMethods() {
+        var values = (1...100_000).map { Float($0) }
+        values[500] = -1_000_000
+        values.withUnsafeBufferPointer { v in
+            XCTAssertEqual(RangeCollector(method: .max).range(v), 1_000_000)
+            let p = RangeCollector(method: .percentile(99.99)).range(v)
+            XCTAssertEqual(p, 99_990, accuracy: 1_000_000 / 4096 + 1)
+        }
     }
 
     func testScalesRoundTripThroughJSON() throws {
