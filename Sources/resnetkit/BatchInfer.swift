@@ -95,7 +95,6 @@ struct BatchInfer: ParsableCommand {
         if let threads, threads < 1 { throw UsageError("--threads must be at least 1") }
         if let maxErrors, maxErrors < 0 { throw UsageError("--max-errors must be 0 or more") }
         guard format == "logits" || format == "kaggle" else { throw UsageError("--format must be logits or kaggle, not '\(format)'") }
-        _ = try EngineChoice.precision(precision)
         if format == "kaggle" && probs { throw UsageError("--probs does not apply to --format kaggle (its label already is a probability)") }
         let shard: Shard
         do { shard = try self.shard.map { try Shard.parse($0, shardCount: shardCount) } ?? .all } catch let error as Shard.SpecError {
@@ -127,6 +126,10 @@ struct BatchInfer: ParsableCommand {
             throw UsageError("--format kaggle needs a 2-class model; \(modelPath) has \(classes) classes")
         }
 
+        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        BLASRuntime.setThreads(threadCount)
+        Parallelism.threads = threadCount
+        let plan = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: modelPath, threads: threadCount)
         let header = format == "kaggle" ? ["id", "label"]
             : ["id"] + (0..<classes).map { "logit_\($0)" } + (probs ? (0..<classes).map { "prob_\($0)" } : []) + ["label"]
         let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : .refuse)
@@ -138,10 +141,6 @@ struct BatchInfer: ParsableCommand {
             Console.info("batch-infer: resuming \(out): \(output.existingRecords.count) rows and \(errorLog.existingRecords.count) failures already there\(torn)")
         }
 
-        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
-        BLASRuntime.setThreads(threadCount)
-        Parallelism.threads = threadCount
-        let plan = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: modelPath, threads: threadCount)
         let accept: @Sendable (ImageEntry) -> Bool = { shard.contains(id: $0.id) && !done.contains($0.id) }
         let loader = PrefetchingLoader(enumerator: ImageEnumerator(paths: paths, recursive: recursive),
                                        preprocessing: preprocessing, batchSize: batchSize, workers: threadCount, accept: accept)

@@ -81,6 +81,7 @@ final class PrecisionCommandTests: XCTestCase {
         let dir = try CLI.temporaryDirectory(self)
         assertOneLineError(try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("p.csv").path,
                                         "--model", Self.model, "--precision", "int8", "--quiet"]), contains: "resnetkit quantize")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("p.csv").path), "nothing written")
     }
 
     /// oneDNN limited to SSE4.1 (as on a CPU without AVX): bf16 and int8 are refused in one line rather than
@@ -96,6 +97,7 @@ final class PrecisionCommandTests: XCTestCase {
         assertOneLineError(try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("q.csv").path,
                                         "--model", quantized, "--precision", "int8", "--quiet"], environment: old),
                            contains: "--precision int8 needs a CPU with AVX2")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("q.csv").path), "nothing written")
         XCTAssertEqual(try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("r.csv").path,
                                     "--model", quantized, "--quiet"], environment: old).status, 0)
     }
