@@ -19,7 +19,8 @@ enum EngineChoice {
         return precision
     }
 
-    /// The engine for `checkpoint` (read from `modelPath`) at this precision (`threads`: the lanes, as Parallelism.threads, for the debug line).
+    /// The engine for `checkpoint` (read from `modelPath`) at this precision; `threads` (the lanes, as set in
+    /// `Parallelism.threads`) only for the debug line.
     /// Every refusal is one line: unknown precision, int8 without scales, a CPU oneDNN cannot serve.
     static func make(_ name: String, checkpoint: Checkpoint, modelPath: String, threads: Int) throws -> any InferenceEngine {
         let precision = try precision(name)
