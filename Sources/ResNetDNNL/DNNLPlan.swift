@@ -1,6 +1,5 @@
 import CDNNL
 import COpenBLAS
-import Dispatch
 import ResNetModel
 
 /// The eval-mode network on oneDNN in bf16 or int8: every convolution with its BatchNorm folded, bias, residual
@@ -30,6 +29,7 @@ public final class DNNLPlan: InferenceEngine {
     let head: [(inputs: Int, outputs: Int, weight: [Float], bias: [Float])]
 
     private var networks: [Shape: Network] = [:]
+    private let laneThreads = LaneThreads()
     private var pooled: [Float] = []
     private var hidden: [Float] = []
 
@@ -141,7 +141,7 @@ public final class DNNLPlan: InferenceEngine {
         } else {
             outputs.withUnsafeMutableBufferPointer { results in
                 let results = results
-                DispatchQueue.concurrentPerform(iterations: ranges.count) { lane in
+                laneThreads.run(ranges.count) { lane in
                     DNNLRuntime.setThreads(1)
                     do { results[lane] = try networks[lane].forward(images + ranges[lane].lowerBound * imageFloats) } catch { failure = error }
                 }
