@@ -133,21 +133,16 @@ public final class DNNLPlan: InferenceEngine {
             try self.network(Shape(batch: range.count, height: height, width: width, lane: lane))
         }
         let imageFloats = height * width * 3
-        var outputs = [UnsafeBufferPointer<Float>?](repeating: nil, count: ranges.count)
-        var failure: Error?
-        if ranges.count == 1 {
-            DNNLRuntime.setThreads(Parallelism.threads)
-            outputs[0] = try networks[0].forward(images)
-        } else {
-            outputs.withUnsafeMutableBufferPointer { results in
-                let results = results
-                laneThreads.run(ranges.count) { lane in
-                    DNNLRuntime.setThreads(1)
-                    do { results[lane] = try networks[lane].forward(images + ranges[lane].lowerBound * imageFloats) } catch { failure = error }
-                }
+        // Each lane writes only its own slot of `outputs` (its layer4 output, or the error it met).
+        var outputs = [Result<UnsafeBufferPointer<Float>, Error>?](repeating: nil, count: ranges.count)
+        outputs.withUnsafeMutableBufferPointer { results in
+            let results = results
+            laneThreads.run(ranges.count) { lane in
+                DNNLRuntime.setThreads(ranges.count == 1 ? Parallelism.threads : 1)
+                results[lane] = Result { try networks[lane].forward(images + ranges[lane].lowerBound * imageFloats) }
             }
-            if let failure { throw failure }
         }
+        let laneOutputs = try outputs.map { try $0!.get() }
         // Global average pool of layer4's NHWC fp32 output, then the folded linear layers.
         let channels = featureWidth
         let target: UnsafeMutablePointer<Float>
@@ -157,8 +152,7 @@ public final class DNNLPlan: InferenceEngine {
         } else {
             target = output
         }
-        for (range, pixels) in zip(ranges, outputs) {
-            let pixels = pixels!
+        for (range, pixels) in zip(ranges, laneOutputs) {
             let area = pixels.count / (range.count * channels)
             for i in 0..<range.count {
                 let dst = target + (range.lowerBound + i) * channels
