@@ -25,6 +25,8 @@ let package = Package(
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        // oneDNN (no pkg-config file in Debian's package: the module map links `dnnl`).
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
 
         // C code generated from onnx.proto by protoc-c (tools/generate_onnx_proto.sh).
         .target(name: "ONNXProto", dependencies: ["CProtobufC"]),
@@ -36,6 +38,8 @@ let package = Package(
         .target(name: "ResNetSupport", dependencies: ["COpenBLAS"]),
         // The network: layers, the fused inference plan, training. Pure computation, no I/O.
         .target(name: "ResNetModel", dependencies: ["COpenBLAS", "CKernels"]),
+        // bf16 / int8 inference through oneDNN, behind the InferenceEngine seam. Computation only, no I/O.
+        .target(name: "ResNetDNNL", dependencies: ["ResNetModel", "CDNNL", "COpenBLAS"]),
         // Checkpoints (safetensors) and importers/exporters.
         .target(name: "ResNetFormats", dependencies: [
             "ResNetModel", "ResNetSupport", "CHDF5", "CProtobufC", "ONNXProto",
@@ -45,10 +49,10 @@ let package = Package(
         // Images (libtiff, libpng), slides, preprocessing, CSV, the prefetching loader.
         .target(name: "ResNetData", dependencies: ["ResNetModel", "ResNetSupport", "CTIFF", "CPNG"]),
         .executableTarget(name: "resnetkit", dependencies: [
-            "ResNetModel", "ResNetFormats", "ResNetData", "ResNetSupport",
+            "ResNetModel", "ResNetFormats", "ResNetData", "ResNetSupport", "ResNetDNNL",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "resnetkit-bench", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport"],
+        .executableTarget(name: "resnetkit-bench", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "ResNetDNNL"],
                           path: "tools/bench"),
 
         // Paths to fixtures/ and ../shared/reference, and the relative error the tolerances refer to.
@@ -56,6 +60,7 @@ let package = Package(
         .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "CKernels", "TestSupport"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel", "TestSupport"]),
         .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport", "CTIFF"]),
+        .testTarget(name: "ResNetDNNLTests", dependencies: ["ResNetDNNL", "ResNetModel", "ResNetFormats", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetData", "ResNetSupport", "TestSupport"]),
     ],
     swiftLanguageModes: [.v5]

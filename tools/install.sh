@@ -21,7 +21,7 @@ if [[ $apt == 1 ]]; then
     sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        libopenblas-dev libhdf5-dev libtiff-dev libprotobuf-c-dev libpng-dev pkg-config >/dev/null
+        libopenblas-dev libhdf5-dev libtiff-dev libprotobuf-c-dev libpng-dev libdnnl-dev pkg-config >/dev/null
 fi
 
 command -v swift >/dev/null || { echo "error: swift is not on PATH (install Swift 6 from swift.org)" >&2; exit 1; }

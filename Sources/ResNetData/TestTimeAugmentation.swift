@@ -61,14 +61,14 @@ public final class TestTimeAugmentation {
     /// `classify` is called on at most `maxBatch` images at a time.
     public func meanLogits(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, classes: Int,
                            maxBatch: Int = .max, into logits: UnsafeMutablePointer<Float>,
-                           classify: (UnsafePointer<Float>, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+                           classify: (UnsafePointer<Float>, Int, Int, Int, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
         precondition(maxBatch >= 1, "maxBatch must be positive")
-        guard views.count > 1 else { return classify(images, count, height, width, logits) }
+        guard views.count > 1 else { return try classify(images, count, height, width, logits) }
         let imageSize = height * width * 3
         if scratch.count < views.count * count * imageSize { scratch = [Float](repeating: 0, count: views.count * count * imageSize) }
         if viewLogits.count < views.count * count * classes { viewLogits = [Float](repeating: 0, count: views.count * count * classes) }
-        scratch.withUnsafeMutableBufferPointer { batch in
-            viewLogits.withUnsafeMutableBufferPointer { out in
+        try scratch.withUnsafeMutableBufferPointer { batch in
+            try viewLogits.withUnsafeMutableBufferPointer { out in
                 // views[0..<4] keep the geometry, views[4...] transpose it: one group for square inputs, else two.
                 let groups = height == width || views.count <= 4 ? [0..<views.count] : [0..<4, 4..<views.count]
                 for range in groups {
@@ -79,8 +79,8 @@ public final class TestTimeAugmentation {
                     let (h, w) = views[range.lowerBound].transpose ? (width, height) : (height, width)
                     let first = range.lowerBound * count, end = range.upperBound * count
                     for start in stride(from: first, to: end, by: maxBatch) {
-                        classify(batch.baseAddress! + start * imageSize, min(maxBatch, end - start), h, w,
-                                 out.baseAddress! + start * classes)
+                        try classify(batch.baseAddress! + start * imageSize, min(maxBatch, end - start), h, w,
+                                     out.baseAddress! + start * classes)
                     }
                 }
                 for i in 0..<(count * classes) {

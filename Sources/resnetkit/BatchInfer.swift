@@ -95,6 +95,9 @@ struct BatchInfer: ParsableCommand {
     @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
     var maxImagePixels: Int?
 
+    @Option(help: EngineChoice.help)
+    var precision = "fp32"
+
 
     func run() throws {
         Console.quiet = quiet
@@ -146,6 +149,10 @@ struct BatchInfer: ParsableCommand {
             throw UsageError("--format kaggle needs a 2-class model; \(modelPath) has \(classes) classes")
         }
 
+        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        BLASRuntime.setThreads(threadCount)
+        Parallelism.threads = threadCount
+        let plan = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: modelPath, threads: threadCount)
         let header = format == "kaggle" ? ["id", "label"]
             : ["id"] + (0..<classes).map { "logit_\($0)" } + (probs ? (0..<classes).map { "prob_\($0)" } : []) + ["label"]
         let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : force ? .replace : .refuse)
@@ -156,10 +163,6 @@ struct BatchInfer: ParsableCommand {
             Console.info("batch-infer: resuming \(out): \(output.existingRecords.count) rows and \(errorLog.existingRecords.count) failures already there\(torn)")
         }
 
-        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
-        BLASRuntime.setThreads(threadCount)
-        Parallelism.threads = threadCount
-        let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
         let accept: @Sendable (ImageEntry) -> Bool = { shard.contains(id: $0.id) && !done.contains($0.id) }
         let loader = PrefetchingLoader(enumerator: ImageEnumerator(paths: paths, recursive: recursive),
                                        preprocessing: preprocessing, batchSize: batchSize, workers: threadCount, accept: accept)
@@ -172,10 +175,10 @@ struct BatchInfer: ParsableCommand {
         while let batch = loader.next() {
             if batch.count > 0 {
                 if logits.count < batch.count * classes { logits = [Float](repeating: 0, count: batch.count * classes) }
-                logits.withUnsafeMutableBufferPointer { out in
-                    augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                            width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: out.baseAddress!) {
-                        plan.run(images: $0, count: $1, height: $2, width: $3, logits: $4)
+                try logits.withUnsafeMutableBufferPointer { out in
+                    try augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
+                                                width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: out.baseAddress!) {
+                        try plan.checkedRun(images: $0, count: $1, height: $2, width: $3, logits: $4)
                     }
                 }
                 try output.write(rows(batch.ids, logits, classes: classes))

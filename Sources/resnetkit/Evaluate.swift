@@ -51,6 +51,9 @@ struct Evaluate: ParsableCommand {
     @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
     var maxImagePixels: Int?
 
+    @Option(help: EngineChoice.help)
+    var precision = "fp32"
+
     func run() throws {
         Console.quiet = quiet
         if quiet { Console.silenceStandardOutput() }
@@ -75,7 +78,8 @@ struct Evaluate: ParsableCommand {
         let table = try LabelTable.load(path: labels, classNames: checkpoint.classNames)
         if let note = table.columnNote { Console.info("note: \(note)") }
         let labelOf = Dictionary(uniqueKeysWithValues: zip(table.ids, table.labels))
-        let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        let plan = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: model,
+                                         threads: ProcessInfo.processInfo.activeProcessorCount)
         let loader = PrefetchingLoader(enumerator: ImageEnumerator(paths: paths, recursive: recursive),
                                        preprocessing: checkpoint.preprocessing, batchSize: batchSize,
                                        workers: max(1, ProcessInfo.processInfo.activeProcessorCount),
@@ -87,10 +91,10 @@ struct Evaluate: ParsableCommand {
             failures += batch.failures
             guard batch.count > 0 else { continue }
             var out = [Float](repeating: 0, count: batch.count * classes)
-            out.withUnsafeMutableBufferPointer {
-                augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                        width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: $0.baseAddress!) {
-                    plan.run(images: $0, count: $1, height: $2, width: $3, logits: $4)
+            try out.withUnsafeMutableBufferPointer {
+                try augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
+                                            width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: $0.baseAddress!) {
+                    try plan.checkedRun(images: $0, count: $1, height: $2, width: $3, logits: $4)
                 }
             }
             logits += out

@@ -14,7 +14,7 @@ struct ResNetKit: ParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [ImportWeights.self, FineTune.self, BatchInfer.self, Evaluate.self, Inspect.self, ExportONNX.self,
-                      FindLR.self, InferSlide.self, Explain.self, System.self])
+                      FindLR.self, InferSlide.self, Explain.self, Quantize.self, System.self])
 
     /// Subcommands reachable through a link named after them.
     static let linkedSubcommands: Set<String> = ["import-weights", "batch-infer", "fine-tune"]

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ResNetDNNL
 import ResNetSupport
 
 /// `resnetkit system`: what this machine offers the engine, for bug reports and benchmark notes.
@@ -25,6 +26,7 @@ struct System: ParsableCommand {
         print("instruction sets:  \(cpu.instructionSets.joined(separator: ", "))")
         print("caches:            L1d \(size(cpu.level1Data)), L2 \(size(cpu.level2)) per core, L3 \(size(cpu.level3))")
         print("OpenBLAS kernel:   \(BLASRuntime.coreName)")
+        print("oneDNN:            \(DNNLRuntime.version), ISA \(DNNLRuntime.isa) (--precision bf16 / int8)")
         print("cores available:   \(ProcessInfo.processInfo.activeProcessorCount)")
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import ResNetFormats
+import ResNetDNNL
 import ResNetModel
 import ResNetSupport
 
@@ -7,6 +8,8 @@ import ResNetSupport
 //   resnetkit-bench infer [--model CKPT] [--batches 16,64] [--sides 49,96] [--seconds S] [--threads N]
 //   resnetkit-bench compare [--sides 49,96] [--batches 64] [--algorithms im2col,automatic]
 //                                  (convolution algorithms side by side, interleaved, img per CPU-second)
+//   resnetkit-bench precision [--precision fp32,bf16,int8] [--sides 49,96] [--batches 64] [--seconds S]
+//                                  (engines per precision side by side, interleaved; see PrecisionBenchmark.swift)
 //   resnetkit-bench train [--batches 16,64] [--steps 10] [--phases head-train,head-eval,whole]
 //                                  (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
@@ -25,6 +28,7 @@ struct Options {
     var steps = 10
     var phases = TrainingPhase.allCases
     var algorithms: [ConvolutionAlgorithm] = [.im2col, .automatic]
+    var precisions: [Precision] = Precision.allCases
 
     init(_ args: [String]) {
         var rest = args[...]
@@ -39,6 +43,12 @@ struct Options {
             case "--threads": threads = Int(value) ?? threads
             case "--steps": steps = Int(value) ?? steps
             case "--algorithms": algorithms = value.split(separator: ",").compactMap { ConvolutionAlgorithm(rawValue: String($0)) }
+            case "--precision":
+                precisions = value.split(separator: ",").compactMap { Precision(rawValue: String($0)) }
+                if precisions.isEmpty {
+                    FileHandle.standardError.write(Data("--precision takes fp32, bf16 or int8 (comma-separated), not '\(value)'\n".utf8))
+                    exit(1)
+                }
             case "--phases": phases = value.split(separator: ",").compactMap { TrainingPhase(rawValue: String($0)) }
             default:
                 FileHandle.standardError.write(Data("unknown option \(flag)\n".utf8))
@@ -146,9 +156,10 @@ do {
     switch options.mode {
     case "infer": try benchmarkInference(options)
     case "compare": try compareAlgorithms(options)
+    case "precision": try benchmarkPrecisions(options)
     case "train": runTrainingBenchmark(batches: options.batches, steps: options.steps, phases: options.phases)
     default:
-        FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, compare, train)\n".utf8))
+        FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, compare, precision, train)\n".utf8))
         exit(2)
     }
 } catch {

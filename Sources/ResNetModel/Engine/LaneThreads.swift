@@ -8,7 +8,7 @@ import Synchronization
 /// Why not Dispatch's pool: a data loader may be keeping its few threads busy, and a lane waiting for a pool
 /// slot runs after the others instead of beside them. Why persistent: OpenBLAS keeps per-thread buffers, so
 /// a fresh thread per batch would fault its buffers in again every time.
-final class LaneThreads {
+public final class LaneThreads {
     private final class Worker {
         let index: Int
         /// Jobs posted by the caller and finished by the worker, counted.
@@ -40,8 +40,10 @@ final class LaneThreads {
 
     private var workers: [Worker] = []
 
+    public init() {}
+
     /// Runs `body(lane)` for every lane in `0..<count` at once.
-    func run(_ count: Int, _ body: (Int) -> Void) {
+    public func run(_ count: Int, _ body: (Int) -> Void) {
         guard count > 1 else { body(0); return }
         while workers.count < count - 1 && spawn() {}
         let helpers = min(count - 1, workers.count)

@@ -1,0 +1,381 @@
+import CDNNL
+import COpenBLAS
+import ResNetModel
+
+/// The eval-mode network on oneDNN in bf16 or int8: every convolution with its BatchNorm folded, bias, residual
+/// (a sum post-op into the residual's own buffer) and ReLU fused, layouts chosen by oneDNN and kept from layer to
+/// layer, weights reordered (and for int8 quantised per output channel) once per batch shape; the max pool in
+/// oneDNN too. Global pooling and the head run in fp32. Accumulation is fp32 (bf16) or int32 (int8).
+///
+/// Primitives are built per input shape (batch, height, width) and kept, so a run of equal batches builds once.
+/// A batch is split across `Parallelism.threads` lanes, each running its own primitives, stream and scratchpad
+/// with one OpenMP thread (as the fp32 plan splits its lanes): no OpenMP barriers between the cores, which cost
+/// much when other work (the TIFF decoders, other processes) shares them. A single image runs on one lane with
+/// all threads. Not thread-safe: one plan per thread.
+public final class DNNLPlan: InferenceEngine {
+    public let architecture: Architecture
+    public let precision: Precision
+    let scales: ActivationScales?
+
+    struct Layer {
+        var name: String
+        var shape: ConvShape
+        /// Folded, torchvision order [out, in, kh, kw].
+        var weight: [Float]
+        var bias: [Float]
+    }
+    let stem: Layer
+    let blocks: [(name: String, conv1: Layer, conv2: Layer, downsample: Layer?)]
+    let head: [(inputs: Int, outputs: Int, weight: [Float], bias: [Float])]
+
+    private var networks: [Shape: Network] = [:]
+    private let laneThreads = LaneThreads()
+    private var pooled: [Float] = []
+    private var hidden: [Float] = []
+
+    public var numClasses: Int { architecture.config.numClasses }
+    public var featureWidth: Int { architecture.config.featureWidth }
+
+    /// Fails with a one-line error when the CPU cannot run this precision at a useful speed (oneDNN has no
+    /// kernels below AVX-512 for bf16, below AVX2 for int8), or int8 lacks activation scales.
+    public init(architecture: Architecture, state: StateDict, precision: Precision, scales: ActivationScales? = nil) throws {
+        guard precision != .fp32 else { throw DNNLError("DNNLPlan runs bf16 or int8; fp32 runs on InferencePlan") }
+        try architecture.validate(state)
+        let context = DNNLContext.shared
+        if case .failure(let error) = context { throw error }
+        switch precision {
+        case .bf16 where !DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core):
+            throw DNNLError("--precision bf16 needs a CPU with AVX-512 (oneDNN reports \(DNNLRuntime.isa)); use --precision fp32")
+        case .int8 where !DNNLRuntime.atLeast(dnnl_cpu_isa_avx2):
+            throw DNNLError("--precision int8 needs a CPU with AVX2 (oneDNN reports \(DNNLRuntime.isa)); use --precision fp32")
+        case .int8 where scales == nil:
+            throw DNNLError("the model has no int8 activation scales: run `resnetkit quantize MODEL --calibrate DIR` first")
+        default: break
+        }
+        if precision == .int8, let scales {
+            let missing = architecture.namedConvolutions.map(\.batchNorm).filter { scales.maxima[$0] == nil }
+            guard missing.isEmpty, scales.input > 0 else {
+                throw DNNLError("the model's int8 scales lack \(missing.first ?? "the input"): rerun `resnetkit quantize`")
+            }
+        }
+        self.architecture = architecture
+        self.precision = precision
+        self.scales = scales
+        let eps = architecture.config.batchNormEpsilon
+        func fold(_ conv: String, _ bn: String, _ shape: ConvShape) -> Layer {
+            let (weight, bias) = foldedConvolution(state, conv, batchNorm: bn, shape: shape, epsilon: eps)
+            return Layer(name: bn, shape: shape, weight: weight, bias: bias)
+        }
+        stem = fold("conv1", "bn1", architecture.stem)
+        blocks = architecture.blocks.map { b in
+            (b.name, fold("\(b.name).conv1", "\(b.name).bn1", b.conv1), fold("\(b.name).conv2", "\(b.name).bn2", b.conv2),
+             b.downsample.map { fold("\(b.name).downsample.0", "\(b.name).downsample.1", $0) })
+        }
+        head = architecture.headLinearLayers.map { layer in
+            let (weight, bias) = foldedLinear(state, layer.name, inputBatchNorm: layer.inputBatchNorm, epsilon: eps)
+            let shape = state["\(layer.name).weight"]!.shape
+            return (shape[1], shape[0], weight, bias)
+        }
+    }
+
+    /// One lane's primitives for a slice of `batch` images (lanes with equal slices still own separate networks).
+    struct Shape: Hashable { var batch: Int, height: Int, width: Int, lane: Int = 0 }
+
+    /// The implementation oneDNN chose for each kind of convolution (`7x7/2 3→64: brgconv:avx512_core_bf16`),
+    /// for a batch of this shape.
+    public func implementations(batch: Int, height: Int, width: Int) throws -> [String] {
+        let network = try self.network(Shape(batch: batch, height: height, width: width))
+        var seen = Set<String>(), lines: [String] = []
+        for (kind, impl) in network.implementations where seen.insert(kind + impl).inserted { lines.append("\(kind): \(impl)") }
+        return lines
+    }
+
+    private func network(_ shape: Shape) throws -> Network {
+        if let n = networks[shape] { return n }
+        // Keep a few shapes (a full batch and a last partial one, usually); drop the rest.
+        if networks.count >= 8 { networks.removeAll() }
+        let n = try Network(self, shape)
+        networks[shape] = n
+        return n
+    }
+
+    public func run(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, logits: UnsafeMutablePointer<Float>) {
+        try! runChecked(images: images, count: count, height: height, width: width, output: logits, head: true)
+    }
+
+    public func features(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, features: UnsafeMutablePointer<Float>) {
+        try! runChecked(images: images, count: count, height: height, width: width, output: features, head: false)
+    }
+
+    /// Builds the primitives for a shape ahead of `run`, so that errors (a CPU or shape oneDNN cannot serve)
+    /// surface as errors rather than traps; `run` after a successful `prepare` of the same shape does not fail.
+    public func prepare(batch: Int, height: Int, width: Int) throws {
+        for (lane, range) in lanes(batch).enumerated() {
+            _ = try network(Shape(batch: range.count, height: height, width: width, lane: lane))
+        }
+    }
+
+    /// Each lane's share of a batch.
+    private func lanes(_ count: Int) -> [Range<Int>] {
+        let laneCount = max(1, min(Parallelism.threads, count))
+        return (0..<laneCount).map { count * $0 / laneCount ..< count * ($0 + 1) / laneCount }
+    }
+
+    /// Whether any batch shape has been built.
+    public var hasPrepared: Bool { !networks.isEmpty }
+
+    private func runChecked(images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
+                            output: UnsafeMutablePointer<Float>, head withHead: Bool) throws {
+        precondition(count > 0 && height >= ModelConfig.minimumInputSide && width >= ModelConfig.minimumInputSide,
+                     "batch of \(count) \(height)x\(width) images")
+        let ranges = lanes(count)
+        let networks = try ranges.enumerated().map { lane, range in
+            try self.network(Shape(batch: range.count, height: height, width: width, lane: lane))
+        }
+        let imageFloats = height * width * 3
+        // Each lane writes only its own slot of `outputs` (its layer4 output, or the error it met).
+        var outputs = [Result<UnsafeBufferPointer<Float>, Error>?](repeating: nil, count: ranges.count)
+        outputs.withUnsafeMutableBufferPointer { results in
+            let results = results
+            laneThreads.run(ranges.count) { lane in
+                DNNLRuntime.setThreads(ranges.count == 1 ? Parallelism.threads : 1)
+                results[lane] = Result { try networks[lane].forward(images + ranges[lane].lowerBound * imageFloats) }
+            }
+        }
+        let laneOutputs = try outputs.map { try $0!.get() }
+        // Global average pool of layer4's NHWC fp32 output, then the folded linear layers.
+        let channels = featureWidth
+        let target: UnsafeMutablePointer<Float>
+        if withHead {
+            if pooled.count < count * channels { pooled = [Float](repeating: 0, count: count * channels) }
+            target = pooled.withUnsafeMutableBufferPointer { $0.baseAddress! }
+        } else {
+            target = output
+        }
+        for (range, pixels) in zip(ranges, laneOutputs) {
+            let area = pixels.count / (range.count * channels)
+            for i in 0..<range.count {
+                let dst = target + (range.lowerBound + i) * channels
+                dst.update(repeating: 0, count: channels)
+                for p in 0..<area {
+                    let src = pixels.baseAddress! + (i * area + p) * channels
+                    for c in 0..<channels { dst[c] += src[c] }
+                }
+                let inverse = 1 / Float(area)
+                for c in 0..<channels { dst[c] *= inverse }
+            }
+        }
+        guard withHead else { return }
+        var current = UnsafePointer(target)
+        for (index, layer) in head.enumerated() {
+            let last = index == head.count - 1
+            if !last && hidden.count < count * layer.outputs { hidden = [Float](repeating: 0, count: count * layer.outputs) }
+            let dst = last ? output : hidden.withUnsafeMutableBufferPointer { $0.baseAddress! }
+            layer.weight.withUnsafeBufferPointer { w in
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(count), Int32(layer.outputs), Int32(layer.inputs),
+                            1, current, Int32(layer.inputs), w.baseAddress!, Int32(layer.inputs), 0, dst, Int32(layer.outputs))
+            }
+            for n in 0..<count {
+                for o in 0..<layer.outputs {
+                    let v = dst[n * layer.outputs + o] + layer.bias[o]
+                    dst[n * layer.outputs + o] = last ? v : max(0, v)
+                }
+            }
+            current = UnsafePointer(dst)
+        }
+    }
+
+    /// Convenience for tests: NHWC images in, logits out.
+    public func run(images: [Float], count: Int, height: Int, width: Int) throws -> [Float] {
+        precondition(images.count == count * height * width * 3, "image data does not match \(count)x\(height)x\(width)x3")
+        try prepare(batch: count, height: height, width: width)
+        var logits = [Float](repeating: 0, count: count * numClasses)
+        images.withUnsafeBufferPointer { img in
+            logits.withUnsafeMutableBufferPointer { out in
+                run(images: img.baseAddress!, count: count, height: height, width: width, logits: out.baseAddress!)
+            }
+        }
+        return logits
+    }
+}
+
+/// The primitives and memories for one input shape.
+final class Network {
+    struct Step { var primitive: Primitive; var args: [(Int32, Memory)] }
+
+    /// A layer's padding for input of (height, width): [top, left] before, [bottom, right] after (TensorFlow's
+    /// 'same' can put one more pixel after than before).
+    static func padding(_ s: ConvShape, _ side: (Int, Int)) -> ([dnnl_dim_t], [dnnl_dim_t]) {
+        let h = s.pads(side.0), w = s.pads(side.1)
+        return ([dnnl_dim_t(h.before), dnnl_dim_t(w.before)], [dnnl_dim_t(h.after), dnnl_dim_t(w.after)])
+    }
+    private var steps: [Step] = []
+    /// The caller's fp32 NHWC images (handle set per run) and layer4's output as fp32 NHWC.
+    private let input: Memory
+    private var output: Memory!
+    private var outputCount = 0
+    /// Weights and biases in oneDNN's layouts, kept alive for the primitives.
+    private var constants: [Memory] = []
+    /// (kind of convolution, implementation), in forward order.
+    private(set) var implementations: [(String, String)] = []
+    private let stream: Stream
+    /// One scratchpad for all steps (they run one after another), as large as the largest needs.
+    private var scratchpad: Memory!
+
+    init(_ plan: DNNLPlan, _ shape: DNNLPlan.Shape) throws {
+        stream = try Stream()
+        let int8 = plan.precision == .int8
+        let activation: dnnl_data_type_t = int8 ? dnnl_u8 : dnnl_bf16
+        let n = shape.batch
+        let userInput = try memoryDesc([n, 3, shape.height, shape.width], dnnl_f32, dnnl_nhwc)
+        input = try Memory(userInput, buffer: UnsafeMutableRawPointer(bitPattern: 1)!)
+
+        /// Quantisation scale (levels per unit) of a layer's output: u8 after ReLU, s8 for a downsample's output.
+        func scale(_ name: String, signed: Bool) -> Float {
+            guard int8, let scales = plan.scales, let maximum = scales.maxima[name], maximum > 0 else { return 1 }
+            return (signed ? 127 : 255) / maximum
+        }
+
+        // One convolution: returns its destination memory. `src` carries the input's layout and scale;
+        // with `into`, the output is written over that memory (the residual) through a sum post-op.
+        func convolution(_ layer: DNNLPlan.Layer, _ src: Memory, srcScale: Float, inSide: (Int, Int),
+                         into residual: (memory: Memory, scale: Float)? = nil, relu: Bool, signedOutput: Bool = false) throws
+            -> (Memory, Float, (Int, Int)) {
+            let s = layer.shape
+            let out = (s.outputSide(inSide.0), s.outputSide(inSide.1))
+            let outType: dnnl_data_type_t = signedOutput && int8 ? dnnl_s8 : activation
+            let weightsAny = try memoryDesc([s.outChannels, s.inChannels, s.kernel, s.kernel], int8 ? dnnl_s8 : dnnl_bf16, dnnl_format_tag_any)
+            let biasMD = try memoryDesc([s.outChannels], dnnl_f32, dnnl_x)
+            var dstMD: dnnl_memory_desc_t
+            if let residual {
+                dstMD = residual.memory.desc
+                dstMD.data_type = outType
+            } else {
+                dstMD = try memoryDesc([n, s.outChannels, out.0, out.1], outType, dnnl_format_tag_any)
+            }
+            var srcMD = src.desc
+            let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
+            let (padBefore, padAfter) = Self.padding(s, inSide)
+            var desc = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &srcMD, [weightsAny],
+                                                         [biasMD], [dstMD], strides, padBefore, padAfter), "describing \(layer.name)'s convolution")
+            let dstScale = scale(layer.name, signed: signedOutput)
+            // int8: weights quantised per output channel; the int32 accumulator (bias included) is
+            // scaled to the output's levels.
+            var weightScales = [Float](repeating: 1, count: s.outChannels)
+            if int8 {
+                let per = s.patchSize
+                for o in 0..<s.outChannels {
+                    var m: Float = 0
+                    for i in 0..<per { m = max(m, abs(layer.weight[o * per + i])) }
+                    weightScales[o] = m > 0 ? 127 / m : 1
+                }
+            }
+            let attributes = try Attributes(
+                outputScales: int8 ? weightScales.map { dstScale / (srcScale * $0) } : nil,
+                sum: residual.map { (int8 ? dstScale / $0.scale : 1, $0.memory.desc.data_type) },
+                relu: relu, userScratchpad: true)
+            let conv = try Primitive(&desc, attributes: attributes, what: "\(layer.name)'s convolution")
+            implementations.append(("\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)", conv.implementation))
+
+            // Weights: torchvision order → oneDNN's layout (quantised with per-channel scales for int8).
+            var weight = layer.weight
+            let weights = try Memory(conv.md(dnnl_query_weights_md))
+            try weight.withUnsafeMutableBytes { raw in
+                let user = try Memory(try memoryDesc(s.weightShape, dnnl_f32, dnnl_oihw), buffer: raw.baseAddress!)
+                try Primitive.reorder(user, weights, attributes: int8 ? try Attributes(outputScales: weightScales, mask: 1) : nil)
+            }
+            let bias = try Memory(biasMD)
+            let b = bias.data.assumingMemoryBound(to: Float.self)
+            for o in 0..<s.outChannels { b[o] = layer.bias[o] * (int8 ? srcScale * weightScales[o] : 1) }
+            constants += [weights, bias]
+
+            let dst: Memory
+            if let residual {
+                dst = try Memory(dstMD, buffer: residual.memory.data)
+                constants.append(residual.memory)
+            } else {
+                dst = try Memory(conv.md(dnnl_query_dst_md))
+            }
+            steps.append(Step(primitive: conv, args: [(DNNL_ARG_SRC, src), (DNNL_ARG_WEIGHTS, weights), (DNNL_ARG_BIAS, bias), (DNNL_ARG_DST, dst)]))
+            return (dst, dstScale, out)
+        }
+
+        // Stem source: the stem's own choice of layout; images arrive as fp32 NHWC and are reordered (and for int8
+        // quantised to s8) into it.
+        let stemShape = plan.stem.shape
+        let inputScale: Float = int8 ? 127 / plan.scales!.input : 1
+        let stemSrcMD: dnnl_memory_desc_t
+        do {
+            var srcAny = try memoryDesc([n, 3, shape.height, shape.width], int8 ? dnnl_s8 : dnnl_bf16, dnnl_format_tag_any)
+            let weightsAny = try memoryDesc([stemShape.outChannels, 3, 7, 7], int8 ? dnnl_s8 : dnnl_bf16, dnnl_format_tag_any)
+            let out = (stemShape.outputSide(shape.height), stemShape.outputSide(shape.width))
+            let dstAny = try memoryDesc([n, stemShape.outChannels, out.0, out.1], activation, dnnl_format_tag_any)
+            var desc = dnnl_convolution_desc_t()
+            let st: [dnnl_dim_t] = [2, 2], (padBefore, padAfter) = Self.padding(stemShape, (shape.height, shape.width))
+            try check(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &srcAny, [weightsAny],
+                                                         nil, [dstAny], st, padBefore, padAfter), "describing the stem")
+            let probe = try Primitive(&desc, attributes: int8 ? try Attributes(outputScales: [1]) : nil, what: "the stem")
+            stemSrcMD = probe.md(dnnl_query_src_md)
+        }
+        let stemSrc = try Memory(stemSrcMD)
+        let toStem = try Primitive(reorderFrom: userInput, to: stemSrcMD,
+                                   attributes: try Attributes(outputScales: int8 ? [inputScale] : nil, userScratchpad: true))
+        steps.append(Step(primitive: toStem, args: [(DNNL_ARG_FROM, input), (DNNL_ARG_TO, stemSrc)]))
+        var (x, xScale, side) = try convolution(plan.stem, stemSrc, srcScale: inputScale, inSide: (shape.height, shape.width), relu: true)
+
+        // Max pool 3x3/2 pad 1 in the stem output's layout and type (the scale carries over).
+        do {
+            let poolShape = plan.architecture.maxPool
+            let k = poolShape.kernel, st = poolShape.stride, (padBefore, padAfter) = Self.padding(poolShape, side)
+            let out = (poolShape.outputSide(side.0), poolShape.outputSide(side.1))
+            var srcMD = x.desc
+            var dstMD = try memoryDesc([n, stemShape.outChannels, out.0, out.1], activation, dnnl_format_tag_any)
+            var desc = dnnl_pooling_v2_desc_t()
+            let d = dnnl_dim_t.self
+            try check(dnnl_pooling_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_pooling_max, &srcMD, &dstMD,
+                                                        [d.init(st), d.init(st)], [d.init(k), d.init(k)], [0, 0],
+                                                        padBefore, padAfter), "describing the max pool")
+            let pool = try Primitive(&desc, attributes: try Attributes(userScratchpad: true), what: "the max pool")
+            implementations.append(("max pool", pool.implementation))
+            let pooled = try Memory(pool.md(dnnl_query_dst_md))
+            steps.append(Step(primitive: pool, args: [(DNNL_ARG_SRC, x), (DNNL_ARG_DST, pooled)]))
+            constants.append(x)
+            x = pooled
+            side = out
+        }
+
+        for block in plan.blocks {
+            let (t, tScale, mid) = try convolution(block.conv1, x, srcScale: xScale, inSide: side, relu: true)
+            var residual = (memory: x, scale: xScale)
+            if let ds = block.downsample {
+                let (d, dScale, _) = try convolution(ds, x, srcScale: xScale, inSide: side, relu: false, signedOutput: true)
+                residual = (d, dScale)
+            }
+            constants.append(x)
+            (x, xScale, side) = try convolution(block.conv2, t, srcScale: tScale, inSide: mid, into: residual, relu: true)
+            constants.append(t)
+        }
+
+        // layer4's output → fp32 NHWC (dequantised for int8) for the pooling and head.
+        let channels = plan.featureWidth
+        let outMD = try memoryDesc([n, channels, side.0, side.1], dnnl_f32, dnnl_nhwc)
+        output = try Memory(outMD)
+        outputCount = n * channels * side.0 * side.1
+        let fromLast = try Primitive(reorderFrom: x.desc, to: outMD,
+                                     attributes: try Attributes(outputScales: int8 ? [1 / xScale] : nil, userScratchpad: true))
+        steps.append(Step(primitive: fromLast, args: [(DNNL_ARG_FROM, x), (DNNL_ARG_TO, output)]))
+        constants.append(x)
+        let scratchBytes = steps.map(\.primitive.scratchpadSize).max() ?? 0
+        scratchpad = try Memory(try memoryDesc([max(1, scratchBytes)], dnnl_u8, dnnl_x))
+        for index in steps.indices { steps[index].args.append((DNNL_ARG_SCRATCHPAD, scratchpad)) }
+    }
+
+    /// Runs the backbone on `images` (fp32 NHWC) and returns layer4's output, fp32 NHWC, valid until the next call.
+    func forward(_ images: UnsafePointer<Float>) throws -> UnsafeBufferPointer<Float> {
+        input.setData(UnsafeMutableRawPointer(mutating: images))
+        for step in steps { try step.primitive.execute(step.args, on: stream) }
+        try stream.wait()
+        return UnsafeBufferPointer(start: output.data.assumingMemoryBound(to: Float.self), count: outputCount)
+    }
+}

@@ -1,0 +1,64 @@
+import ArgumentParser
+import Foundation
+import ResNetDNNL
+import ResNetFormats
+import ResNetModel
+import ResNetSupport
+
+/// `--precision fp32|bf16|int8` for the commands that run a model: fp32 on OpenBLAS (exact, the default),
+/// bf16 and int8 on oneDNN (int8 needs the activation ranges `resnetkit quantize` stores in the checkpoint).
+enum EngineChoice {
+    static let help = ArgumentHelp(
+        "fp32 (OpenBLAS, exact; default), bf16 or int8 (oneDNN; int8 needs a model from `resnetkit quantize`).",
+        valueName: "fp32|bf16|int8")
+
+    static func precision(_ name: String) throws -> Precision {
+        guard let precision = Precision(rawValue: name) else {
+            throw UsageError("--precision must be fp32, bf16 or int8, not '\(name)'")
+        }
+        return precision
+    }
+
+    /// The engine for `checkpoint` (read from `modelPath`) at this precision; `threads` (the lanes, as set in
+    /// `Parallelism.threads`) only for the debug line.
+    /// Every refusal is one line: unknown precision, int8 without scales, a CPU oneDNN cannot serve.
+    static func make(_ name: String, checkpoint: Checkpoint, modelPath: String, threads: Int) throws -> any InferenceEngine {
+        let precision = try precision(name)
+        var scales: ActivationScales?
+        if let json = checkpoint.extra[ActivationScales.metadataKey] {
+            do { scales = try ActivationScales(json: json) } catch {
+                throw FileError(modelPath, "metadata '\(ActivationScales.metadataKey)' is not valid; rerun `resnetkit quantize`")
+            }
+        }
+        if precision == .int8 && scales == nil {
+            throw FileError(modelPath, "no int8 activation ranges: run `resnetkit quantize \(modelPath) --calibrate DIR` first")
+        }
+        if precision != .fp32 {
+            // The plan splits batches into Parallelism.threads lanes of one OpenMP thread each (see DNNLPlan).
+            Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa), \(threads) lanes of one OpenMP thread, \(precision.rawValue)")
+        }
+        do {
+            return try precision.makeEngine(architecture: checkpoint.architecture, state: checkpoint.state, scales: scales)
+        } catch let error as DNNLError {
+            throw UsageError(error.description)
+        }
+    }
+}
+
+extension InferenceEngine {
+    /// `run`, with oneDNN's primitives for a new batch shape built first so that failures are errors, not traps.
+    func checkedRun(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, logits: UnsafeMutablePointer<Float>) throws {
+        if let dnnl = self as? DNNLPlan {
+            do {
+                let first = !dnnl.hasPrepared
+                try dnnl.prepare(batch: count, height: height, width: width)
+                if first && Console.debugEnabled {
+                    for line in try dnnl.implementations(batch: count, height: height, width: width) { Console.debug("oneDNN \(line)") }
+                }
+            } catch let error as DNNLError {
+                throw UsageError(error.description)
+            }
+        }
+        run(images: images, count: count, height: height, width: width, logits: logits)
+    }
+}
