@@ -77,5 +77,6 @@ if Context.environment["RESNETKIT_FUZZ"] != nil {
         .executableTarget(name: "FuzzCSV", dependencies: ["ResNetData", "FuzzSupport"], path: "Fuzz/FuzzCSV"),
         .executableTarget(name: "FuzzTIFF", dependencies: ["ResNetData", "FuzzSupport"], path: "Fuzz/FuzzTIFF"),
         .executableTarget(name: "FuzzHDF5", dependencies: ["ResNetFormats", "FuzzSupport"], path: "Fuzz/FuzzHDF5"),
+        .executableTarget(name: "FuzzPickle", dependencies: ["ResNetFormats", "FuzzSupport"], path: "Fuzz/FuzzPickle"),
     ]
 }

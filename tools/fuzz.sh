@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the libFuzzer targets (Swift's -sanitize=fuzzer) into .build-fuzz and runs one for a bounded time.
-#   tools/fuzz.sh TARGET SECONDS [libFuzzer options…]   TARGET: onnx, json, safetensors, csv, tiff, hdf5 (or FuzzONNX, …)
+#   tools/fuzz.sh TARGET SECONDS [libFuzzer options…]   TARGET: onnx, json, safetensors, csv, tiff, hdf5, pickle (or FuzzONNX, …)
 #   tools/fuzz.sh build               builds them all
 # Seeds come from fixtures/ (copied into .build-fuzz/corpus/TARGET, which keeps what the run finds); crashes go to
 # .build-fuzz/crashes/TARGET. The last line of the log says how many inputs were run.
@@ -21,7 +21,8 @@ target_name() {
         csv|FuzzCSV) echo FuzzCSV ;;
         tiff|FuzzTIFF) echo FuzzTIFF ;;
         hdf5|FuzzHDF5) echo FuzzHDF5 ;;
-        *) echo "unknown target $1 (onnx, json, safetensors, csv, tiff, hdf5)" >&2; exit 64 ;;
+        pickle|FuzzPickle) echo FuzzPickle ;;
+        *) echo "unknown target $1 (onnx, json, safetensors, csv, tiff, hdf5, pickle)" >&2; exit 64 ;;
     esac
 }
 
@@ -60,11 +61,13 @@ PY
         FuzzHDF5) for f in fixtures/hdf5/*.h5; do [ "$(stat -c %s "$f")" -le 65536 ] && cp "$f" "$corpus"/; done
                   cp fixtures/hdf5/flat.h5 "$corpus"/ ;;
         FuzzTIFF) for f in fixtures/tiff/*.tif fixtures/images/*.tif; do [ -s "$f" ] && cp "$f" "$corpus"/; done ;;
+        FuzzPickle) for f in fixtures/pth/*.pth fixtures/pth/*.pt fixtures/pth/*.tar fixtures/pth/*.pkl; do
+                        [ "$(stat -c %s "$f")" -le 131072 ] && cp "$f" "$corpus"/; done ;;
     esac
 }
 
 if [ "${1:-}" = build ]; then
-    for t in FuzzONNX FuzzJSON FuzzSafeTensors FuzzCSV FuzzTIFF FuzzHDF5; do build --product "$t"; done
+    for t in FuzzONNX FuzzJSON FuzzSafeTensors FuzzCSV FuzzTIFF FuzzHDF5 FuzzPickle; do build --product "$t"; done
     exit 0
 fi
 [ $# -ge 2 ] || { echo "usage: tools/fuzz.sh TARGET SECONDS [libFuzzer options…] | tools/fuzz.sh build" >&2; exit 64; }
