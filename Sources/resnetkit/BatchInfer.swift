@@ -169,18 +169,10 @@ struct BatchInfer: ParsableCommand {
         let progress = ProgressBar(label: "batch-infer")
         if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
 
-        var logits: [Float] = []  // sized by the images present, not by --batch-size
-        let augmentation = TestTimeAugmentation(viewCount: tta.rawValue)!
+        let classifier = BatchClassifier(engine: plan, classes: classes, views: tta, batchSize: batchSize)
         var processed = 0, failed = errorLog.existingRecords.count
-        while let batch = loader.next() {
+        try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {
-                if logits.count < batch.count * classes { logits = [Float](repeating: 0, count: batch.count * classes) }
-                try logits.withUnsafeMutableBufferPointer { out in
-                    try augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                                width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: out.baseAddress!) {
-                        try plan.checkedRun(images: $0, count: $1, height: $2, width: $3, logits: $4)
-                    }
-                }
                 try output.write(rows(batch.ids, logits, classes: classes))
                 processed += batch.count
             }

@@ -85,19 +85,12 @@ struct Evaluate: ParsableCommand {
                                        workers: max(1, ProcessInfo.processInfo.activeProcessorCount),
                                        accept: { labelOf[$0.id] != nil })
         let progress = ProgressBar(label: "evaluate")
-        let augmentation = TestTimeAugmentation(viewCount: tta.rawValue)!
+        let classifier = BatchClassifier(engine: plan, classes: classes, views: tta, batchSize: batchSize)
         var logits: [Float] = [], truth: [Int] = [], failures: [ImageFailure] = []
-        while let batch = loader.next() {
+        try classifier.forEachBatch(loader.next) { batch, batchLogits in
             failures += batch.failures
-            guard batch.count > 0 else { continue }
-            var out = [Float](repeating: 0, count: batch.count * classes)
-            try out.withUnsafeMutableBufferPointer {
-                try augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                            width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: $0.baseAddress!) {
-                    try plan.checkedRun(images: $0, count: $1, height: $2, width: $3, logits: $4)
-                }
-            }
-            logits += out
+            guard batch.count > 0 else { return }
+            logits += batchLogits
             truth += batch.ids.map { labelOf[$0]! }
             progress.update(done: truth.count, failed: failures.count)
         }

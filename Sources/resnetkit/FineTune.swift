@@ -480,19 +480,20 @@ struct FineTune: ParsableCommand {
     /// Eval-mode figures over an image set, with the fused inference plan.
     static func evaluate(_ state: StateDict, architecture: Architecture, on set: ImageSet,
                          preprocessing: Preprocessing) throws -> ValidationFigures {
-        let plan = try InferencePlan(architecture: architecture, state: state)
+        let classifier = BatchClassifier(engine: try InferencePlan(architecture: architecture, state: state),
+                                         classes: architecture.config.numClasses, batchSize: 64)
         let side = preprocessing.crop > 0 ? preprocessing.crop : min(set.width, set.height)
         let batch = 64, classes = architecture.config.numClasses
         var images = [Float](repeating: 0, count: batch * side * side * 3)
         var logits = [Float](repeating: 0, count: set.count * classes)
         var rng = SplitMix64(seed: 0)
-        images.withUnsafeMutableBufferPointer { buffer in
-            logits.withUnsafeMutableBufferPointer { out in
+        try images.withUnsafeMutableBufferPointer { buffer in
+            try logits.withUnsafeMutableBufferPointer { out in
                 for first in stride(from: 0, to: set.count, by: batch) {
                     let indices = first..<min(set.count, first + batch)
                     set.fillBatch(ArraySlice(indices), preprocessing: preprocessing, augment: false, rng: &rng, into: buffer.baseAddress!)
-                    plan.run(images: buffer.baseAddress!, count: indices.count, height: side, width: side,
-                             logits: out.baseAddress! + first * classes)
+                    try classifier.classify(images: buffer.baseAddress!, count: indices.count, height: side, width: side,
+                                            into: out.baseAddress! + first * classes)
                 }
             }
         }

@@ -208,14 +208,10 @@ struct InferSlide: ParsableCommand {
         defer { loader.cancel() }
         let progress = ProgressBar(label: "infer-slide", unit: "tiles")
         progress.setTotal(cells.count)
-        var logits = [Float](repeating: 0, count: batchSize * classes)
+        let classifier = BatchClassifier(engine: engine, classes: classes, batchSize: batchSize)
         var processed = 0, failed = 0
-        while let batch = loader.next() {
+        try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {
-                logits.withUnsafeMutableBufferPointer { out in
-                    engine.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
-                               logits: out.baseAddress!)
-                }
                 var text = ""
                 for (n, cell) in batch.cells.enumerated() {
                     let row = Array(logits[(n * classes)..<((n + 1) * classes)])
