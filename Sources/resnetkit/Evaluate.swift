@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ResNetData
+import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
@@ -52,12 +53,15 @@ struct Evaluate: ParsableCommand {
     var maxImagePixels: Int?
 
     @Option(help: EngineChoice.help)
-    var precision = "fp32"
+    var precision = Precision.fp32
+
+    func validate() throws {
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+    }
 
     func run() throws {
         Console.quiet = quiet
         if quiet { Console.silenceStandardOutput() }
-        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
         TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
         for path in paths where !FileManager.default.fileExists(atPath: path) { throw FileError(path, "no such file or folder") }
         // Outputs are checked (and the plots folder made) before the evaluation, not after it.
