@@ -24,6 +24,7 @@ final class OptionChoiceTests: XCTestCase {
         XCTAssertTrue(fineTune.contains("(values: linear, mlp; default: mlp)"), fineTune)
         XCTAssertTrue(fineTune.contains("(values: train, eval; default: train)"), fineTune)
         XCTAssertTrue(try help("infer-slide").contains("(values: auto, none; default: auto)"))
+        XCTAssertTrue(try help("quantize").contains("(values: max, percentile; default: max)"))
     }
 
     func testOtherValuesAreRefusedInOneLine() throws {
@@ -34,6 +35,8 @@ final class OptionChoiceTests: XCTestCase {
              "error: The value 'deep' is invalid for '--head <mlp|linear>'. Please provide one of 'linear' and 'mlp'.\n"),
             (["find-lr", "train", "--labels", "labels.csv", "--normalize", "zscore"],
              "error: The value 'zscore' is invalid for '--normalize <imagenet|none>'. Please provide one of 'imagenet' and 'none'.\n"),
+            (["quantize", "m.safetensors", "--calibrate", "images", "--method", "mean"],
+             "error: The value 'mean' is invalid for '--method <max|percentile>'. Please provide one of 'max' and 'percentile'.\n"),
         ]
         for (arguments, message) in cases {
             let result = try CLI.run(arguments)
