@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ResNetData
+import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
@@ -44,14 +45,8 @@ struct BatchInfer: ParsableCommand {
     @Option(help: ArgumentHelp("Checkpoint, ONNX or HDF5 model (default: the newer of finetuned.safetensors and model.safetensors here).", valueName: "CKPT"))
     var model: String?
 
-    @Option(parsing: .unconditional, help: "Centre crop side (0: whole image); default from the model.")
-    var crop: Int?
-
-    @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
-    var normalize: String?
-
-    @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
-    var channelOrder: String?
+    @OptionGroup(title: "Preprocessing")
+    var preprocessingOptions: PreprocessingOptions
 
     @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per GEMM batch.")
     var batchSize = 64
@@ -69,7 +64,7 @@ struct BatchInfer: ParsableCommand {
     var probs = false
 
     @Option(help: ArgumentHelp("logits (all columns) or kaggle (id,label = P(class 1)).", valueName: "logits|kaggle"))
-    var format = "logits"
+    var format = OutputFormat.logits
 
     @Flag(help: "Continue an interrupted run: keep the rows already written, do the rest.")
     var resume = false
@@ -96,19 +91,24 @@ struct BatchInfer: ParsableCommand {
     var maxImagePixels: Int?
 
     @Option(help: EngineChoice.help)
-    var precision = "fp32"
+    var precision = Precision.fp32
 
+    /// `--format`: the CSV's columns.
+    enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+        case logits, kaggle
+    }
+
+    func validate() throws {
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+        if let threads { try Limits.check(threads, Limits.threads, "--threads") }
+        if force && resume { throw UsageError("--force and --resume exclude each other (replace the output, or continue it)") }
+        if let maxErrors, maxErrors < 0 { throw UsageError("--max-errors must be 0 or more") }
+        if format == .kaggle && probs { throw UsageError("--probs does not apply to --format kaggle (its label already is a probability)") }
+    }
 
     func run() throws {
         Console.quiet = quiet
-        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
-        if let threads { try Limits.check(threads, Limits.threads, "--threads") }
-        if let crop { try Limits.check(crop, Limits.crop, "--crop") }
         TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
-        if force && resume { throw UsageError("--force and --resume exclude each other (replace the output, or continue it)") }
-        if let maxErrors, maxErrors < 0 { throw UsageError("--max-errors must be 0 or more") }
-        guard format == "logits" || format == "kaggle" else { throw UsageError("--format must be logits or kaggle, not '\(format)'") }
-        if format == "kaggle" && probs { throw UsageError("--probs does not apply to --format kaggle (its label already is a probability)") }
         let shard: Shard
         do { shard = try self.shard.map { try Shard.parse($0, shardCount: shardCount) } ?? .all } catch let error as Shard.SpecError {
             throw UsageError(error.description)
@@ -131,21 +131,9 @@ struct BatchInfer: ParsableCommand {
         defer { locks.forEach { $0.release() } }
         let checkpoint = try ModelImporter.load(path: modelPath).checkpoint
         Console.info("batch-infer: model \(modelPath)\(model == nil ? " (newest default model in this folder)" : "")")
-        var preprocessing = checkpoint.preprocessing
-        if let crop { preprocessing.crop = crop }
-        if let normalize {
-            guard let value = Normalization(rawValue: normalize) else { throw UsageError("--normalize must be imagenet or none, not '\(normalize)'") }
-            preprocessing.normalization = value
-        }
-        if let channelOrder {
-            guard let value = ChannelOrder(rawValue: channelOrder) else { throw UsageError("--channel-order must be rgb or bgr, not '\(channelOrder)'") }
-            preprocessing.channelOrder = value
-        }
-        guard preprocessing.crop == 0 || preprocessing.crop >= ModelConfig.minimumInputSide else {
-            throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide), the network's smallest input")
-        }
+        let preprocessing = try preprocessingOptions.applied(to: checkpoint.preprocessing)
         let classes = checkpoint.config.numClasses
-        if format == "kaggle" && classes != 2 {
+        if format == .kaggle && classes != 2 {
             throw UsageError("--format kaggle needs a 2-class model; \(modelPath) has \(classes) classes")
         }
 
@@ -153,7 +141,7 @@ struct BatchInfer: ParsableCommand {
         BLASRuntime.setThreads(threadCount)
         Parallelism.threads = threadCount
         let plan = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: modelPath, threads: threadCount)
-        let header = format == "kaggle" ? ["id", "label"]
+        let header = format == .kaggle ? ["id", "label"]
             : ["id"] + (0..<classes).map { "logit_\($0)" } + (probs ? (0..<classes).map { "prob_\($0)" } : []) + ["label"]
         let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : force ? .replace : .refuse)
         let errorLog = try AppendableCSV(path: errorsPath, header: ["id", "path", "reason"], existing: resume ? .resume : .replace)
@@ -169,18 +157,10 @@ struct BatchInfer: ParsableCommand {
         let progress = ProgressBar(label: "batch-infer")
         if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
 
-        var logits: [Float] = []  // sized by the images present, not by --batch-size
-        let augmentation = TestTimeAugmentation(viewCount: tta.rawValue)!
+        let classifier = BatchClassifier(engine: plan, classes: classes, views: tta, batchSize: batchSize)
         var processed = 0, failed = errorLog.existingRecords.count
-        while let batch = loader.next() {
+        try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {
-                if logits.count < batch.count * classes { logits = [Float](repeating: 0, count: batch.count * classes) }
-                try logits.withUnsafeMutableBufferPointer { out in
-                    try augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                                width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: out.baseAddress!) {
-                        try plan.checkedRun(images: $0, count: $1, height: $2, width: $3, logits: $4)
-                    }
-                }
                 try output.write(rows(batch.ids, logits, classes: classes))
                 processed += batch.count
             }
@@ -210,9 +190,9 @@ struct BatchInfer: ParsableCommand {
         for (n, id) in ids.enumerated() {
             let row = logits[(n * classes)..<((n + 1) * classes)]
             let best = argmax(row)
-            let probabilities = format == "kaggle" || probs ? softmax(row).map { Float($0) } : []
+            let probabilities = format == .kaggle || probs ? softmax(row).map { Float($0) } : []
             var fields = [CSV.encodeField(id)]
-            if format == "kaggle" {
+            if format == .kaggle {
                 fields.append("\(probabilities[1])")
             } else {
                 fields += row.map { "\($0)" }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ResNetData
+import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
@@ -52,12 +53,15 @@ struct Evaluate: ParsableCommand {
     var maxImagePixels: Int?
 
     @Option(help: EngineChoice.help)
-    var precision = "fp32"
+    var precision = Precision.fp32
+
+    func validate() throws {
+        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
+    }
 
     func run() throws {
         Console.quiet = quiet
         if quiet { Console.silenceStandardOutput() }
-        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
         TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
         for path in paths where !FileManager.default.fileExists(atPath: path) { throw FileError(path, "no such file or folder") }
         // Outputs are checked (and the plots folder made) before the evaluation, not after it.
@@ -85,19 +89,12 @@ struct Evaluate: ParsableCommand {
                                        workers: max(1, ProcessInfo.processInfo.activeProcessorCount),
                                        accept: { labelOf[$0.id] != nil })
         let progress = ProgressBar(label: "evaluate")
-        let augmentation = TestTimeAugmentation(viewCount: tta.rawValue)!
+        let classifier = BatchClassifier(engine: plan, classes: classes, views: tta, batchSize: batchSize)
         var logits: [Float] = [], truth: [Int] = [], failures: [ImageFailure] = []
-        while let batch = loader.next() {
+        try classifier.forEachBatch(loader.next) { batch, batchLogits in
             failures += batch.failures
-            guard batch.count > 0 else { continue }
-            var out = [Float](repeating: 0, count: batch.count * classes)
-            try out.withUnsafeMutableBufferPointer {
-                try augmentation.meanLogits(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height,
-                                            width: batch.width, classes: classes, maxBatch: max(batchSize, 64), into: $0.baseAddress!) {
-                    try plan.checkedRun(images: $0, count: $1, height: $2, width: $3, logits: $4)
-                }
-            }
-            logits += out
+            guard batch.count > 0 else { return }
+            logits += batchLogits
             truth += batch.ids.map { labelOf[$0]! }
             progress.update(done: truth.count, failed: failures.count)
         }

@@ -40,14 +40,8 @@ struct Explain: ParsableCommand {
     @Option(name: .customLong("class"), help: ArgumentHelp("Class to explain (default: each image's predicted class).", valueName: "K"))
     var classIndex: Int?
 
-    @Option(help: "Centre crop side (0: whole image); default from the model.")
-    var crop: Int?
-
-    @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
-    var normalize: String?
-
-    @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
-    var channelOrder: String?
+    @OptionGroup(title: "Preprocessing")
+    var preprocessingOptions: PreprocessingOptions
 
     @Flag(help: "Descend into sub-folders.")
     var recursive = false
@@ -65,19 +59,7 @@ struct Explain: ParsableCommand {
             if stat(path, &info) != 0 { throw FileError(path, "no such file or folder") }
         }
         let checkpoint = try ModelImporter.load(path: model).checkpoint
-        var preprocessing = checkpoint.preprocessing
-        if let crop { preprocessing.crop = crop }
-        if let normalize {
-            guard let value = Normalization(rawValue: normalize) else { throw UsageError("--normalize must be imagenet or none, not '\(normalize)'") }
-            preprocessing.normalization = value
-        }
-        if let channelOrder {
-            guard let value = ChannelOrder(rawValue: channelOrder) else { throw UsageError("--channel-order must be rgb or bgr, not '\(channelOrder)'") }
-            preprocessing.channelOrder = value
-        }
-        guard preprocessing.crop == 0 || preprocessing.crop >= ModelConfig.minimumInputSide else {
-            throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide), the network's smallest input")
-        }
+        let preprocessing = try preprocessingOptions.applied(to: checkpoint.preprocessing)
         let classes = checkpoint.config.numClasses
         if let classIndex, classIndex < 0 || classIndex >= classes {
             throw UsageError("--class must be between 0 and \(classes - 1) (\(model) has \(classes) classes)")

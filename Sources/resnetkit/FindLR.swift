@@ -59,7 +59,7 @@ struct FindLR: ParsableCommand {
     var batchSize = 16
 
     @Option(help: ArgumentHelp("mlp (the seed's head) or linear, for a new head.", valueName: "mlp|linear"))
-    var head = "mlp"
+    var head = HeadKind.mlp
 
     @Option(help: "Dropout probability in the MLP head.")
     var dropout: Float = 0.5
@@ -67,20 +67,14 @@ struct FindLR: ParsableCommand {
     @Option(name: .customLong("weight-decay"), help: "AdamW weight decay (default: fine-tune's for the phase, 0.01 head, 0.05 finetune).")
     var weightDecay: Double?
 
-    @Option(help: "Centre crop side (0: whole image).")
-    var crop = 49
-
-    @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
-    var normalize: String?
-
-    @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
-    var channelOrder: String?
+    @OptionGroup(title: "Preprocessing")
+    var preprocessingOptions: PreprocessingOptions
 
     @Flag(name: .customLong("no-augment"), help: "No random flips or rotation.")
     var noAugment = false
 
     @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("Frozen backbone's BatchNorm in the head phase (as fine-tune's).", valueName: "train|eval"))
-    var frozenBN = "train"
+    var frozenBN = FrozenBatchNormMode.train
 
     @Option(name: .customLong("class-weights"), help: ArgumentHelp("Per-class weights of the loss, as fine-tune's.", valueName: "none|balanced|W0,W1,…"))
     var classWeights = ClassWeighting.none
@@ -105,11 +99,12 @@ struct FindLR: ParsableCommand {
 
     /// fine-tune with the same recipe options: its data loading, new head and checks.
     func recipe() throws -> FineTune {
-        var arguments = [dir, "--labels", labels, "--from", from, "--batch-size", String(batchSize), "--head", head,
-                         "--dropout", String(dropout), "--crop", String(crop), "--frozen-bn", frozenBN,
+        var arguments = [dir, "--labels", labels, "--from", from, "--batch-size", String(batchSize), "--head", head.rawValue,
+                         "--dropout", String(dropout), "--frozen-bn", frozenBN.rawValue,
                          "--valid-fraction", String(validFraction), "--seed", String(seed)]
-        if let normalize { arguments += ["--normalize", normalize] }
-        if let channelOrder { arguments += ["--channel-order", channelOrder] }
+        if let crop = preprocessingOptions.crop { arguments += ["--crop", String(crop)] }
+        if let normalize = preprocessingOptions.normalize { arguments += ["--normalize", normalize.rawValue] }
+        if let channelOrder = preprocessingOptions.channelOrder { arguments += ["--channel-order", channelOrder.rawValue] }
         if let trainSize { arguments += ["--train-size", String(trainSize)] }
         if noAugment { arguments.append("--no-augment") }
         do { return try FineTune.parse(arguments) } catch { throw UsageError(FineTune.message(for: error)) }
@@ -118,7 +113,7 @@ struct FindLR: ParsableCommand {
     func run() throws {
         Console.quiet = quiet
         let recipe = try recipe()
-        let (headKind, frozenMode) = try recipe.validated()
+        let (headKind, frozenMode, crop) = (recipe.head, recipe.frozenBN, recipe.crop)
 
         // The model: --from as it is when it has this head for the labels' classes, else fine-tune's new head.
         let table = try LabelTable.load(path: labels)
@@ -127,10 +122,7 @@ struct FindLR: ParsableCommand {
             && source.config.head == headKind
         let checkpoint = reuse ? source : try recipe.newModel(headKind: headKind)
         Console.info("find-lr: \(reuse ? "the head of \(from)" : "a new \(headKind.rawValue) head") for classes \(table.classNames.joined(separator: ", "))")
-        var preprocessing = checkpoint.preprocessing
-        preprocessing.crop = crop
-        if let normalize { preprocessing.normalization = Normalization(rawValue: normalize)! }
-        if let channelOrder { preprocessing.channelOrder = ChannelOrder(rawValue: channelOrder)! }
+        let preprocessing = try preprocessingOptions.applied(to: checkpoint.preprocessing, defaultCrop: FineTune.defaultCrop)
 
         let (train, _, classNames) = try recipe.loadData(classNames: checkpoint.classNames)
         guard train.count >= batchSize else {

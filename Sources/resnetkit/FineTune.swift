@@ -90,25 +90,19 @@ struct FineTune: ParsableCommand {
     var weightDecay = 0.05
 
     @Option(help: ArgumentHelp("mlp (the seed's head) or linear (a single fc layer).", valueName: "mlp|linear"))
-    var head = "mlp"
+    var head = HeadKind.mlp
 
     @Option(parsing: .unconditional, help: "Dropout probability in the MLP head.")
     var dropout: Float = 0.5
 
-    @Option(parsing: .unconditional, help: "Centre crop side (0: whole image).")
-    var crop = 49
-
-    @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
-    var normalize: String?
-
-    @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
-    var channelOrder: String?
+    @OptionGroup(title: "Preprocessing")
+    var preprocessingOptions: PreprocessingOptions
 
     @Flag(name: .customLong("no-augment"), help: "No random flips or rotation.")
     var noAugment = false
 
-    @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("train (default, the seed's) or eval (Keras'): see above.", valueName: "train|eval"))
-    var frozenBN = "train"
+    @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("train (the seed's) or eval (Keras'): see above.", valueName: "train|eval"))
+    var frozenBN = FrozenBatchNormMode.train
 
     @Option(help: ArgumentHelp("The validation figure that picks the best epoch (--keep best) and drives --early-stop; val_auc needs two classes.", valueName: "val_loss|val_acc|val_auc"))
     var monitor = MonitorChoice.valLoss
@@ -144,6 +138,12 @@ struct FineTune: ParsableCommand {
     var maxImagePixels: Int?
 
 
+    /// The seed's centre crop, whatever the model's preprocessing says.
+    static let defaultCrop = 49
+
+    /// Centre crop side of the training and validation images.
+    var crop: Int { preprocessingOptions.crop ?? Self.defaultCrop }
+
     /// One training phase of the recipe.
     struct Phase {
         var name: String
@@ -165,20 +165,19 @@ struct FineTune: ParsableCommand {
     /// The options a resumed run must repeat for its schedule and data order to continue the same run.
     var recipe: String {
         "seed \(seed), batch size \(batchSize), head epochs \(headEpochs), fine-tune epochs \(finetuneEpochs), "
-            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction), head \(head), "
+            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction), head \(head.rawValue), "
             + "head lr \(headLR)/\(headMaxLR)/\(headWeightDecay), lr \(lr)/\(maxLR)/\(weightDecay), dropout \(dropout), "
-            + "crop \(crop), frozen BN \(frozenBN), augment \(!noAugment)"
+            + "crop \(crop), frozen BN \(frozenBN.rawValue), augment \(!noAugment)"
         // --monitor, --keep, --early-stop and --class-weights are checked on their own (FineTuneMonitoring).
     }
 
     static let resumeKey = "resnetkit.fine-tune"
 
-    func validated() throws -> (HeadKind, FrozenBatchNormMode) {
+    func validate() throws {
         guard batchSize >= 2 else { throw UsageError("--batch-size must be at least 2 (BatchNorm needs two images)") }
         try Limits.check(batchSize, Limits.batchSize, "--batch-size")
         try Limits.check(headEpochs, Limits.epochs, "--head-epochs")
         try Limits.check(finetuneEpochs, Limits.epochs, "--finetune-epochs")
-        try Limits.check(crop, Limits.crop, "--crop")
         if let trainSize { try Limits.check(trainSize, 1...Int(Int32.max), "--train-size") }
         if let validSize { try Limits.check(validSize, 0...Int(Int32.max), "--valid-size") }
         if force && resume { throw UsageError("--force and --resume exclude each other (start afresh, or continue)") }
@@ -187,9 +186,6 @@ struct FineTune: ParsableCommand {
         }
         guard (0..<1).contains(validFraction) else { throw UsageError("--valid-fraction must be in [0, 1)") }
         guard (0..<1).contains(dropout) else { throw UsageError("--dropout must be in [0, 1)") }
-        guard crop == 0 || crop >= ModelConfig.minimumInputSide else {
-            throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide)")
-        }
         for (name, value) in [("--head-lr", headLR), ("--head-max-lr", headMaxLR), ("--lr", lr), ("--max-lr", maxLR)] where !(value > 0 && value.isFinite) {
             throw UsageError("\(name) must be positive")
         }
@@ -197,17 +193,11 @@ struct FineTune: ParsableCommand {
             throw UsageError("\(name) must be 0 or more")
         }
         guard (validDir == nil) == (validLabels == nil) else { throw UsageError("--valid-dir and --valid-labels go together") }
-        guard let headKind = HeadKind(rawValue: head) else { throw UsageError("--head must be mlp or linear, not '\(head)'") }
-        guard let mode = FrozenBatchNormMode(rawValue: frozenBN) else { throw UsageError("--frozen-bn must be train or eval, not '\(frozenBN)'") }
-        if let normalize, Normalization(rawValue: normalize) == nil { throw UsageError("--normalize must be imagenet or none, not '\(normalize)'") }
-        if let channelOrder, ChannelOrder(rawValue: channelOrder) == nil { throw UsageError("--channel-order must be rgb or bgr, not '\(channelOrder)'") }
         try validateMonitoring()
-        return (headKind, mode)
     }
 
     func run() throws {
         Console.quiet = quiet
-        let (headKind, frozenMode) = try validated()
         TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
         // Outputs are checked and locked before anything is read: no clash with an input, nothing replaced
         // unless --resume or --force, and a second run on the same --out is refused.
@@ -245,12 +235,9 @@ struct FineTune: ParsableCommand {
         } else {
             if resume { Console.warning("--resume: \(out) does not exist yet, so training starts from the beginning") }
             if force && FileManager.default.fileExists(atPath: out) { Console.info("fine-tune: replacing \(out) (--force)") }
-            checkpoint = try newModel(headKind: headKind)
+            checkpoint = try newModel(headKind: head)
         }
-        var preprocessing = checkpoint.preprocessing
-        preprocessing.crop = crop
-        if let normalize { preprocessing.normalization = Normalization(rawValue: normalize)! }
-        if let channelOrder { preprocessing.channelOrder = ChannelOrder(rawValue: channelOrder)! }
+        let preprocessing = try preprocessingOptions.applied(to: checkpoint.preprocessing, defaultCrop: Self.defaultCrop)
 
         let (train, valid, classNames) = try loadData(classNames: resume ? checkpoint.classNames : nil)
         guard classNames == checkpoint.classNames else {
@@ -267,7 +254,7 @@ struct FineTune: ParsableCommand {
         let lossWeights = try lossWeights(trainingLabels: train.labels, classNames: classNames, resumed: resumed)
         func makeModel(_ state: StateDict) throws -> TrainableResNet {
             let model = try TrainableResNet(architecture: checkpoint.architecture, state: state)
-            model.frozenBatchNorm = frozenMode
+            model.frozenBatchNorm = frozenBN
             model.classWeights = lossWeights
             return model
         }
@@ -480,19 +467,20 @@ struct FineTune: ParsableCommand {
     /// Eval-mode figures over an image set, with the fused inference plan.
     static func evaluate(_ state: StateDict, architecture: Architecture, on set: ImageSet,
                          preprocessing: Preprocessing) throws -> ValidationFigures {
-        let plan = try InferencePlan(architecture: architecture, state: state)
+        let classifier = BatchClassifier(engine: try InferencePlan(architecture: architecture, state: state),
+                                         classes: architecture.config.numClasses, batchSize: 64)
         let side = preprocessing.crop > 0 ? preprocessing.crop : min(set.width, set.height)
         let batch = 64, classes = architecture.config.numClasses
         var images = [Float](repeating: 0, count: batch * side * side * 3)
         var logits = [Float](repeating: 0, count: set.count * classes)
         var rng = SplitMix64(seed: 0)
-        images.withUnsafeMutableBufferPointer { buffer in
-            logits.withUnsafeMutableBufferPointer { out in
+        try images.withUnsafeMutableBufferPointer { buffer in
+            try logits.withUnsafeMutableBufferPointer { out in
                 for first in stride(from: 0, to: set.count, by: batch) {
                     let indices = first..<min(set.count, first + batch)
                     set.fillBatch(ArraySlice(indices), preprocessing: preprocessing, augment: false, rng: &rng, into: buffer.baseAddress!)
-                    plan.run(images: buffer.baseAddress!, count: indices.count, height: side, width: side,
-                             logits: out.baseAddress! + first * classes)
+                    try classifier.classify(images: buffer.baseAddress!, count: indices.count, height: side, width: side,
+                                            into: out.baseAddress! + first * classes)
                 }
             }
         }

@@ -64,7 +64,7 @@ struct InferSlide: ParsableCommand {
     var level = 0
 
     @Option(help: ArgumentHelp("auto (skip glass) or none (every tile).", valueName: "auto|none"))
-    var tissue = "auto"
+    var tissue = TissueChoice.auto
 
     @Option(name: .customLong("tissue-threshold"), help: ArgumentHelp("Saturation above which a thumbnail pixel is tissue, 0...1 (default: Otsu's, at least 0.05).", valueName: "X"))
     var tissueThreshold: Float?
@@ -81,14 +81,8 @@ struct InferSlide: ParsableCommand {
     @Option(help: "Threads: lanes for the network and tile decoders (default: all cores).")
     var threads: Int?
 
-    @Option(help: "Centre crop side (0: whole tile); default from the model.")
-    var crop: Int?
-
-    @Option(help: ArgumentHelp("imagenet or none; default from the model.", valueName: "imagenet|none"))
-    var normalize: String?
-
-    @Option(name: .customLong("channel-order"), help: ArgumentHelp("rgb or bgr; default from the model.", valueName: "rgb|bgr"))
-    var channelOrder: String?
+    @OptionGroup(title: "Preprocessing")
+    var preprocessingOptions: PreprocessingOptions
 
     @Flag(help: "Continue an interrupted run: keep the rows already written, do the rest.")
     var resume = false
@@ -101,22 +95,29 @@ struct InferSlide: ParsableCommand {
     /// Share of a tile's footprint that must be tissue for the tile to be kept.
     static let minimumTissueFraction: Float = 0.1
 
-    func run() throws {
-        Console.quiet = quiet
-        let stride = self.stride ?? tile
+    /// `--tissue`: which tiles are classified.
+    enum TissueChoice: String, ExpressibleByArgument, CaseIterable {
+        case auto, none
+    }
+
+    func validate() throws {
         guard tile >= 1 else { throw UsageError("--tile must be at least 1") }
-        guard stride >= 1 else { throw UsageError("--stride must be at least 1") }
+        if let stride { guard stride >= 1 else { throw UsageError("--stride must be at least 1") } }
         guard level >= 0 else { throw UsageError("--level must be 0 or more") }
         guard batchSize >= 1 else { throw UsageError("--batch-size must be at least 1") }
         if let threads, threads < 1 { throw UsageError("--threads must be at least 1") }
-        guard tissue == "auto" || tissue == "none" else { throw UsageError("--tissue must be auto or none, not '\(tissue)'") }
         if let tissueThreshold {
-            guard tissue == "auto" else { throw UsageError("--tissue-threshold applies to --tissue auto only") }
+            guard tissue == .auto else { throw UsageError("--tissue-threshold applies to --tissue auto only") }
             guard tissueThreshold >= 0 && tissueThreshold <= 1 else { throw UsageError("--tissue-threshold must be between 0 and 1") }
         }
         for (path, name) in [(heatmap, "--heatmap"), (overlay, "--overlay")] {
             if let path, !path.lowercased().hasSuffix(".png") { throw UsageError("\(name) writes a PNG: give a .png file name, not '\(path)'") }
         }
+    }
+
+    func run() throws {
+        Console.quiet = quiet
+        let stride = self.stride ?? tile
 
         // The slide first: a wrong slide or level is the likeliest mistake, and cheap to find.
         let reader = try SlideReader(path: slide)
@@ -131,19 +132,7 @@ struct InferSlide: ParsableCommand {
 
         let modelPath = try model ?? BatchInfer.defaultModel()
         let checkpoint = try ModelImporter.load(path: modelPath).checkpoint
-        var preprocessing = checkpoint.preprocessing
-        if let crop { preprocessing.crop = crop }
-        if let normalize {
-            guard let value = Normalization(rawValue: normalize) else { throw UsageError("--normalize must be imagenet or none, not '\(normalize)'") }
-            preprocessing.normalization = value
-        }
-        if let channelOrder {
-            guard let value = ChannelOrder(rawValue: channelOrder) else { throw UsageError("--channel-order must be rgb or bgr, not '\(channelOrder)'") }
-            preprocessing.channelOrder = value
-        }
-        guard preprocessing.crop == 0 || preprocessing.crop >= ModelConfig.minimumInputSide else {
-            throw UsageError("--crop must be 0 (none) or at least \(ModelConfig.minimumInputSide), the network's smallest input")
-        }
+        let preprocessing = try preprocessingOptions.applied(to: checkpoint.preprocessing)
         guard preprocessing.crop <= tile else {
             throw UsageError("the crop (\(preprocessing.crop)) is larger than the tile (\(tile)): use a larger --tile or a smaller --crop")
         }
@@ -167,9 +156,9 @@ struct InferSlide: ParsableCommand {
         Console.info("infer-slide: model \(modelPath)\(model == nil ? " (newest default model in this folder)" : "")")
 
         var thumbnail: (level: Int, width: Int, height: Int, pixels: [UInt8])?
-        if tissue == "auto" || overlay != nil { thumbnail = try reader.thumbnail(maxSide: Self.thumbnailSide) }
+        if tissue == .auto || overlay != nil { thumbnail = try reader.thumbnail(maxSide: Self.thumbnailSide) }
         var mask: TissueMask?
-        if tissue == "auto", let thumbnail {
+        if tissue == .auto, let thumbnail {
             mask = TissueMask(thumbnail: thumbnail.pixels, width: thumbnail.width, height: thumbnail.height, threshold: tissueThreshold)
         }
         var scores = [Float](repeating: .nan, count: grid.count)
@@ -208,14 +197,10 @@ struct InferSlide: ParsableCommand {
         defer { loader.cancel() }
         let progress = ProgressBar(label: "infer-slide", unit: "tiles")
         progress.setTotal(cells.count)
-        var logits = [Float](repeating: 0, count: batchSize * classes)
+        let classifier = BatchClassifier(engine: engine, classes: classes, batchSize: batchSize)
         var processed = 0, failed = 0
-        while let batch = loader.next() {
+        try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {
-                logits.withUnsafeMutableBufferPointer { out in
-                    engine.run(images: batch.pixels.baseAddress!, count: batch.count, height: batch.height, width: batch.width,
-                               logits: out.baseAddress!)
-                }
                 var text = ""
                 for (n, cell) in batch.cells.enumerated() {
                     let row = Array(logits[(n * classes)..<((n + 1) * classes)])

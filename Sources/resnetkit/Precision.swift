@@ -9,21 +9,13 @@ import ResNetSupport
 /// bf16 and int8 on oneDNN (int8 needs the activation ranges `resnetkit quantize` stores in the checkpoint).
 enum EngineChoice {
     static let help = ArgumentHelp(
-        "fp32 (OpenBLAS, exact; default), bf16 or int8 (oneDNN; int8 needs a model from `resnetkit quantize`).",
+        "fp32 (OpenBLAS, exact), bf16 or int8 (oneDNN; int8 needs a model from `resnetkit quantize`).",
         valueName: "fp32|bf16|int8")
-
-    static func precision(_ name: String) throws -> Precision {
-        guard let precision = Precision(rawValue: name) else {
-            throw UsageError("--precision must be fp32, bf16 or int8, not '\(name)'")
-        }
-        return precision
-    }
 
     /// The engine for `checkpoint` (read from `modelPath`) at this precision; `threads` (the lanes, as set in
     /// `Parallelism.threads`) only for the debug line.
-    /// Every refusal is one line: unknown precision, int8 without scales, a CPU oneDNN cannot serve.
-    static func make(_ name: String, checkpoint: Checkpoint, modelPath: String, threads: Int) throws -> any InferenceEngine {
-        let precision = try precision(name)
+    /// Every refusal is one line: int8 without scales, a CPU oneDNN cannot serve.
+    static func make(_ precision: Precision, checkpoint: Checkpoint, modelPath: String, threads: Int) throws -> any InferenceEngine {
         var scales: ActivationScales?
         if let json = checkpoint.extra[ActivationScales.metadataKey] {
             do { scales = try ActivationScales(json: json) } catch {
@@ -62,3 +54,5 @@ extension InferenceEngine {
         run(images: images, count: count, height: height, width: width, logits: logits)
     }
 }
+
+extension Precision: ExpressibleByArgument {}

@@ -30,7 +30,7 @@ struct Quantize: ParsableCommand {
     var images = 512
 
     @Option(help: ArgumentHelp("max (the largest value seen) or percentile (99.99 % of each batch's magnitudes).", valueName: "max|percentile"))
-    var method = "max"
+    var method = RangeMethod.max
 
     @Option(help: ArgumentHelp("Where to write (default: replace CKPT).", valueName: "CKPT"))
     var out: String?
@@ -40,15 +40,25 @@ struct Quantize: ParsableCommand {
 
     static let batchSize = 32
 
+    /// `--method`: how a layer's range is taken from what calibration shows.
+    enum RangeMethod: String, ExpressibleByArgument, CaseIterable {
+        case max, percentile
+
+        var collectorMethod: RangeCollector.Method {
+            switch self {
+            case .max: return .max
+            case .percentile: return .percentile(99.99)
+            }
+        }
+    }
+
+    func validate() throws {
+        guard images >= 1 else { throw UsageError("--images must be at least 1") }
+    }
+
     func run() throws {
         Console.quiet = quiet
-        guard images >= 1 else { throw UsageError("--images must be at least 1") }
-        let rangeMethod: RangeCollector.Method
-        switch method {
-        case "max": rangeMethod = .max
-        case "percentile": rangeMethod = .percentile(99.99)
-        default: throw UsageError("--method must be max or percentile, not '\(method)'")
-        }
+        let rangeMethod = method.collectorMethod
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: calibrate, isDirectory: &isFolder), isFolder.boolValue else {
             throw FileError(calibrate, "is not a folder of calibration images")

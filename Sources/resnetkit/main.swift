@@ -21,6 +21,19 @@ do {
     FileHandle.standardError.write(Data("error: \(error)\n".utf8))
     exit(1)
 } catch {
-    // Usage errors, --help, and the commands' own exit codes, as swift-argument-parser reports them.
+    let status = ResNetKit.exitCode(for: error), message = ResNetKit.message(for: error)
+    if status == .failure && !message.isEmpty {
+        // A refusal from a command's validate(): one line, status 1, like the same refusal from run().
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        exit(status.rawValue)
+    }
+    if status == .validationFailure && message.hasPrefix("The value '") && message.contains(". Please provide one of '")
+        && !message.contains("\n") {
+        // A value that is not one of an option's choices: argument-parser's message names the option and the
+        // choices. One line and status 1, as every other refusal of an option's value.
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        exit(EXIT_FAILURE)
+    }
+    // Other usage errors, --help, and the commands' own exit codes, as swift-argument-parser reports them.
     ResNetKit.exit(withError: error)
 }

@@ -315,7 +315,10 @@ extension BatchInferTests {
             ([Self.images.path, "--out", out, "--model", badModel], "\(badModel): the file is empty"),
             ([Self.images.path, "--out", out, "--model", Self.model, "--crop", "16"], "--crop must be 0 (none) or at least 32"),
             ([Self.images.path, "--out", out, "--model", Self.model, "--format", "kaggle", "--probs"], "--probs does not apply to --format kaggle"),
-            ([Self.images.path, "--out", out, "--model", Self.model, "--normalize", "zscore"], "--normalize must be imagenet or none, not 'zscore'"),
+            ([Self.images.path, "--out", out, "--model", Self.model, "--normalize", "zscore"],
+             "The value 'zscore' is invalid for '--normalize <imagenet|none>'. Please provide one of 'imagenet' and 'none'."),
+            ([Self.images.path, "--out", out, "--model", Self.model, "--format", "csv"],
+             "The value 'csv' is invalid for '--format <logits|kaggle>'. Please provide one of 'logits' and 'kaggle'."),
             ([Self.images.path, "--out", out, "--model", Self.model, "--batch-size", "0"], "--batch-size must be between 1 and 65536, not 0"),
         ]
         for (arguments, message) in cases {

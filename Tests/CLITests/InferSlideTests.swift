@@ -189,7 +189,7 @@ final class InferSlideTests: XCTestCase, UsesDefaultFixtures {
             ([slide, "--level", "3"], "\(slide): has no level 3 (levels: 0: 448x320, 1: 224x160, 2: 112x80)"),
             ([slide, "--level", "2", "--tile", "96"], "\(slide): level 2: a 96-pixel tile is larger than the level (112x80)"),
             ([slide, "--tile", "40"], "the crop (49) is larger than the tile (40)"),
-            ([slide, "--tissue", "some"], "--tissue must be auto or none, not 'some'"),
+            ([slide, "--tissue", "some"], "The value 'some' is invalid for '--tissue <auto|none>'. Please provide one of 'auto' and 'none'."),
             ([slide, "--heatmap", "heat.jpg"], "--heatmap writes a PNG"),
         ]
         for (arguments, message) in cases {

@@ -71,10 +71,12 @@ final class PrecisionCommandTests: XCTestCase {
     func testUnknownPrecisionIsRefused() throws {
         let dir = try CLI.temporaryDirectory(self)
         assertOneLineError(try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("p.csv").path,
-                                        "--model", Self.model, "--precision", "fp16", "--quiet"]), contains: "--precision must be fp32, bf16 or int8")
+                                        "--model", Self.model, "--precision", "fp16", "--quiet"]),
+                           contains: "The value 'fp16' is invalid for '--precision <fp32|bf16|int8>'. Please provide one of 'fp32', 'bf16' or 'int8'.")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("p.csv").path))
         assertOneLineError(try CLI.run(["evaluate", Self.images.path, "--labels", Self.digits.appendingPathComponent("labels.csv").path,
-                                        "--model", Self.model, "--precision", "int4", "--quiet"]), contains: "--precision must be fp32, bf16 or int8")
+                                        "--model", Self.model, "--precision", "int4", "--quiet"]),
+                           contains: "The value 'int4' is invalid for '--precision <fp32|bf16|int8>'")
     }
 
     func testInt8WithoutScalesNamesQuantize() throws {

@@ -11,12 +11,10 @@ func weightedCrossEntropy(_ logits: UnsafePointer<Float>, labels: [Int], classes
     precondition(total > 0, "class weights must be positive")
     var loss: Double = 0
     for (n, label) in labels.enumerated() {
-        let row = logits + n * classes, g = gradient + n * classes
-        let logSum = logSumExp(UnsafeBufferPointer(start: row, count: classes))
+        let row = UnsafeBufferPointer(start: logits + n * classes, count: classes), g = gradient + n * classes
         let w = Double(weights[label])
-        loss += w * (logSum - Double(row[label]))
-        for k in 0..<classes {
-            let p = exp(Double(row[k]) - logSum)
+        loss += w * (logSumExp(row) - Double(row[label]))
+        for (k, p) in softmax(row).enumerated() {
             g[k] = Float(w * (p - (k == label ? 1 : 0)) / total)
         }
     }
