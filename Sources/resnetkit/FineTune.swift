@@ -307,36 +307,27 @@ struct FineTune: ParsableCommand {
                 order.shuffle(using: &rng)
                 let progress = ProgressBar(label: String(format: "[Epoch: %02d/%02d]", epoch + 1, phase.epochs))
                 progress.setTotal(stepsPerEpoch * batchSize)
-                var losses: [Float] = [], accuracies: [Float] = []
-                let window = max(1, Int((0.05 * Double(stepsPerEpoch)).rounded()))
-                for step in 0..<stepsPerEpoch {
-                    let indices = order[(step * batchSize)..<min(train.count, (step + 1) * batchSize)]
-                    let labels = indices.map { train.labels[$0] }
-                    (optimizer.lr, optimizer.beta1) = schedule.values(at: epoch * stepsPerEpoch + step)
-                    let correct = batchBuffer.withUnsafeMutableBufferPointer { buffer -> Int in
-                        train.fillBatch(indices, preprocessing: preprocessing, augment: !noAugment, rng: &rng, into: buffer.baseAddress!)
-                        let logits = model.forward(images: buffer.baseAddress!, count: indices.count, height: side, width: side, training: true)
-                        return Self.correctCount(logits, labels: labels, classes: model.numClasses)
+                let trainer = Trainer(model: model, optimizer: optimizer, schedule: schedule, stepsPerEpoch: stepsPerEpoch)
+                let (averageLoss, averageAccuracy): (Float, Float)
+                do {
+                    (averageLoss, averageAccuracy) = try batchBuffer.withUnsafeMutableBufferPointer { buffer in
+                        try trainer.runEpoch(epoch, side: side, images: buffer.baseAddress!) { step, images in
+                            let indices = order[(step * batchSize)..<min(train.count, (step + 1) * batchSize)]
+                            train.fillBatch(indices, preprocessing: preprocessing, augment: !noAugment, rng: &rng, into: images)
+                            return indices.map { train.labels[$0] }
+                        } onStep: { step in
+                            historyLog.step(phase: phaseIndex + 1, epoch: epoch + 1, loss: step.loss, accuracy: step.accuracy,
+                                            averageLoss: step.averageLoss, averageAccuracy: step.averageAccuracy)
+                            progress.update(done: (step.index + 1) * batchSize)
+                        }
                     }
-                    let loss = model.backward(labels: labels)
-                    guard loss.isFinite else {
-                        progress.finish()
-                        let kept = start.phase > 0 || start.epoch > 0 || epoch > 0 || phaseIndex > start.phase
-                            ? "\(out) keeps the last finished epoch" : "nothing was written"
-                        throw UsageError("training diverged: the loss is \(loss) at phase \(phaseIndex + 1) (\(phase.name)) epoch \(epoch + 1) step \(step + 1) at learning rate \(String(format: "%.3g", optimizer.lr)); \(kept). Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
-                    }
-                    optimizer.step()
-                    losses.append(loss)
-                    accuracies.append(Float(correct) / Float(labels.count))
-                    let averageLoss = losses.suffix(window).reduce(0, +) / Float(min(window, losses.count))
-                    let averageAccuracy = accuracies.suffix(window).reduce(0, +) / Float(min(window, accuracies.count))
-                    historyLog.step(phase: phaseIndex + 1, epoch: epoch + 1, loss: loss, accuracy: accuracies.last!,
-                                    averageLoss: averageLoss, averageAccuracy: averageAccuracy)
-                    progress.update(done: (step + 1) * batchSize)
+                } catch let divergence as Trainer.Divergence {
+                    progress.finish()
+                    let kept = start.phase > 0 || start.epoch > 0 || epoch > 0 || phaseIndex > start.phase
+                        ? "\(out) keeps the last finished epoch" : "nothing was written"
+                    throw UsageError("training diverged: the loss is \(divergence.loss) at phase \(phaseIndex + 1) (\(phase.name)) epoch \(epoch + 1) step \(divergence.step + 1) at learning rate \(String(format: "%.3g", divergence.learningRate)); \(kept). Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
                 }
                 progress.finish()
-                let averageLoss = losses.suffix(window).reduce(0, +) / Float(min(window, losses.count))
-                let averageAccuracy = accuracies.suffix(window).reduce(0, +) / Float(min(window, accuracies.count))
                 var line = String(format: "[Epoch: %02d/%02d] loss: %.4f acc: %.4f", epoch + 1, phase.epochs, averageLoss, averageAccuracy)
                 var validation: ValidationFigures?
                 if let valid, valid.count > 0 {
@@ -453,15 +444,6 @@ struct FineTune: ParsableCommand {
             valid = try load(dir, table, validIndices, what: "validation")
         }
         return (train, valid, table.classNames)
-    }
-
-    static func correctCount(_ logits: UnsafePointer<Float>, labels: [Int], classes: Int) -> Int {
-        var correct = 0
-        for (n, label) in labels.enumerated()
-        where argmax(UnsafeBufferPointer(start: logits + n * classes, count: classes)) == label {
-            correct += 1
-        }
-        return correct
     }
 
     /// Eval-mode figures over an image set, with the fused inference plan.
