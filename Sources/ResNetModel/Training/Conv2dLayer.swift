@@ -13,6 +13,8 @@ final class Conv2dLayer {
     let convolution: Convolution
     let workspace: TrainingWorkspace
     let output = FloatBuffer(), inputGradient = FloatBuffer()
+    /// When set, computes this layer instead of `convolution` (reduced precision on oneDNN).
+    var external: (any TrainingConvolution)?
     private var input: UnsafePointer<Float>?
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
 
@@ -29,6 +31,10 @@ final class Conv2dLayer {
         inputGeometry = g
         let out = g.output(of: shape)
         let y = output.reserve(out.pixels * shape.outChannels)
+        if let external {
+            external.forward(x, g, weight: weight.value.baseAddress!, y)
+            return (y, out)
+        }
         let laneImages = (g.batch + Parallelism.threads - 1) / Parallelism.threads
         let method = convolution.method(g, laneImages: laneImages, algorithm: workspace.algorithm,
                                         trainable: weight.requiresGrad)
@@ -42,6 +48,10 @@ final class Conv2dLayer {
         guard let x = input else { return nil }
         let g = inputGeometry
         let dx: UnsafeMutablePointer<Float>? = needsInputGradient ? inputGradient.reserve(g.pixels * shape.inChannels) : nil
+        if let external {
+            external.backward(dy, weightGradient: weight.requiresGrad ? weight.gradient.baseAddress! : nil, inputGradient: dx)
+            return dx
+        }
         convolution.backward(x, g, dy, weightGradient: weight.requiresGrad ? weight.gradient.baseAddress! : nil,
                              inputGradient: dx, algorithm: workspace.algorithm, scratch: workspace.scratch)
         return dx
