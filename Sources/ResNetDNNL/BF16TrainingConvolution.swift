@@ -30,32 +30,68 @@ public enum BF16Training {
 
 /// One convolution's forward, backward-data and backward-weights primitives in bf16 with fp32 accumulation,
 /// built per input geometry. fp32 NHWC activations and patch-major (OHWI) weights are reordered into bf16 in the
-/// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts. Runs on the calling
-/// thread with `Parallelism.threads` OpenMP threads.
+/// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts.
+///
+/// The batch is split across `Parallelism.threads` lanes, each with its own primitives and stream on one OpenMP
+/// thread (as `DNNLPlan` does): OpenMP's barriers between the cores stall when the trainer's other threads share
+/// them. Each lane's weight gradient covers its images; the lanes' gradients are summed.
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
-    private var plans: [Int: Plan] = [:]
-    private var current: Plan?
+    private var plans: [Int: [Plan]] = [:]
+    private var current: (plans: [Plan], ranges: [Range<Int>], g: Geometry)?
+    private let laneThreads = LaneThreads()
+    private var partialGradients: [Float] = []
 
     init(_ shape: ConvShape) { self.shape = shape }
 
+    private func lanes(_ count: Int) -> [Range<Int>] {
+        let laneCount = max(1, min(Parallelism.threads, count))
+        return (0..<laneCount).map { count * $0 / laneCount ..< count * ($0 + 1) / laneCount }
+    }
+
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
         let key = (g.batch << 40) | (g.height << 20) | g.width
+        let ranges = lanes(g.batch)
         if plans[key] == nil {
             if plans.count >= 4 { plans.removeAll() }
             // Shapes come from the trainer, the CPU was checked when the factory ran: a failure here is a defect.
-            plans[key] = try! Plan(shape, g)
+            plans[key] = ranges.map { try! Plan(shape, Geometry(batch: $0.count, height: g.height, width: g.width)) }
         }
-        let plan = plans[key]!
-        current = plan
-        DNNLRuntime.setThreads(Parallelism.threads)
-        try! plan.forward(x, weight, y)
+        let lanePlans = plans[key]!
+        current = (lanePlans, ranges, g)
+        let inFloats = g.height * g.width * shape.inChannels
+        let out = g.output(of: shape), outFloats = out.height * out.width * shape.outChannels
+        laneThreads.run(ranges.count) { lane in
+            DNNLRuntime.setThreads(1)
+            let first = ranges[lane].lowerBound
+            try! lanePlans[lane].forward(x + first * inFloats, weight, y + first * outFloats)
+        }
     }
 
     func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?, inputGradient: UnsafeMutablePointer<Float>?) {
-        guard let plan = current else { preconditionFailure("backward before forward") }
-        DNNLRuntime.setThreads(Parallelism.threads)
-        try! plan.backward(dy, weightGradient, inputGradient)
+        guard let (lanePlans, ranges, g) = current else { preconditionFailure("backward before forward") }
+        let inFloats = g.height * g.width * shape.inChannels
+        let out = g.output(of: shape), outFloats = out.height * out.width * shape.outChannels
+        let weightCount = shape.outChannels * shape.patchSize
+        // Lane 0 writes the caller's gradient, the others their own slots, added afterwards.
+        if weightGradient != nil && partialGradients.count < (ranges.count - 1) * weightCount {
+            partialGradients = [Float](repeating: 0, count: (ranges.count - 1) * weightCount)
+        }
+        partialGradients.withUnsafeMutableBufferPointer { partial in
+            let partial = partial
+            laneThreads.run(ranges.count) { lane in
+                DNNLRuntime.setThreads(1)
+                let first = ranges[lane].lowerBound
+                let dw = weightGradient.map { lane == 0 ? $0 : partial.baseAddress! + (lane - 1) * weightCount }
+                try! lanePlans[lane].backward(dy + first * outFloats, dw, inputGradient.map { $0 + first * inFloats })
+            }
+            if let weightGradient {
+                for lane in 1..<max(1, ranges.count) {
+                    let p = partial.baseAddress! + (lane - 1) * weightCount
+                    for i in 0..<weightCount { weightGradient[i] += p[i] }
+                }
+            }
+        }
     }
 
     /// A conversion into `target` from `source`, or nothing when the layouts and types already agree.
