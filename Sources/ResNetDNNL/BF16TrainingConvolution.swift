@@ -49,7 +49,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
         return (0..<laneCount).map { count * $0 / laneCount ..< count * ($0 + 1) / laneCount }
     }
 
-    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
+                 _ y: UnsafeMutablePointer<Float>) {
         let key = (g.batch << 40) | (g.height << 20) | g.width
         let ranges = lanes(g.batch)
         if plans[key] == nil {
@@ -64,7 +65,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
         laneThreads.run(ranges.count) { lane in
             DNNLRuntime.setThreads(1)
             let first = ranges[lane].lowerBound
-            try! lanePlans[lane].forward(x + first * inFloats, weight, y + first * outFloats)
+            try! lanePlans[lane].forward(x + first * inFloats, weight, reuseWeight: weightUnchanged, y + first * outFloats)
         }
     }
 
@@ -182,12 +183,16 @@ final class BF16TrainingConvolution: TrainingConvolution {
             (dw, dwBack) = try result(backwardWeights.md(dnnl_query_diff_weights_md), userDW)
         }
 
-        func forward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, _ yp: UnsafeMutablePointer<Float>) throws {
+        /// Whether `w` holds a conversion of the weight (then `reuseWeight` keeps it).
+        private var hasWeight = false
+
+        func forward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, reuseWeight: Bool, _ yp: UnsafeMutablePointer<Float>) throws {
             userX.setData(UnsafeMutableRawPointer(mutating: xp))
             userW.setData(UnsafeMutableRawPointer(mutating: wp))
             userY.setData(UnsafeMutableRawPointer(yp))
             try x.run(stream)
-            try w.run(stream)
+            if !(reuseWeight && hasWeight) { try w.run(stream) }
+            hasWeight = true
             try forwardConv.execute([(DNNL_ARG_SRC, x.target), (DNNL_ARG_WEIGHTS, w.target), (DNNL_ARG_DST, y)], on: stream)
             try yBack?.execute([(DNNL_ARG_FROM, y), (DNNL_ARG_TO, userY)], on: stream)
             try stream.wait()

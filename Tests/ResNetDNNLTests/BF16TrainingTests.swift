@@ -68,7 +68,7 @@ final class BF16TrainingTests: XCTestCase {
                 var dw = [Float](repeating: 0, count: w.count)
                 x.withUnsafeBufferPointer { xp in
                     w.withUnsafeBufferPointer { wp in
-                        y.withUnsafeMutableBufferPointer { conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, $0.baseAddress!) }
+                        y.withUnsafeMutableBufferPointer { conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: false, $0.baseAddress!) }
                     }
                 }
                 dy.withUnsafeBufferPointer { d in
@@ -117,6 +117,31 @@ final class BF16TrainingTests: XCTestCase {
         XCTAssertLessThan(errors[0].1, 0.60, "worst: \(errors[0].0)")
         XCTAssertLessThan(median, 0.38, "median")
         print("bf16 step 0 against PyTorch fp32: median \(median), worst \(errors[0].0) \(errors[0].1), 3e-2 met by \(errors.filter { $0.1 < 3e-2 }.count) of \(errors.count)")
+    }
+
+    /// A frozen layer's bf16 weight is converted once and reused, until `setValues` changes the weight: then
+    /// the model computes what a fresh model with those values computes.
+    func testFrozenWeightsReconvertedAfterSetValues() throws {
+        try BF16Training.checkCPU()
+        let f = try Self.fixture()
+        func frozenModel(_ state: StateDict) throws -> TrainableResNet {
+            let config = ModelConfig(numClasses: 2, head: .mlp, hiddenUnits: 256, dropout: 0)
+            let model = try TrainableResNet(architecture: Architecture(config), state: state)
+            model.setBackboneFrozen(true)
+            try model.setConvolutions(BF16Training.convolutions)
+            return model
+        }
+        let model = try frozenModel(f.state)
+        let first = model.forward(images: f.images, count: 16, height: 49, width: 49, training: false)
+        XCTAssertEqual(model.forward(images: f.images, count: 16, height: 49, width: 49, training: false), first)
+        let name = "layer4.1.conv2.weight"
+        let changed = f.state[name]!.data.map { -$0 }
+        model.parameter(named: name)!.setValues(changed)
+        var state = f.state
+        state[name] = Tensor(shape: f.state[name]!.shape, data: changed)
+        let after = model.forward(images: f.images, count: 16, height: 49, width: 49, training: false)
+        XCTAssertNotEqual(after, first)
+        XCTAssertEqual(after, try frozenModel(state).forward(images: f.images, count: 16, height: 49, width: 49, training: false))
     }
 
     /// Back to fp32 after bf16: the fp32 engine's step 0 again (1e-4, the fp32 test's tolerance).
@@ -174,7 +199,8 @@ final class EmulatedBF16Convolution: TrainingConvolution {
         }
     }
 
-    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
+                 _ y: UnsafeMutablePointer<Float>) {
         input = rounded(x, g.pixels * shape.inChannels)
         geometry = g
         let conv = Convolution(shape, patchMajorWeight: rounded(weight, shape.outChannels * shape.patchSize),

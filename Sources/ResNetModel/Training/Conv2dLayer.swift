@@ -14,7 +14,9 @@ final class Conv2dLayer {
     let workspace: TrainingWorkspace
     let output = FloatBuffer(), inputGradient = FloatBuffer()
     /// When set, computes this layer instead of `convolution` (reduced precision on oneDNN).
-    var external: (any TrainingConvolution)?
+    var external: (any TrainingConvolution)? { didSet { externalWeightVersion = nil } }
+    /// The weight's version at the external convolution's last forward, while it was frozen.
+    private var externalWeightVersion: Int?
     private var input: UnsafePointer<Float>?
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
 
@@ -32,7 +34,10 @@ final class Conv2dLayer {
         let out = g.output(of: shape)
         let y = output.reserve(out.pixels * shape.outChannels)
         if let external {
-            external.forward(x, g, weight: weight.value.baseAddress!, y)
+            // A trainable weight moves at every optimizer step; a frozen one only through `setValues`.
+            let version = weight.requiresGrad ? nil : weight.version
+            external.forward(x, g, weight: weight.value.baseAddress!, weightUnchanged: version != nil && version == externalWeightVersion, y)
+            externalWeightVersion = version
             return (y, out)
         }
         let laneImages = (g.batch + Parallelism.threads - 1) / Parallelism.threads
