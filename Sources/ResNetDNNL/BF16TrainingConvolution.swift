@@ -101,19 +101,19 @@ final class BF16TrainingConvolution: TrainingConvolution {
         var reorder: Primitive?
         let source: Memory
 
-        init(from source: Memory, to desc: dnnl_memory_desc_t) throws {
+        init(from source: Memory, to desc: dnnl_memory_desc_t, attributes: Attributes) throws {
             self.source = source
             var a = source.desc, b = desc
             if dnnl_memory_desc_equal(&a, &b) != 0 {
                 target = source
             } else {
                 target = try Memory(desc)
-                reorder = try Primitive(reorderFrom: source.desc, to: desc)
+                reorder = try Primitive(reorderFrom: source.desc, to: desc, attributes: attributes)
             }
         }
 
-        func run(_ stream: Stream) throws {
-            try reorder?.execute([(DNNL_ARG_FROM, source), (DNNL_ARG_TO, target)], on: stream)
+        func run(_ stream: Stream, _ scratchpad: Memory) throws {
+            try reorder?.execute([(DNNL_ARG_FROM, source), (DNNL_ARG_TO, target), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
         }
     }
 
@@ -126,9 +126,13 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let x: Conversion, w: Conversion, xForWeights: Conversion, wForData: Conversion
         let dy: Conversion, dyForWeights: Conversion
         let y: Memory, yBack: Primitive?, dx: Memory, dxBack: Primitive?, dw: Memory, dwBack: Primitive?
+        /// Every primitive's scratchpad, this lane's own: the library's is shared by all primitives, and lanes run
+        /// theirs concurrently.
+        let scratchpad: Memory
 
         init(_ s: ConvShape, _ g: Geometry) throws {
             stream = try Stream()
+            let attributes = try Attributes(userScratchpad: true)
             let out = g.output(of: s)
             let srcDims = [g.batch, s.inChannels, g.height, g.width], dstDims = [g.batch, s.outChannels, out.height, out.width]
             let weightDims = [s.outChannels, s.inChannels, s.kernel, s.kernel]
@@ -147,15 +151,15 @@ final class BF16TrainingConvolution: TrainingConvolution {
             var fd = dnnl_convolution_desc_t()
             try check(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &srcAny, &weightsAny,
                                                          nil, &dstF32, strides, padBefore, padAfter), "describing \(what)")
-            forwardConv = try Primitive(&fd, attributes: nil, what: "the bf16 \(what) convolution")
+            forwardConv = try Primitive(&fd, attributes: attributes, what: "the bf16 \(what) convolution")
             var bd = dnnl_convolution_desc_t()
             try check(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &diffSrcF32, &weightsAny, &dstAny,
                                                                strides, padBefore, padAfter), "describing \(what)'s backward data")
-            backwardData = try Primitive(&bd, attributes: nil, hint: forwardConv, what: "the bf16 \(what) backward-data convolution")
+            backwardData = try Primitive(&bd, attributes: attributes, hint: forwardConv, what: "the bf16 \(what) backward-data convolution")
             var wd = dnnl_convolution_desc_t()
             try check(dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &srcAny, &diffWeightsF32, nil, &dstAny,
                                                                   strides, padBefore, padAfter), "describing \(what)'s backward weights")
-            backwardWeights = try Primitive(&wd, attributes: nil, hint: forwardConv, what: "the bf16 \(what) backward-weights convolution")
+            backwardWeights = try Primitive(&wd, attributes: attributes, hint: forwardConv, what: "the bf16 \(what) backward-weights convolution")
 
             let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
             userX = try Memory(try memoryDesc(srcDims, dnnl_f32, dnnl_nhwc), buffer: dangling)
@@ -165,22 +169,26 @@ final class BF16TrainingConvolution: TrainingConvolution {
             userW = try Memory(try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), buffer: dangling)
             userDW = try Memory(try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), buffer: dangling)
 
-            x = try Conversion(from: userX, to: forwardConv.md(dnnl_query_src_md))
-            w = try Conversion(from: userW, to: forwardConv.md(dnnl_query_weights_md))
-            xForWeights = try Conversion(from: x.target, to: backwardWeights.md(dnnl_query_src_md))
-            wForData = try Conversion(from: w.target, to: backwardData.md(dnnl_query_weights_md))
-            dy = try Conversion(from: userDY, to: backwardData.md(dnnl_query_diff_dst_md))
-            dyForWeights = try Conversion(from: dy.target, to: backwardWeights.md(dnnl_query_diff_dst_md))
+            x = try Conversion(from: userX, to: forwardConv.md(dnnl_query_src_md), attributes: attributes)
+            w = try Conversion(from: userW, to: forwardConv.md(dnnl_query_weights_md), attributes: attributes)
+            xForWeights = try Conversion(from: x.target, to: backwardWeights.md(dnnl_query_src_md), attributes: attributes)
+            wForData = try Conversion(from: w.target, to: backwardData.md(dnnl_query_weights_md), attributes: attributes)
+            dy = try Conversion(from: userDY, to: backwardData.md(dnnl_query_diff_dst_md), attributes: attributes)
+            dyForWeights = try Conversion(from: dy.target, to: backwardWeights.md(dnnl_query_diff_dst_md), attributes: attributes)
 
             // Results: straight into the caller's buffer when oneDNN chose its layout, else through a reorder.
             func result(_ chosen: dnnl_memory_desc_t, _ user: Memory) throws -> (Memory, Primitive?) {
                 var a = chosen, b = user.desc
                 if dnnl_memory_desc_equal(&a, &b) != 0 { return (user, nil) }
-                return (try Memory(chosen), try Primitive(reorderFrom: chosen, to: user.desc))
+                return (try Memory(chosen), try Primitive(reorderFrom: chosen, to: user.desc, attributes: attributes))
             }
             (y, yBack) = try result(forwardConv.md(dnnl_query_dst_md), userY)
             (dx, dxBack) = try result(backwardData.md(dnnl_query_diff_src_md), userDX)
             (dw, dwBack) = try result(backwardWeights.md(dnnl_query_diff_weights_md), userDW)
+            let primitives = [forwardConv, backwardData, backwardWeights, yBack, dxBack, dwBack,
+                              x.reorder, w.reorder, xForWeights.reorder, wForData.reorder, dy.reorder, dyForWeights.reorder]
+            let bytes = primitives.compactMap { $0?.scratchpadSize }.max() ?? 0
+            scratchpad = try Memory(try memoryDesc([max(1, bytes)], dnnl_u8, dnnl_x))
         }
 
         /// Whether `w` holds a conversion of the weight (then `reuseWeight` keeps it).
@@ -190,31 +198,31 @@ final class BF16TrainingConvolution: TrainingConvolution {
             userX.setData(UnsafeMutableRawPointer(mutating: xp))
             userW.setData(UnsafeMutableRawPointer(mutating: wp))
             userY.setData(UnsafeMutableRawPointer(yp))
-            try x.run(stream)
-            if !(reuseWeight && hasWeight) { try w.run(stream) }
+            try x.run(stream, scratchpad)
+            if !(reuseWeight && hasWeight) { try w.run(stream, scratchpad) }
             hasWeight = true
-            try forwardConv.execute([(DNNL_ARG_SRC, x.target), (DNNL_ARG_WEIGHTS, w.target), (DNNL_ARG_DST, y)], on: stream)
-            try yBack?.execute([(DNNL_ARG_FROM, y), (DNNL_ARG_TO, userY)], on: stream)
+            try forwardConv.execute([(DNNL_ARG_SRC, x.target), (DNNL_ARG_WEIGHTS, w.target), (DNNL_ARG_DST, y), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try yBack?.execute([(DNNL_ARG_FROM, y), (DNNL_ARG_TO, userY), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             try stream.wait()
         }
 
         func backward(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>?, _ dxp: UnsafeMutablePointer<Float>?) throws {
             userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
-            try dy.run(stream)
+            try dy.run(stream, scratchpad)
             if let dxp {
                 userDX.setData(UnsafeMutableRawPointer(dxp))
-                try wForData.run(stream)
+                try wForData.run(stream, scratchpad)
                 try backwardData.execute([(DNNL_ARG_DIFF_DST, dy.target), (DNNL_ARG_WEIGHTS, wForData.target),
-                                          (DNNL_ARG_DIFF_SRC, dx)], on: stream)
-                try dxBack?.execute([(DNNL_ARG_FROM, dx), (DNNL_ARG_TO, userDX)], on: stream)
+                                          (DNNL_ARG_DIFF_SRC, dx), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+                try dxBack?.execute([(DNNL_ARG_FROM, dx), (DNNL_ARG_TO, userDX), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             }
             if let dwp {
                 userDW.setData(UnsafeMutableRawPointer(dwp))
-                try xForWeights.run(stream)
-                try dyForWeights.run(stream)
+                try xForWeights.run(stream, scratchpad)
+                try dyForWeights.run(stream, scratchpad)
                 try backwardWeights.execute([(DNNL_ARG_SRC, xForWeights.target), (DNNL_ARG_DIFF_DST, dyForWeights.target),
-                                             (DNNL_ARG_DIFF_WEIGHTS, dw)], on: stream)
-                try dwBack?.execute([(DNNL_ARG_FROM, dw), (DNNL_ARG_TO, userDW)], on: stream)
+                                             (DNNL_ARG_DIFF_WEIGHTS, dw), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+                try dwBack?.execute([(DNNL_ARG_FROM, dw), (DNNL_ARG_TO, userDW), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             }
             try stream.wait()
         }
