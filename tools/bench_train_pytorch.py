@@ -1,6 +1,7 @@
 # PyTorch counterpart of `resnetkit-bench train`: training steps/s and images/s at 49x49, head phase (frozen
 # backbone left in train mode, as the seed) and whole model, 2 threads.
-#   bench_train_pytorch.py [--batches 16,64] [--steps 10] [--phases head-train,whole]
+# With --precision bf16: the forward pass and loss under CPU bf16 autocast (PyTorch's mixed precision).
+#   bench_train_pytorch.py [--batches 16,64] [--steps 10] [--phases head-train,whole] [--precision fp32,bf16]
 import argparse
 import time
 import torch, torchvision
@@ -9,6 +10,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--batches", default="16,64")
 parser.add_argument("--steps", type=int, default=10)
 parser.add_argument("--phases", default="head-train,whole")
+parser.add_argument("--precision", default="fp32")
 args = parser.parse_args()
 torch.set_num_threads(2)
 
@@ -26,18 +28,20 @@ print(f"PyTorch {torch.__version__}: ResNet-18 + MLP head, 49x49, {steps} timed 
 for batch in (int(b) for b in args.batches.split(",")):
     x = torch.rand(batch, 3, 49, 49)
     y = torch.arange(batch) % 2
-    for _, phase, frozen in phases:
+    for (_, phase, frozen), precision in ((p, q) for p in phases for q in args.precision.split(",")):
         m = model()
         for p in m[0].parameters():
             p.requires_grad = not frozen
         opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
         def step():
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(m(x), y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = torch.nn.functional.cross_entropy(m(x), y)
+            loss.backward()
             opt.step()
         step(); step()
         start = time.perf_counter()
         for _ in range(steps):
             step()
         seconds = time.perf_counter() - start
-        print(f"batch {batch:3d}  {phase:<24} {steps / seconds:7.2f} steps/s  {steps * batch / seconds:7.1f} images/s")
+        print(f"batch {batch:3d}  {precision}  {phase:<24} {steps / seconds:7.2f} steps/s  {steps * batch / seconds:7.1f} images/s")

@@ -119,11 +119,12 @@ final class Primitive {
     let primitive: dnnl_primitive_t
 
     /// From an operation descriptor (convolution, pooling, …).
-    init<Desc>(_ desc: inout Desc, attributes: Attributes?, what: String) throws {
+    /// `hint`: the forward primitive a backward one belongs to.
+    init<Desc>(_ desc: inout Desc, attributes: Attributes?, hint: Primitive? = nil, what: String) throws {
         let engine = try DNNLContext.shared.get().engine
         var pd: dnnl_primitive_desc_t?
         try withUnsafePointer(to: &desc) { d in
-            try check(dnnl_primitive_desc_create(&pd, UnsafeRawPointer(d), attributes?.handle, engine, nil),
+            try check(dnnl_primitive_desc_create(&pd, UnsafeRawPointer(d), attributes?.handle, engine, hint?.pd),
                       "creating \(what) (no implementation for this CPU and data type?)")
         }
         self.pd = pd!

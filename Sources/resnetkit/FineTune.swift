@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ResNetData
+import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
@@ -104,6 +105,9 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("train (the seed's) or eval (Keras'): see above.", valueName: "train|eval"))
     var frozenBN = FrozenBatchNormMode.train
 
+    @Option(help: ArgumentHelp("fp32 (OpenBLAS, PyTorch-exact; default) or bf16 (convolutions on oneDNN in bf16 with fp32 accumulation; fp32 master weights, optimizer, BatchNorm, loss and head).", valueName: "fp32|bf16"))
+    var precision = "fp32"
+
     @Option(help: ArgumentHelp("The validation figure that picks the best epoch (--keep best) and drives --early-stop; val_auc needs two classes.", valueName: "val_loss|val_acc|val_auc"))
     var monitor = MonitorChoice.valLoss
 
@@ -172,8 +176,10 @@ struct FineTune: ParsableCommand {
     }
 
     static let resumeKey = "resnetkit.fine-tune"
+    static let precisionKey = "resnetkit.training-precision"
 
     func validate() throws {
+        guard precision == "fp32" || precision == "bf16" else { throw UsageError("--precision must be fp32 or bf16, not '\(precision)'") }
         guard batchSize >= 2 else { throw UsageError("--batch-size must be at least 2 (BatchNorm needs two images)") }
         try Limits.check(batchSize, Limits.batchSize, "--batch-size")
         try Limits.check(headEpochs, Limits.epochs, "--head-epochs")
@@ -198,6 +204,7 @@ struct FineTune: ParsableCommand {
 
     func run() throws {
         Console.quiet = quiet
+        let bf16 = precision == "bf16"
         TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
         // Outputs are checked and locked before anything is read: no clash with an input, nothing replaced
         // unless --resume or --force, and a second run on the same --out is refused.
@@ -256,6 +263,10 @@ struct FineTune: ParsableCommand {
             let model = try TrainableResNet(architecture: checkpoint.architecture, state: state)
             model.frozenBatchNorm = frozenBN
             model.classWeights = lossWeights
+            if bf16 {
+                do { try model.setConvolutions(BF16Training.convolutions) } catch let error as DNNLError { throw UsageError(error.description) }
+                model.frozenBackboneEngine = BF16Training.frozenBackbone
+            }
             return model
         }
         var model = try makeModel(checkpoint.state)
@@ -377,6 +388,7 @@ struct FineTune: ParsableCommand {
                 saved.extra[Self.monitorKey] = try Self.encode(MonitorRecord(monitor: monitor.figure, keep: keep.rawValue, earlyStop: earlyStop,
                                                                              tracker: tracker, phase: held.phase, epoch: held.epoch, value: held.value))
                 saved.extra[Self.classWeightsKey] = lossWeights.map(Self.encode)
+                saved.extra[Self.precisionKey] = precision  // the arithmetic it was trained in; the weights are fp32
                 try saved.save(path: out)
                 if finished {
                     for slot in 0..<2 { try? FileManager.default.removeItem(atPath: sidecar(slot)) }

@@ -10,7 +10,7 @@ import ResNetSupport
 //                                  (convolution algorithms side by side, interleaved, img per CPU-second)
 //   resnetkit-bench precision [--precision fp32,bf16,int8] [--sides 49,96] [--batches 64] [--seconds S]
 //                                  (engines per precision side by side, interleaved; see PrecisionBenchmark.swift)
-//   resnetkit-bench train [--batches 16,64] [--steps 10] [--phases head-train,head-eval,whole]
+//   resnetkit-bench train [--batches 16,64] [--steps 10] [--phases head-train,head-eval,whole] [--precision fp32,bf16]
 //                                  (training steps/s, see TrainingBenchmark.swift; compare tools/bench_train_pytorch.py)
 // Uses random inputs in [0, 1); the model defaults to ../shared/reference/resnet18.safetensors.
 
@@ -157,7 +157,10 @@ do {
     case "infer": try benchmarkInference(options)
     case "compare": try compareAlgorithms(options)
     case "precision": try benchmarkPrecisions(options)
-    case "train": runTrainingBenchmark(batches: options.batches, steps: options.steps, phases: options.phases)
+    case "train":
+        // Training runs fp32 or bf16; without --precision, fp32 alone.
+        let precisions = options.precisions == Precision.allCases ? [.fp32] : options.precisions.filter { $0 != .int8 }
+        runTrainingBenchmark(batches: options.batches, steps: options.steps, phases: options.phases, precisions: precisions)
     default:
         FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, compare, precision, train)\n".utf8))
         exit(2)

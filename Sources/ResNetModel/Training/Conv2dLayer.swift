@@ -13,6 +13,10 @@ final class Conv2dLayer {
     let convolution: Convolution
     let workspace: TrainingWorkspace
     let output = FloatBuffer(), inputGradient = FloatBuffer()
+    /// When set, computes this layer instead of `convolution` (reduced precision on oneDNN).
+    var external: (any TrainingConvolution)? { didSet { externalWeightVersion = nil } }
+    /// The weight's version at the external convolution's last forward, while it was frozen.
+    private var externalWeightVersion: Int?
     private var input: UnsafePointer<Float>?
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
 
@@ -29,6 +33,13 @@ final class Conv2dLayer {
         inputGeometry = g
         let out = g.output(of: shape)
         let y = output.reserve(out.pixels * shape.outChannels)
+        if let external {
+            // A trainable weight moves at every optimizer step; a frozen one only through `setValues`.
+            let version = weight.requiresGrad ? nil : weight.version
+            external.forward(x, g, weight: weight.value.baseAddress!, weightUnchanged: version != nil && version == externalWeightVersion, y)
+            externalWeightVersion = version
+            return (y, out)
+        }
         let laneImages = (g.batch + Parallelism.threads - 1) / Parallelism.threads
         let method = convolution.method(g, laneImages: laneImages, algorithm: workspace.algorithm,
                                         trainable: weight.requiresGrad)
@@ -42,6 +53,10 @@ final class Conv2dLayer {
         guard let x = input else { return nil }
         let g = inputGeometry
         let dx: UnsafeMutablePointer<Float>? = needsInputGradient ? inputGradient.reserve(g.pixels * shape.inChannels) : nil
+        if let external {
+            external.backward(dy, weightGradient: weight.requiresGrad ? weight.gradient.baseAddress! : nil, inputGradient: dx)
+            return dx
+        }
         convolution.backward(x, g, dy, weightGradient: weight.requiresGrad ? weight.gradient.baseAddress! : nil,
                              inputGradient: dx, algorithm: workspace.algorithm, scratch: workspace.scratch)
         return dx

@@ -34,6 +34,25 @@ public final class TrainableResNet {
     }
 
     let workspace = TrainingWorkspace()
+
+    /// Computes every backbone convolution through `factory` (bf16 on oneDNN), or through the fp32 engine
+    /// when nil (the default). Fails, leaving the model unchanged, when the factory does.
+    public func setConvolutions(_ factory: TrainingConvolutionFactory?) throws {
+        let layers = convolutionLayers
+        let made = try layers.map { layer in try factory.map { try $0(layer.shape) } }
+        for (layer, conv) in zip(layers, made) { layer.external = conv }
+        fusedBackbone = nil
+    }
+
+    /// The engine for a frozen backbone in eval mode (`fusedFrozenBackbone`), given the model's whole state;
+    /// nil: the fp32 `InferencePlan`. bf16 training sets `DNNLPlan` here.
+    public var frozenBackboneEngine: ((Architecture, StateDict) throws -> any InferenceEngine)? {
+        didSet { fusedBackbone = nil }
+    }
+
+    private var convolutionLayers: [Conv2dLayer] {
+        [stemConv] + blocks.flatMap { b in [b.conv1, b.conv2] + (b.downsample.map { [$0.conv] } ?? []) }
+    }
     let stemConv: Conv2dLayer, stemBN: BatchNormLayer, maxPool: MaxPoolLayer
     let blocks: [BasicBlockLayer]
     // Head: either `fc` alone, or bn1 → dropout → fc1(+ReLU) → bn2 → dropout → fc2.
@@ -45,7 +64,7 @@ public final class TrainableResNet {
     let batchNorms: [(name: String, layer: BatchNormLayer)]
 
     private let pooled = FloatBuffer(), poolGradient = FloatBuffer(), logitGradient = FloatBuffer()
-    private var fusedBackbone: (plan: InferencePlan, key: Int)?
+    private var fusedBackbone: (plan: any InferenceEngine, key: Int)?
     private var lastGeometry = Geometry(batch: 0, height: 0, width: 0)
     private var finalGeometry = Geometry(batch: 0, height: 0, width: 0)
     private var logits: UnsafeMutablePointer<Float>?
@@ -140,15 +159,22 @@ public final class TrainableResNet {
     /// With the whole backbone frozen and frozen BatchNorm in eval mode, the backbone is a fixed function: run
     /// it as a backbone-only inference plan (BatchNorm folded, epilogues fused), whose `features` are what the
     /// head reads. Rebuilt when a backbone value or running statistic changes.
-    private func fusedFrozenBackbone() -> InferencePlan? {
+    private func fusedFrozenBackbone() -> (any InferenceEngine)? {
         let backbone = parameters.filter { !Self.isHeadName($0.name) }
         guard frozenBatchNorm == .eval, backbone.allSatisfy({ !$0.requiresGrad }) else { return nil }
         let key = backbone.reduce(0) { $0 &+ $1.version }
             &+ batchNorms.filter { !Self.isHeadName($0.name) }.reduce(0) { $0 &+ $1.layer.batchesTracked }
         if let fusedBackbone, fusedBackbone.key == key { return fusedBackbone.plan }
-        let state = stateDict().filter { !Self.isHeadName($0.key) }
-        guard let plan = try? InferencePlan(architecture: architecture, state: state, head: false) else { return nil }
-        plan.algorithm = convolutionAlgorithm
+        let plan: any InferenceEngine
+        if let frozenBackboneEngine {
+            guard let engine = try? frozenBackboneEngine(architecture, stateDict()) else { return nil }
+            plan = engine
+        } else {
+            let state = stateDict().filter { !Self.isHeadName($0.key) }
+            guard let fp32 = try? InferencePlan(architecture: architecture, state: state, head: false) else { return nil }
+            fp32.algorithm = convolutionAlgorithm
+            plan = fp32
+        }
         fusedBackbone = (plan, key)
         return plan
     }

@@ -1,0 +1,18 @@
+/// A training convolution computed outside this module (ResNetDNNL's bf16 one on oneDNN). A protocol rather
+/// than a closure pair: the implementation keeps per-layer state between forward and backward (its reduced
+/// precision copies of the input and weight), and ResNetModel stays free of oneDNN.
+///
+/// Activations NHWC [N·H·W, channels] fp32, weight patch-major [Cout, kh, kw, Cin] fp32 (the master copy).
+public protocol TrainingConvolution: AnyObject {
+    /// y [N·Ho·Wo, Cout] = conv(x) for x [N·H·W, Cin]. `x` and `weight` stay valid until `backward`.
+    /// `weightUnchanged`: the weight holds the same values as at the previous call (a frozen layer), so what was
+    /// derived from it may be reused.
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
+                 _ y: UnsafeMutablePointer<Float>)
+    /// For the last `forward`: dW (overwritten) and dx [N·H·W, Cin], each when non-nil, from dy [N·Ho·Wo, Cout].
+    func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
+                  inputGradient: UnsafeMutablePointer<Float>?)
+}
+
+/// Makes one `TrainingConvolution` per layer shape; its errors (a CPU it cannot serve) surface when set.
+public typealias TrainingConvolutionFactory = (ConvShape) throws -> any TrainingConvolution
