@@ -81,12 +81,7 @@ final class LoaderPipeline: @unchecked Sendable {
     private var enumerator: ImageEnumerator
     private let accept: (ImageEntry) -> Bool
     private let workers: Int
-    private let queueDepth: Int
-
-    private let condition = NSCondition()
-    private var queue: [PreparedBatch] = []
-    private var finished = false
-    private var cancelled = false
+    private let queue: BatchQueue<PreparedBatch>
     /// Output size, fixed by the crop or by the first image that decodes.
     private var size: (height: Int, width: Int)?
     /// Ids handed out so far, with their files: a second file with the same id (`a.tif` beside `a.tiff`, or one
@@ -100,43 +95,18 @@ final class LoaderPipeline: @unchecked Sendable {
         self.preprocessing = preprocessing
         self.batchSize = batchSize
         self.workers = workers
-        self.queueDepth = queueDepth
+        queue = BatchQueue(depth: queueDepth)
         self.accept = accept
         if preprocessing.crop > 0 { size = (preprocessing.crop, preprocessing.crop) }
     }
 
-    func next() -> PreparedBatch? {
-        condition.lock()
-        defer { condition.unlock() }
-        while queue.isEmpty && !finished { condition.wait() }
-        guard !queue.isEmpty else { return nil }
-        let batch = queue.removeFirst()
-        condition.broadcast()
-        return batch
-    }
+    func next() -> PreparedBatch? { queue.next() }
 
-    func cancel() {
-        condition.lock()
-        cancelled = true
-        queue.removeAll()
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    private var isCancelled: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return cancelled
-    }
+    func cancel() { queue.cancel() }
 
     func produce() {
-        defer {
-            condition.lock()
-            finished = true
-            condition.broadcast()
-            condition.unlock()
-        }
-        while !isCancelled {
+        defer { queue.finish() }
+        while !queue.isCancelled {
             var entries: [ImageEntry] = []
             var failures: [ImageFailure] = []
             while entries.count < batchSize, let entry = enumerator.next() {
@@ -151,12 +121,7 @@ final class LoaderPipeline: @unchecked Sendable {
                 }
             }
             if entries.isEmpty && failures.isEmpty { return }
-            let batch = prepare(entries, listingFailures: failures)
-            condition.lock()
-            while queue.count >= queueDepth && !cancelled { condition.wait() }
-            if !cancelled { queue.append(batch) }
-            condition.broadcast()
-            condition.unlock()
+            queue.push(prepare(entries, listingFailures: failures))
         }
     }
 

@@ -36,11 +36,7 @@ public final class SlideTileLoader: @unchecked Sendable {
     private let cells: [GridCell]
     private let preprocessing: Preprocessing
     private let batchSize: Int
-    private let queueDepth: Int
-    private let condition = NSCondition()
-    private var queue: [SlideBatch] = []
-    private var finished = false
-    private var cancelled = false
+    private let queue: BatchQueue<SlideBatch>
 
     /// Takes the readers over (one per decoding worker, all of the same slide): the loader's threads are their
     /// only users from now on.
@@ -54,7 +50,7 @@ public final class SlideTileLoader: @unchecked Sendable {
         self.cells = cells
         self.preprocessing = preprocessing
         self.batchSize = batchSize
-        self.queueDepth = queueDepth
+        queue = BatchQueue(depth: queueDepth)
         for reader in readers {
             reader.cacheCapacity = reader.cacheBlocks(level: level, regionHeight: grid.tile,
                                                       bandWidth: grid.bandColumns(for: reader.levels[level], workers: readers.count) * grid.stride + grid.tile)
@@ -66,37 +62,12 @@ public final class SlideTileLoader: @unchecked Sendable {
 
     deinit { cancel() }
 
-    public func next() -> SlideBatch? {
-        condition.lock()
-        defer { condition.unlock() }
-        while queue.isEmpty && !finished { condition.wait() }
-        guard !queue.isEmpty else { return nil }
-        let batch = queue.removeFirst()
-        condition.broadcast()
-        return batch
-    }
+    public func next() -> SlideBatch? { queue.next() }
 
-    public func cancel() {
-        condition.lock()
-        cancelled = true
-        queue.removeAll()
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    private var isCancelled: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return cancelled
-    }
+    public func cancel() { queue.cancel() }
 
     private func produce() {
-        defer {
-            condition.lock()
-            finished = true
-            condition.broadcast()
-            condition.unlock()
-        }
+        defer { queue.finish() }
         let tile = grid.tile
         let (height, width) = ImagePreparation.outputSize(width: tile, height: tile, preprocessing)
         let imageFloats = height * width * 3
@@ -105,7 +76,7 @@ public final class SlideTileLoader: @unchecked Sendable {
         let bandColumns = grid.bandColumns(for: readers[0].levels[level], workers: readers.count)
         defer { raws.forEach { $0.deallocate() } }
         var start = 0
-        while start < cells.count && !isCancelled {
+        while start < cells.count && !queue.isCancelled {
             let chunk = Array(cells[start..<min(cells.count, start + batchSize)])
             start += chunk.count
             let pixels = UnsafeMutableBufferPointer<Float>.allocate(capacity: chunk.count * imageFloats)
@@ -147,12 +118,7 @@ public final class SlideTileLoader: @unchecked Sendable {
                 }
                 done.append(cell)
             }
-            let batch = SlideBatch(cells: done, height: height, width: width, failures: failures, pixels: pixels)
-            condition.lock()
-            while queue.count >= queueDepth && !cancelled { condition.wait() }
-            if !cancelled { queue.append(batch) }
-            condition.broadcast()
-            condition.unlock()
+            queue.push(SlideBatch(cells: done, height: height, width: width, failures: failures, pixels: pixels))
         }
     }
 }
