@@ -204,200 +204,57 @@ struct FineTune: ParsableCommand {
 
     func run() throws {
         Console.quiet = quiet
-        let bf16 = precision == "bf16"
         TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
-        // Outputs are checked and locked before anything is read: no clash with an input, nothing replaced
-        // unless --resume or --force, and a second run on the same --out is refused.
+        let locks = try lockOutputs()
+        defer { locks.forEach { $0.release() } }
+        guard let (checkpoint, start) = try startingPoint() else { return }
+        try FineTuneSession(self, checkpoint: checkpoint, start: start).run()
+    }
+
+    /// The recipe's two phases, in order.
+    var phases: [Phase] {
+        [Phase(name: "head", epochs: headEpochs, frozenBackbone: true, lr: headLR, maxLR: headMaxLR, weightDecay: headWeightDecay),
+         Phase(name: "fine-tune", epochs: finetuneEpochs, frozenBackbone: false, lr: lr, maxLR: maxLR, weightDecay: weightDecay)]
+    }
+
+    /// Where the optimizer state after epoch `epoch` of a phase goes: slot epoch % 2, so the state matching the
+    /// last checkpoint survives a kill between writing the next state and the next checkpoint.
+    func sidecar(_ epoch: Int) -> String { out + ".resume\(epoch % 2).safetensors" }
+
+    /// Checks and locks the outputs before anything is read: no clash with an input, nothing replaced unless
+    /// --resume or --force, and a second run on the same --out is refused.
+    func lockOutputs() throws -> [OutputLock] {
         let replace = resume || force
         var outputs = [OutputGuard.Output(out, option: "--out", mayExist: replace)]
         if let history { outputs.append(OutputGuard.Output(history, option: "--history", mayExist: replace)) }
         if let plot { outputs.append(OutputGuard.Output(plot, option: "--plot", mayExist: replace)) }
-        outputs += (0..<2).map { OutputGuard.Output(out + ".resume\($0).safetensors", option: "the optimizer state beside --out", mayExist: true) }
+        let sidecars = (0..<2).map { OutputGuard.Output(sidecar($0), option: "the optimizer state beside --out", mayExist: true) }
         var inputs = [OutputGuard.Input(dir, role: "training images"), OutputGuard.Input(labels, role: "labels (--labels)"),
                       OutputGuard.Input(from, role: "pretrained model (--from)")]
         if let validDir { inputs.append(OutputGuard.Input(validDir, role: "validation images (--valid-dir)")) }
         if let validLabels { inputs.append(OutputGuard.Input(validLabels, role: "validation labels (--valid-labels)")) }
-        try OutputGuard.check(outputs: outputs, inputs: inputs, forceHint: "use --resume to continue it, or --force to replace it")
-        let locks = try OutputGuard.lock(Array(outputs.prefix(outputs.count - 2)))
-        defer { locks.forEach { $0.release() } }
-        let phases = [Phase(name: "head", epochs: headEpochs, frozenBackbone: true, lr: headLR, maxLR: headMaxLR, weightDecay: headWeightDecay),
-                      Phase(name: "fine-tune", epochs: finetuneEpochs, frozenBackbone: false, lr: lr, maxLR: maxLR, weightDecay: weightDecay)]
+        try OutputGuard.check(outputs: outputs + sidecars, inputs: inputs, forceHint: "use --resume to continue it, or --force to replace it")
+        return try OutputGuard.lock(outputs)
+    }
 
-        // The starting point: a previous run's checkpoint when resuming, otherwise the pretrained model + new head.
-        // Optimizer state after epoch e of a phase goes to slot e % 2, so the state matching the last checkpoint
-        // survives a kill between writing the next state and the next checkpoint.
-        func sidecar(_ epoch: Int) -> String { out + ".resume\(epoch % 2).safetensors" }
-        var start = ResumeState(phase: 0, epoch: 0, finished: false, recipe: recipe)
-        let checkpoint: Checkpoint
-        if resume && FileManager.default.fileExists(atPath: out) {
-            checkpoint = try Checkpoint.load(path: out)
-            guard let text = checkpoint.extra[Self.resumeKey],
-                  let state = try? JSONDecoder().decode(ResumeState.self, from: Data(text.utf8)) else {
-                throw FileError(out, "has no fine-tune progress to resume (not written by fine-tune)")
-            }
-            guard state.recipe == recipe else { throw UsageError("\(out) was trained with \(state.recipe); resume with the same options") }
-            if state.finished { Console.info("fine-tune: \(out) is already finished"); return }
-            start = state
-            Console.info("fine-tune: resuming \(out) after epoch \(state.epoch) of phase \(state.phase + 1)")
-        } else {
+    /// The run's starting point: the checkpoint of an interrupted run and where it stopped (--resume), or the
+    /// pretrained model with a new head at phase 0 epoch 0. nil when the resumed run is already finished.
+    func startingPoint() throws -> (Checkpoint, ResumeState)? {
+        let fresh = ResumeState(phase: 0, epoch: 0, finished: false, recipe: recipe)
+        guard resume && FileManager.default.fileExists(atPath: out) else {
             if resume { Console.warning("--resume: \(out) does not exist yet, so training starts from the beginning") }
             if force && FileManager.default.fileExists(atPath: out) { Console.info("fine-tune: replacing \(out) (--force)") }
-            checkpoint = try newModel(headKind: head)
+            return (try newModel(headKind: head), fresh)
         }
-        let preprocessing = try preprocessingOptions.applied(to: checkpoint.preprocessing, defaultCrop: Self.defaultCrop)
-
-        let (train, valid, classNames) = try loadData(classNames: resume ? checkpoint.classNames : nil)
-        guard classNames == checkpoint.classNames else {
-            throw UsageError("the labels' classes \(classNames) differ from the model's \(checkpoint.classNames)")
+        let checkpoint = try Checkpoint.load(path: out)
+        guard let text = checkpoint.extra[Self.resumeKey],
+              let state = try? JSONDecoder().decode(ResumeState.self, from: Data(text.utf8)) else {
+            throw FileError(out, "has no fine-tune progress to resume (not written by fine-tune)")
         }
-        guard train.count >= 2 else { throw UsageError("need at least 2 training images, have \(train.count)") }
-        if crop > 0 && (train.width < crop || train.height < crop) {
-            throw UsageError("--crop \(crop) is larger than the \(train.width)x\(train.height) images")
-        }
-        Console.info("fine-tune: \(train.count) training and \(valid?.count ?? 0) validation images, classes \(classNames.joined(separator: ", "))")
-
-        let resumed = resume && start.epoch > 0 ? checkpoint : nil
-        var tracker = try startMonitor(resumed: resumed, classNames: classNames)
-        let lossWeights = try lossWeights(trainingLabels: train.labels, classNames: classNames, resumed: resumed)
-        func makeModel(_ state: StateDict) throws -> TrainableResNet {
-            let model = try TrainableResNet(architecture: checkpoint.architecture, state: state)
-            model.frozenBatchNorm = frozenBN
-            model.classWeights = lossWeights
-            if bf16 {
-                do { try model.setConvolutions(BF16Training.convolutions) } catch let error as DNNLError { throw UsageError(error.description) }
-                model.frozenBackboneEngine = BF16Training.frozenBackbone
-            }
-            return model
-        }
-        var model = try makeModel(checkpoint.state)
-        // --keep best: the best weights so far (what the checkpoint holds); within a phase, training goes on from the last.
-        var bestState: StateDict? = keep == .best && resumed != nil ? checkpoint.state : nil
-        var held: (phase: Int, epoch: Int, value: Double?) = (0, 0, nil)
-        if let resumed, let text = resumed.extra[Self.monitorKey], let record = try? JSONDecoder().decode(MonitorRecord.self, from: Data(text.utf8)) {
-            held = (record.phase, record.epoch, record.value)
-        }
-        var historyLog = try HistoryLog(path: history, resumeAfter: resume ? (start.phase, start.epoch) : nil)
-        let stepsPerEpoch = max(1, train.count / batchSize)
-        let side = crop > 0 ? crop : min(train.width, train.height)
-        var batchBuffer = [Float](repeating: 0, count: min(batchSize, train.count) * side * side * 3)
-
-        for (phaseIndex, phase) in phases.enumerated() where phaseIndex >= start.phase && phase.epochs > 0 {
-            let firstEpoch = phaseIndex == start.phase ? start.epoch : 0
-            let phaseOver = firstEpoch >= phase.epochs || tracker.stoppedPhases.contains(phaseIndex)
-            if keep == .best && !phaseOver {
-                if firstEpoch == 0, let bestState {
-                    model = try makeModel(bestState)  // a new phase starts from the best weights
-                } else if firstEpoch > 0 {
-                    model = try makeModel(try Self.lastModelState(sidecar: sidecar(start.epoch)))
-                }
-            }
-            if firstEpoch == 0 { tracker.startPhase() }
-            model.setBackboneFrozen(phase.frozenBackbone)
-            // Each phase gets a fresh optimizer, as the seed builds a new one.
-            let optimizer = AdamW(parameters: model.parameters, lr: phase.lr, weightDecay: phase.weightDecay)
-            let schedule = OneCycleSchedule(maxLR: phase.maxLR, totalSteps: phase.epochs * stepsPerEpoch)
-            // A finished phase needs no optimizer state: the next one starts afresh.
-            if firstEpoch > 0 && !phaseOver {
-                let path = sidecar(start.epoch)
-                let (tensors, metadata) = try SafeTensors.read(path: path)
-                guard metadata["phase"] == String(phaseIndex), metadata["epoch"] == String(start.epoch) else {
-                    throw FileError(path, "optimizer state is for phase \(metadata["phase"] ?? "?") epoch \(metadata["epoch"] ?? "?"), the checkpoint for phase \(phaseIndex) epoch \(start.epoch)")
-                }
-                var state: StateDict = [:]
-                for (name, entry) in tensors { state[name] = Tensor(shape: entry.shape, data: entry.data) }
-                let steps = Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, start.epoch * stepsPerEpoch) })
-                do { try optimizer.restore(tensors: state, steps: steps) } catch { throw FileError(path, "\(error)") }
-            }
-            guard !phaseOver else { continue }
-            Console.info("fine-tune: phase \(phaseIndex + 1) (\(phase.name)): \(phase.epochs) epochs of \(stepsPerEpoch) steps")
-            for epoch in firstEpoch..<phase.epochs {
-                // Every epoch's randomness derives from (seed, phase, epoch): a resumed run repeats it exactly.
-                var rng = SplitMix64(seed: seed &+ UInt64(phaseIndex * 100_003 + epoch) &* 0x9E37_79B9)
-                model.rng = SplitMix64(seed: rng.next())
-                var order = Array(0..<train.count)
-                order.shuffle(using: &rng)
-                let progress = ProgressBar(label: String(format: "[Epoch: %02d/%02d]", epoch + 1, phase.epochs))
-                progress.setTotal(stepsPerEpoch * batchSize)
-                let trainer = Trainer(model: model, optimizer: optimizer, schedule: schedule, stepsPerEpoch: stepsPerEpoch)
-                let (averageLoss, averageAccuracy): (Float, Float)
-                do {
-                    (averageLoss, averageAccuracy) = try batchBuffer.withUnsafeMutableBufferPointer { buffer in
-                        try trainer.runEpoch(epoch, side: side, images: buffer.baseAddress!) { step, images in
-                            let indices = order[(step * batchSize)..<min(train.count, (step + 1) * batchSize)]
-                            train.fillBatch(indices, preprocessing: preprocessing, augment: !noAugment, rng: &rng, into: images)
-                            return indices.map { train.labels[$0] }
-                        } onStep: { step in
-                            historyLog.step(phase: phaseIndex + 1, epoch: epoch + 1, loss: step.loss, accuracy: step.accuracy,
-                                            averageLoss: step.averageLoss, averageAccuracy: step.averageAccuracy)
-                            progress.update(done: (step.index + 1) * batchSize)
-                        }
-                    }
-                } catch let divergence as Trainer.Divergence {
-                    progress.finish()
-                    let kept = start.phase > 0 || start.epoch > 0 || epoch > 0 || phaseIndex > start.phase
-                        ? "\(out) keeps the last finished epoch" : "nothing was written"
-                    throw UsageError("training diverged: the loss is \(divergence.loss) at phase \(phaseIndex + 1) (\(phase.name)) epoch \(epoch + 1) step \(divergence.step + 1) at learning rate \(String(format: "%.3g", divergence.learningRate)); \(kept). Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
-                }
-                progress.finish()
-                var line = String(format: "[Epoch: %02d/%02d] loss: %.4f acc: %.4f", epoch + 1, phase.epochs, averageLoss, averageAccuracy)
-                var validation: ValidationFigures?
-                if let valid, valid.count > 0 {
-                    let metrics = try Self.evaluate(model.stateDict(), architecture: model.architecture, on: valid, preprocessing: preprocessing)
-                    line += String(format: " val_loss: %.4f val_acc: %.4f", metrics.loss, metrics.accuracy)
-                    if model.numClasses == 2 { line += String(format: " val_auc: %.4f", metrics.rocAUC ?? .nan) }
-                    validation = metrics
-                }
-                Console.info(line)
-                historyLog.epoch(phase: phaseIndex + 1, epoch: epoch + 1, validation: validation)
-                let value = validation?.value(monitor.figure)
-                let improved = value.map { tracker.record($0, phase: phaseIndex + 1, epoch: epoch + 1) } ?? false
-                if keep == .last || improved || bestState == nil {
-                    held = (phaseIndex + 1, epoch + 1, value.flatMap { $0.isNaN ? nil : $0 })
-                    if keep == .best { bestState = model.stateDict() }
-                }
-                let stopping = epoch + 1 < phase.epochs && tracker.shouldStop(patience: earlyStop)
-                if stopping {
-                    tracker.markStopped(phase: phaseIndex)
-                    Console.info("fine-tune: phase \(phaseIndex + 1) stops early after epoch \(epoch + 1): \(monitor.rawValue) has not improved for \(earlyStop!) epochs")
-                }
-
-                // Optimizer state first (into the other slot), then the checkpoint: a kill between the two leaves the
-                // previous checkpoint with its optimizer state intact.
-                let finished = (epoch + 1 == phase.epochs || stopping) && phases[(phaseIndex + 1)...].allSatisfy { $0.epochs == 0 }
-                let state = ResumeState(phase: phaseIndex, epoch: epoch + 1, finished: finished, recipe: recipe)
-                let (moments, _) = optimizer.state()
-                try SafeTensors.write(path: sidecar(epoch + 1), tensors: moments.keys.sorted().map { ($0, moments[$0]!.shape, moments[$0]!.data) }
-                                        + (keep == .best ? Self.lastModelTensors(model.stateDict()) : []),
-                                      metadata: ["phase": String(phaseIndex), "epoch": String(epoch + 1)])
-                var saved = checkpoint
-                saved.config = model.architecture.config
-                let current = model.stateDict()
-                if let bad = current.first(where: { !$0.value.data.allSatisfy(\.isFinite) }) {
-                    throw UsageError("training diverged: \(bad.key) holds NaN or infinite values after phase \(phaseIndex + 1) epoch \(epoch + 1); \(out) keeps the last good epoch. Lower \(phaseIndex == 0 ? "--head-max-lr" : "--max-lr") (now \(String(format: "%g", phase.maxLR)))")
-                }
-                saved.state = keep == .best ? bestState ?? current : current
-                // History before the checkpoint: after a kill between the two, --resume cuts the history back to
-                // the checkpoint's epoch, so the two always agree.
-                try historyLog.write()
-                if let plot { try AtomicFile.write(Data(historyLog.plot().utf8), to: plot) }
-                saved.preprocessing = preprocessing
-                saved.provenance.producer = "fine-tune"
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = .sortedKeys  // same run, same bytes
-                saved.extra[Self.resumeKey] = String(decoding: try encoder.encode(state), as: UTF8.self)
-                saved.extra[Self.monitorKey] = try Self.encode(MonitorRecord(monitor: monitor.figure, keep: keep.rawValue, earlyStop: earlyStop,
-                                                                             tracker: tracker, phase: held.phase, epoch: held.epoch, value: held.value))
-                saved.extra[Self.classWeightsKey] = lossWeights.map(Self.encode)
-                saved.extra[Self.precisionKey] = precision  // the arithmetic it was trained in; the weights are fp32
-                try saved.save(path: out)
-                if finished {
-                    for slot in 0..<2 { try? FileManager.default.removeItem(atPath: sidecar(slot)) }
-                }
-                if stopping { break }
-            }
-        }
-        let heldValue = held.value.map { String(format: ", %@ %.4f", monitor.rawValue, $0) } ?? ""
-        Console.info("fine-tune: wrote \(out) (phase \(held.phase) epoch \(held.epoch)\(heldValue))")
+        guard state.recipe == recipe else { throw UsageError("\(out) was trained with \(state.recipe); resume with the same options") }
+        if state.finished { Console.info("fine-tune: \(out) is already finished"); return nil }
+        Console.info("fine-tune: resuming \(out) after epoch \(state.epoch) of phase \(state.phase + 1)")
+        return (checkpoint, state)
     }
 
     /// The pretrained backbone from --from with a freshly initialised head for the labels' classes.
@@ -479,76 +336,5 @@ struct FineTune: ParsableCommand {
             }
         }
         return ValidationFigures(logits: logits, labels: set.labels, classes: classes)
-    }
-}
-
-/// The run's figures, step by step and epoch by epoch: the --history CSV and the --plot SVG.
-struct HistoryLog {
-    static let header = ["kind", "phase", "epoch", "step", "loss", "accuracy", "average_loss", "average_accuracy",
-                         "val_loss", "val_accuracy", "val_auc"]
-    let path: String?
-    var rows: [[String]] = []
-    var step = 0
-
-    /// Reads back the rows of an interrupted run up to (phase index, epochs done) when resuming.
-    init(path: String?, resumeAfter: (phase: Int, epoch: Int)?) throws {
-        self.path = path
-        guard let path, let resumeAfter, let data = FileManager.default.contents(atPath: path) else { return }
-        let records = try CSV.parse(String(decoding: data, as: UTF8.self), path: path)
-        // Histories written before the val_auc column (the header's last) get an empty one.
-        guard let header = records.first, header == Self.header || header == Array(Self.header.dropLast()) else {
-            throw FileError(path, "is not a fine-tune history (its header is not \(Self.header.joined(separator: ","))); left unchanged")
-        }
-        for var record in records.dropFirst() where record.count == header.count {
-            if record.count < Self.header.count { record.append("") }
-            guard let phase = Int(record[1]), let epoch = Int(record[2]) else {
-                throw FileError(path, "not a fine-tune history (record \(record.prefix(3).joined(separator: ",")))")
-            }
-            let before = phase - 1 < resumeAfter.phase || (phase - 1 == resumeAfter.phase && epoch <= resumeAfter.epoch)
-            if before { rows.append(record); step = max(step, Int(record[3]) ?? 0) }
-        }
-        let (phase, epoch) = (String(resumeAfter.phase + 1), String(resumeAfter.epoch))
-        if resumeAfter.epoch > 0 && !rows.contains(where: { $0[0] == "epoch" && $0[1] == phase && $0[2] == epoch }) {
-            throw FileError(path, "does not reach the checkpoint's epoch \(epoch) of phase \(phase) (written by another run?); use another --history, or --force to start afresh")
-        }
-    }
-
-    static func f(_ v: Float) -> String { String(format: "%.6f", v) }
-
-    mutating func step(phase: Int, epoch: Int, loss: Float, accuracy: Float, averageLoss: Float, averageAccuracy: Float) {
-        step += 1
-        rows.append(["step", String(phase), String(epoch), String(step), Self.f(loss), Self.f(accuracy),
-                     Self.f(averageLoss), Self.f(averageAccuracy), "", "", ""])
-    }
-
-    mutating func epoch(phase: Int, epoch: Int, validation: ValidationFigures?) {
-        rows.append(["epoch", String(phase), String(epoch), String(step), "", "", "", "",
-                     validation.map { String(format: "%.6f", $0.loss) } ?? "",
-                     validation.map { String(format: "%.6f", $0.accuracy) } ?? "",
-                     validation?.rocAUC.map { String(format: "%.6f", $0) } ?? ""])
-    }
-
-    func write() throws {
-        guard let path else { return }
-        let text = ([Self.header] + rows).map(CSV.encodeRow).joined()
-        try AtomicFile.write(Data(text.utf8), to: path)
-    }
-
-    /// Loss and accuracy against the global step: raw train (faint), train average, validation per epoch,
-    /// a dotted line where fine-tuning starts.
-    func plot() -> String {
-        func series(_ kind: String, _ column: Int) -> [(x: Double, y: Double)] {
-            rows.filter { $0[0] == kind }.compactMap { r in Double(r[column]).map { (Double(r[3]) ?? 0, $0) } }
-        }
-        let fineTuneStart = rows.first { $0[0] == "step" && $0[1] == "2" }.flatMap { Double($0[3]) }.map { $0 - 1 }
-        let markers = fineTuneStart.map { [(x: $0, label: "fine-tuning")] } ?? []
-        func panel(_ title: String, raw: Int, average: Int, valid: Int) -> SVGPlot {
-            SVGPlot(title: title, xLabel: "step", yLabel: title, series: [
-                .init(label: "train (raw)", points: series("step", raw), color: "#1f77b4", opacity: 0.25, lineWidth: 1),
-                .init(label: "train (average)", points: series("step", average), color: "#1f77b4", lineWidth: 2),
-                .init(label: "validation", points: series("epoch", valid), color: "#d62728", lineWidth: 2, markers: true),
-            ], markers: markers)
-        }
-        return SVGPlot.document([panel("loss", raw: 4, average: 6, valid: 8), panel("accuracy", raw: 5, average: 7, valid: 9)])
     }
 }
