@@ -186,22 +186,19 @@ struct BatchInfer: ParsableCommand {
 
     /// CSV rows for a batch: id, logits, optional probabilities, label; or id and P(class 1) for Kaggle.
     func rows(_ ids: [String], _ logits: [Float], classes: Int) -> String {
-        var text = ""
-        for (n, id) in ids.enumerated() {
+        PredictionRows.format(count: ids.count) { n, text in
             let row = logits[(n * classes)..<((n + 1) * classes)]
-            let best = argmax(row)
-            let probabilities = format == .kaggle || probs ? softmax(row).map { Float($0) } : []
-            var fields = [CSV.encodeField(id)]
+            text += CSV.encodeField(ids[n])
             if format == .kaggle {
-                fields.append("\(probabilities[1])")
+                text += ","
+                Float(softmax(row)[1]).write(to: &text)
             } else {
-                fields += row.map { "\($0)" }
-                if probs { fields += probabilities.map { "\($0)" } }
-                fields.append("\(best)")
+                PredictionRows.append(row, to: &text)
+                if probs { PredictionRows.append(ArraySlice(softmax(row).map { Float($0) }), to: &text) }
+                text += ",\(argmax(row))"
             }
-            text += fields.joined(separator: ",") + "\n"
+            text += "\n"
         }
-        return text
     }
 
     /// Whether `path` is an errors CSV of an earlier run (which a new run replaces without --force).

@@ -148,7 +148,7 @@ struct InferSlide: ParsableCommand {
         for record in output.existingRecords {
             let logits = record[2..<(2 + classes)].compactMap { Float($0) }
             guard logits.count == classes else { throw FileError(out, "row \(record[0]),\(record[1]) has a logit that is not a number") }
-            previous[record[0] + "," + record[1]] = Self.score(logits)
+            previous[record[0] + "," + record[1]] = Self.score(logits[...])
         }
 
         Console.info("infer-slide: \(slide): levels \(Self.describe(reader.levels)); level \(level), "
@@ -201,14 +201,16 @@ struct InferSlide: ParsableCommand {
         var processed = 0, failed = 0
         try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {
-                var text = ""
+                try output.write(PredictionRows.format(count: batch.count) { n, text in
+                    let (x, y) = grid.levelZeroOrigin(batch.cells[n])
+                    let row = logits[(n * classes)..<((n + 1) * classes)]
+                    text += "\(x),\(y)"
+                    PredictionRows.append(row, to: &text)
+                    text += ",\(argmax(row))\n"
+                })
                 for (n, cell) in batch.cells.enumerated() {
-                    let row = Array(logits[(n * classes)..<((n + 1) * classes)])
-                    let (x, y) = grid.levelZeroOrigin(cell)
-                    text += "\(x),\(y)," + row.map { "\($0)" }.joined(separator: ",") + ",\(argmax(row[...]))\n"
-                    scores[grid.index(cell)] = Self.score(row)
+                    scores[grid.index(cell)] = Self.score(logits[(n * classes)..<((n + 1) * classes)])
                 }
-                try output.write(text)
                 processed += batch.count
             }
             for failure in batch.failures {
@@ -238,8 +240,8 @@ struct InferSlide: ParsableCommand {
     }
 
     /// What the heatmap shows: P(class 1) for two classes, the top class's probability otherwise.
-    static func score(_ logits: [Float]) -> Float {
-        let p = softmax(logits[...])
+    static func score(_ logits: ArraySlice<Float>) -> Float {
+        let p = softmax(logits)
         return Float(logits.count == 2 ? p[1] : p.max() ?? 0)
     }
 
