@@ -83,16 +83,18 @@ for seed in $SEEDS; do
     rk_accs+=("$rk") pt_accs+=("$pt")
 done
 
-"$PYTHON" - "$LIMIT" "$BASELINE" "${rk_accs[*]}" "${pt_accs[*]}" $SEEDS <<'EOF'
-import sys
+BASE_LABEL=$([ "$BASELINE" = resnetkit ] && echo "baseline (resnetkit without RK_OPTIONS)" || echo pytorch)
+"$PYTHON" - "$LIMIT" "$BASE_LABEL" "${rk_accs[*]}" "${pt_accs[*]}" $SEEDS <<'EOF'
+import os, sys
 limit, base = float(sys.argv[1]), sys.argv[2]
+tag = f" ({os.environ['RK_OPTIONS']})" if os.environ.get("RK_OPTIONS") else ""
 rk, pt, seeds = [float(v) for v in sys.argv[3].split()], [float(v) for v in sys.argv[4].split()], sys.argv[5:]
 for s, r, p in zip(seeds, rk, pt):
-    print(f"seed {s}: resnetkit val_acc {r:.4f}  {base} val_acc {p:.4f}  difference {100 * (r - p):+.2f} points")
+    print(f"seed {s}: resnetkit{tag} val_acc {r:.4f}  {base} val_acc {p:.4f}  difference {100 * (r - p):+.2f} points")
 mr, mp = sum(rk) / len(rk), sum(pt) / len(pt)
 d = 100 * (mr - mp)
 label = "mean over seeds " + " ".join(seeds) + ": " if len(rk) > 1 else ""
-print(f"{label}resnetkit val_acc {mr:.4f}  {base} val_acc {mp:.4f}  difference {d:+.2f} points "
+print(f"{label}resnetkit{tag} val_acc {mr:.4f}  {base} val_acc {mp:.4f}  difference {d:+.2f} points "
       f"({'within' if abs(d) <= limit else 'NOT within'} {limit:g})")
 sys.exit(0 if abs(d) <= limit else 1)
 EOF
