@@ -99,16 +99,16 @@ public final class DNNLPlan: InferenceEngine {
         return n
     }
 
-    public func run(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, logits: UnsafeMutablePointer<Float>) {
-        try! runChecked(images: images, count: count, height: height, width: width, output: logits, head: true)
+    public func run(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, logits: UnsafeMutablePointer<Float>) throws {
+        try runChecked(images: images, count: count, height: height, width: width, output: logits, head: true)
     }
 
-    public func features(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, features: UnsafeMutablePointer<Float>) {
-        try! runChecked(images: images, count: count, height: height, width: width, output: features, head: false)
+    public func features(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, features: UnsafeMutablePointer<Float>) throws {
+        try runChecked(images: images, count: count, height: height, width: width, output: features, head: false)
     }
 
-    /// Builds the primitives for a shape ahead of `run`, so that errors (a CPU or shape oneDNN cannot serve)
-    /// surface as errors rather than traps; `run` after a successful `prepare` of the same shape does not fail.
+    /// Builds the primitives for a shape ahead of `run` (which would build them on first use), so that a
+    /// benchmark's timed loop does not include building them.
     public func prepare(batch: Int, height: Int, width: Int) throws {
         for (lane, range) in lanes(batch).enumerated() {
             _ = try network(Shape(batch: range.count, height: height, width: width, lane: lane))
@@ -188,11 +188,10 @@ public final class DNNLPlan: InferenceEngine {
     /// Convenience for tests: NHWC images in, logits out.
     public func run(images: [Float], count: Int, height: Int, width: Int) throws -> [Float] {
         precondition(images.count == count * height * width * 3, "image data does not match \(count)x\(height)x\(width)x3")
-        try prepare(batch: count, height: height, width: width)
         var logits = [Float](repeating: 0, count: count * numClasses)
-        images.withUnsafeBufferPointer { img in
-            logits.withUnsafeMutableBufferPointer { out in
-                run(images: img.baseAddress!, count: count, height: height, width: width, logits: out.baseAddress!)
+        try images.withUnsafeBufferPointer { img in
+            try logits.withUnsafeMutableBufferPointer { out in
+                try run(images: img.baseAddress!, count: count, height: height, width: width, logits: out.baseAddress!)
             }
         }
         return logits

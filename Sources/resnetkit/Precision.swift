@@ -38,20 +38,17 @@ enum EngineChoice {
 }
 
 extension InferenceEngine {
-    /// `run`, with oneDNN's primitives for a new batch shape built first so that failures are errors, not traps.
+    /// `run` for the commands: oneDNN's failures as one-line usage errors, and with `RESNETKIT_LOG=debug` the
+    /// implementations it chose, listed the first time.
     func checkedRun(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, logits: UnsafeMutablePointer<Float>) throws {
-        if let dnnl = self as? DNNLPlan {
-            do {
-                let first = !dnnl.hasPrepared
-                try dnnl.prepare(batch: count, height: height, width: width)
-                if first && Console.debugEnabled {
-                    for line in try dnnl.implementations(batch: count, height: height, width: width) { Console.debug("oneDNN \(line)") }
-                }
-            } catch let error as DNNLError {
-                throw UsageError(error.description)
+        do {
+            if let dnnl = self as? DNNLPlan, !dnnl.hasPrepared, Console.debugEnabled {
+                for line in try dnnl.implementations(batch: count, height: height, width: width) { Console.debug("oneDNN \(line)") }
             }
+            try run(images: images, count: count, height: height, width: width, logits: logits)
+        } catch let error as DNNLError {
+            throw UsageError(error.description)
         }
-        run(images: images, count: count, height: height, width: width, logits: logits)
     }
 }
 

@@ -37,10 +37,10 @@ func benchmarkPrecisions(_ options: Options) throws {
                 return engine
             }
             var logits = [Float](repeating: 0, count: batch * checkpoint.config.numClasses)
-            func once(_ engine: any InferenceEngine) {
-                images.withUnsafeBufferPointer { img in
-                    logits.withUnsafeMutableBufferPointer { out in
-                        engine.run(images: img.baseAddress!, count: batch, height: side, width: side, logits: out.baseAddress!)
+            func once(_ engine: any InferenceEngine) throws {
+                try images.withUnsafeBufferPointer { img in
+                    try logits.withUnsafeMutableBufferPointer { out in
+                        try engine.run(images: img.baseAddress!, count: batch, height: side, width: side, logits: out.baseAddress!)
                     }
                 }
             }
@@ -51,7 +51,7 @@ func benchmarkPrecisions(_ options: Options) throws {
                     let start = now(), cpuStart = cpuSeconds()
                     // About half a second per engine and round.
                     var n = 0
-                    repeat { once(engine); n += 1 } while now() - start < 0.5 && round > 0
+                    repeat { try once(engine); n += 1 } while now() - start < 0.5 && round > 0
                     if round > 0 {  // round 0 warms up
                         wall[index] += now() - start
                         cpu[index] += cpuSeconds() - cpuStart

@@ -196,8 +196,9 @@ public final class TrainableResNet {
         lastGeometry = input
         let features = architecture.config.featureWidth
         let f = pooled.reserve(count * features)
-        if training, let plan = fusedFrozenBackbone() {
-            plan.features(images: images, count: count, height: height, width: width, features: f)
+        // A backend that cannot serve this batch's shape leaves the work to the layers, which compute the same.
+        if training, let plan = fusedFrozenBackbone(),
+           (try? plan.features(images: images, count: count, height: height, width: width, features: f)) != nil {
         } else {
             var (x, g) = stemConv.forward(images, input)
             let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))
