@@ -38,9 +38,12 @@ public enum BF16Training {
 ///
 /// What is derived from the weight is made once for all lanes, each lane converting its share of the output
 /// channels: the bf16 copy in forward's layout when the weight has changed (after an optimizer step, not at every
-/// forward), and from it the copy in backward-data's layout at the first backward after that. Each lane's weight
-/// gradient (its images) stays in backward-weights' layout; the lanes' gradients are summed while they are
-/// reordered into the caller's OHWI gradient, once.
+/// forward), and from it the copy in backward-data's layout at the first backward after that. Backward-weights is
+/// split by output channels, each lane computing its channels' gradient over the whole batch (from one bf16 input
+/// the lanes' forwards wrote, and those channels of dy) and reordering it into the caller's OHWI gradient: no
+/// lane writes a whole gradient and nothing is summed. Where the channels or layouts do not allow that, it is
+/// split by images, each lane's gradient kept in backward-weights' layout and the lanes' summed while they are
+/// reordered into the caller's gradient.
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
     private var plans: [Int: Plan] = [:]
@@ -162,8 +165,13 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let toForwardWeight: SplitReorder, toDataWeight: SplitReorder?
         private var forwardGeneration = -1, dataGeneration = -1
         private var generation = 0
-        /// The lanes' weight gradients into the caller's: lane 0's copied, the others' added.
+        /// The lanes' weight gradients into the caller's: lane 0's copied, the others' added (when backward-weights
+        /// is split by images).
         let gradientReduction: [SplitReorder]
+        /// Backward-weights split by output channels instead, over the whole batch, when it can be: each lane
+        /// writes its channels' gradient and nothing is summed. The lanes' forward then converts their images
+        /// into one bf16 input for the whole batch, which these read.
+        let gradientParts: [WeightGradientPart]?
         let scratchpads: [Memory]
 
         init(_ s: ConvShape, _ g: Geometry) throws {
@@ -197,20 +205,30 @@ final class BF16TrainingConvolution: TrainingConvolution {
                                                 sourceBuffer: forwardWeight.data, targetBuffer: dataWeight.data,
                                                 attributes: attributes)
             }
-            let sum = try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true)
-            let userGradient = try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi)
-            let gradients = lanes.map(\.dw)
-            func reductions(_ parts: Int) throws -> [SplitReorder] {
-                try gradients.enumerated().map { index, dw in
-                    try SplitReorder(from: dw.desc, to: userGradient, weightDims: weightDims, lanes: parts,
-                                     sourceBuffer: dw.data, targetBuffer: nil, attributes: index == 0 ? attributes : sum)
+            gradientParts = try? WeightGradientPart.split(s, g, lanes: lanes, ranges: ranges)
+            if gradientParts == nil {
+                let sum = try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true)
+                let userGradient = try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi)
+                let gradients = try lanes.map { lane in
+                    let dw = try Memory(lane.backwardWeights.md(dnnl_query_diff_weights_md))
+                    lane.dw = dw
+                    return dw
                 }
+                func reductions(_ parts: Int) throws -> [SplitReorder] {
+                    try gradients.enumerated().map { index, dw in
+                        try SplitReorder(from: dw.desc, to: userGradient, weightDims: weightDims, lanes: parts,
+                                         sourceBuffer: dw.data, targetBuffer: nil, attributes: index == 0 ? attributes : sum)
+                    }
+                }
+                // Each lane adds into its own channels only if every lane's gradient splits alike.
+                let split = try reductions(laneCount)
+                gradientReduction = Set(split.map(\.parts.count)).count == 1 ? split : try reductions(1)
+            } else {
+                gradientReduction = []
             }
-            // Each lane adds into its own channels only if every lane's gradient splits alike.
-            let split = try reductions(laneCount)
-            gradientReduction = Set(split.map(\.parts.count)).count == 1 ? split : try reductions(1)
             let shared = ([toForwardWeight, toDataWeight].compactMap { $0 } + gradientReduction).map(\.scratchpadSize).max() ?? 0
-            scratchpads = try lanes.map { try Memory(try memoryDesc([max(1, $0.scratchpadSize, shared)], dnnl_u8, dnnl_x)) }
+            let parts = gradientParts?.map(\.scratchpadSize).max() ?? 0
+            scratchpads = try lanes.map { try Memory(try memoryDesc([max(1, $0.scratchpadSize, shared, parts)], dnnl_u8, dnnl_x)) }
         }
 
         /// Runs `body(lane)` on every lane, each on one OpenMP thread.
@@ -247,10 +265,13 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
             onLanes { lane in
                 let first = ranges[lane].lowerBound
-                try lanes[lane].backward(dy + first * outFloats, dataWeight, weightGradient: dw != nil,
+                try lanes[lane].backward(dy + first * outFloats, dataWeight, weightGradient: dw != nil && gradientParts == nil,
                                          dx.map { $0 + first * inFloats }, scratchpads[lane])
+                if let dw, let gradientParts {
+                    try gradientParts[lane].run(dy, dw, lanes[lane].stream, scratchpads[lane])
+                }
             }
-            if let dw {
+            if let dw, gradientParts == nil {
                 gradientReduction.forEach { $0.setTarget(UnsafeMutableRawPointer(dw)) }
                 // Lane 0's gradient first (copied), then the others (added), each lane its share of the channels.
                 onLanes { lane in
@@ -261,7 +282,103 @@ final class BF16TrainingConvolution: TrainingConvolution {
         }
     }
 
-    /// One lane's primitives, its images' bf16 activations and its weight gradient in backward-weights' layout.
+    /// One lane's share of backward-weights split by output channels: dW[first..<end] from the whole batch's
+    /// bf16 input and those channels of dy (converted to bf16 here), reordered into the caller's OHWI gradient.
+    final class WeightGradientPart {
+        let primitive: Primitive
+        let x: Memory
+        let userDY: Memory, dy: Memory, dyReorder: Primitive
+        let dw: Memory, userDW: Memory, dwReorder: Primitive
+        let scratchpadSize: Int
+
+        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, input: Memory?) throws {
+            let attributes = try Attributes(userScratchpad: true)
+            let out = g.output(of: s)
+            let srcDims = [g.batch, s.inChannels, g.height, g.width]
+            let dstDims = [g.batch, channels.count, out.height, out.width]
+            let weightDims = [channels.count, s.inChannels, s.kernel, s.kernel]
+            let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
+            let (padBefore, padAfter) = Network.padding(s, (g.height, g.width))
+            let what = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)'s channels \(channels)"
+            var src = try input?.desc ?? memoryDesc(srcDims, dnnl_bf16, dnnl_format_tag_any)
+            var weightsAny = try memoryDesc(weightDims, dnnl_bf16, dnnl_format_tag_any)
+            var dstAny = try memoryDesc(dstDims, dnnl_bf16, dnnl_format_tag_any)
+            var dstF32 = try memoryDesc(dstDims, dnnl_f32, dnnl_format_tag_any)
+            var diffWeightsF32 = try memoryDesc(weightDims, dnnl_f32, dnnl_format_tag_any)
+            // Backward-weights needs its forward primitive as a hint; this one only describes.
+            var fd = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &src, &weightsAny,
+                                                         nil, &dstF32, strides, padBefore, padAfter), "describing \(what)")
+            let hint = try Primitive(&fd, attributes: attributes, what: "the bf16 \(what) convolution")
+            var wd = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &src, &diffWeightsF32, nil, &dstAny,
+                                                                  strides, padBefore, padAfter), "describing \(what)'s backward weights")
+            primitive = try Primitive(&wd, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-weights convolution")
+            x = try input.map { try Memory($0.desc, buffer: $0.data) } ?? Memory(primitive.md(dnnl_query_src_md))
+
+            let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
+            func slice(_ parent: dnnl_memory_desc_t, _ dims: [Int], _ offsets: [Int]) throws -> dnnl_memory_desc_t {
+                var p = parent, sub = dnnl_memory_desc_t()
+                try check(dnnl_memory_desc_init_submemory(&sub, &p, dims.map { dnnl_dim_t($0) }, offsets.map { dnnl_dim_t($0) }),
+                          "describing channels \(channels)")
+                return sub
+            }
+            let userDYDesc = try slice(try memoryDesc([g.batch, s.outChannels, out.height, out.width], dnnl_f32, dnnl_nhwc),
+                                       dstDims, [0, channels.lowerBound, 0, 0])
+            userDY = try Memory(userDYDesc, buffer: dangling)
+            dy = try Memory(primitive.md(dnnl_query_diff_dst_md))
+            dyReorder = try Primitive(reorderFrom: userDYDesc, to: dy.desc, attributes: attributes)
+            let userDWDesc = try slice(try memoryDesc([s.outChannels, s.inChannels, s.kernel, s.kernel], dnnl_f32, dnnl_ohwi),
+                                       weightDims, [channels.lowerBound, 0, 0, 0])
+            userDW = try Memory(userDWDesc, buffer: dangling)
+            dw = try Memory(primitive.md(dnnl_query_diff_weights_md))
+            dwReorder = try Primitive(reorderFrom: dw.desc, to: userDWDesc, attributes: attributes)
+            scratchpadSize = [primitive, dyReorder, dwReorder].map(\.scratchpadSize).max() ?? 0
+        }
+
+        /// One part per lane, or nil (then backward-weights is split by images) when the channels do not split
+        /// into blocks or the lanes' bf16 inputs cannot be views of one whole-batch input. Points the lanes'
+        /// input conversions at that input.
+        static func split(_ s: ConvShape, _ g: Geometry, lanes: [Lane], ranges: [Range<Int>]) throws -> [WeightGradientPart]? {
+            guard lanes.count > 1 else { return nil }
+            let cuts = (0...lanes.count).map { s.outChannels * $0 / lanes.count }
+            guard cuts.allSatisfy({ $0 % 32 == 0 }) else { return nil }
+            let first = try WeightGradientPart(s, g, channels: cuts[0]..<cuts[1], input: nil)
+            let parts = try [first] + (1..<lanes.count).map {
+                try WeightGradientPart(s, g, channels: cuts[$0]..<cuts[$0 + 1], input: first.x)
+            }
+            // A lane's input is a view of the whole batch's when its layout is the whole batch's with fewer images
+            // and the images are outermost (so a lane's images are one contiguous range).
+            let whole = first.x.desc
+            guard whole.format_kind == dnnl_blocked else { return nil }
+            let innerIndices = withUnsafeBytes(of: whole.format_desc.blocking.inner_idxs) { Array($0.bindMemory(to: dnnl_dim_t.self)) }
+            guard !innerIndices.prefix(Int(whole.format_desc.blocking.inner_nblks)).contains(0) else { return nil }
+            let imageStride = withUnsafeBytes(of: whole.format_desc.blocking.strides) { $0.bindMemory(to: dnnl_dim_t.self)[0] }
+            for (lane, range) in zip(lanes, ranges) {
+                var view = whole
+                withUnsafeMutableBytes(of: &view.dims) { $0.bindMemory(to: dnnl_dim_t.self)[0] = dnnl_dim_t(range.count) }
+                withUnsafeMutableBytes(of: &view.padded_dims) { $0.bindMemory(to: dnnl_dim_t.self)[0] = dnnl_dim_t(range.count) }
+                var laneInput = lane.x.target.desc
+                guard dnnl_memory_desc_equal(&view, &laneInput) != 0, lane.x.reorder != nil else { return nil }
+            }
+            for (lane, range) in zip(lanes, ranges) {
+                lane.x.target.setData(first.x.data + range.lowerBound * Int(imageStride) * 2)
+            }
+            return parts
+        }
+
+        func run(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>, _ stream: Stream, _ scratchpad: Memory) throws {
+            userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
+            userDW.setData(UnsafeMutableRawPointer(dwp))
+            try dyReorder.execute([(DNNL_ARG_FROM, userDY), (DNNL_ARG_TO, dy), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try primitive.execute([(DNNL_ARG_SRC, x), (DNNL_ARG_DIFF_DST, dy), (DNNL_ARG_DIFF_WEIGHTS, dw),
+                                   (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try dwReorder.execute([(DNNL_ARG_FROM, dw), (DNNL_ARG_TO, userDW), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try stream.wait()
+        }
+    }
+
+    /// One lane's primitives and its images' bf16 activations.
     final class Lane {
         let stream: Stream
         let forwardConv: Primitive, backwardData: Primitive, backwardWeights: Primitive
@@ -271,8 +388,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let x: Conversion, xForWeights: Conversion
         let dy: Conversion, dyForWeights: Conversion
         let y: Memory, yBack: Primitive?, dx: Memory, dxBack: Primitive?
-        /// This lane's weight gradient, fp32 in backward-weights' layout.
-        let dw: Memory
+        /// This lane's weight gradient, fp32 in backward-weights' layout (when backward-weights is split by images).
+        var dw: Memory?
         let scratchpadSize: Int
 
         init(_ s: ConvShape, _ g: Geometry) throws {
@@ -325,7 +442,6 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
             (y, yBack) = try result(forwardConv.md(dnnl_query_dst_md), userY)
             (dx, dxBack) = try result(backwardData.md(dnnl_query_diff_src_md), userDX)
-            dw = try Memory(backwardWeights.md(dnnl_query_diff_weights_md))
             let primitives = [forwardConv, backwardData, backwardWeights, yBack, dxBack,
                               x.reorder, xForWeights.reorder, dy.reorder, dyForWeights.reorder]
             scratchpadSize = primitives.compactMap { $0?.scratchpadSize }.max() ?? 0
@@ -351,7 +467,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
                                           (DNNL_ARG_DIFF_SRC, dx), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
                 try dxBack?.execute([(DNNL_ARG_FROM, dx), (DNNL_ARG_TO, userDX), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             }
-            if weightGradient {
+            if weightGradient, let dw {
                 try xForWeights.run(stream, scratchpad)
                 try dyForWeights.run(stream, scratchpad)
                 try backwardWeights.execute([(DNNL_ARG_SRC, xForWeights.target), (DNNL_ARG_DIFF_DST, dyForWeights.target),
