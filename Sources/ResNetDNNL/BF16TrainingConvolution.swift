@@ -336,11 +336,14 @@ final class BF16TrainingConvolution: TrainingConvolution {
             scratchpadSize = [primitive, dyReorder, dwReorder].map(\.scratchpadSize).max() ?? 0
         }
 
-        /// One part per lane, or nil (then backward-weights is split by images) when the channels do not split
-        /// into blocks or the lanes' bf16 inputs cannot be views of one whole-batch input. Points the lanes'
-        /// input conversions at that input.
+        /// One part per lane, or nil (then backward-weights is split by images) for a layer whose outputs outweigh
+        /// its weights, or when the channels do not split into blocks or the lanes' bf16 inputs cannot be views of
+        /// one whole-batch input. Points the lanes' input conversions at that input.
         static func split(_ s: ConvShape, _ g: Geometry, lanes: [Lane], ranges: [Range<Int>]) throws -> [WeightGradientPart]? {
-            guard lanes.count > 1 else { return nil }
+            // Split by channels, each lane converts all images' dy for its channels once more (dy's size); split by
+            // images, each lane writes a whole gradient and the lanes' are summed (the weight's size, several
+            // times). The layers whose weights outweigh their outputs (the deep ones) split by channels.
+            guard lanes.count > 1, s.patchSize > g.output(of: s).pixels else { return nil }
             let cuts = (0...lanes.count).map { s.outChannels * $0 / lanes.count }
             guard cuts.allSatisfy({ $0 % 32 == 0 }) else { return nil }
             let first = try WeightGradientPart(s, g, channels: cuts[0]..<cuts[1], input: nil)
