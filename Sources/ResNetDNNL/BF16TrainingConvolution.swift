@@ -38,12 +38,12 @@ public enum BF16Training {
 ///
 /// What is derived from the weight is made once for all lanes, each lane converting its share of the output
 /// channels: the bf16 copy in forward's layout when the weight has changed (after an optimizer step, not at every
-/// forward), and from it the copy in backward-data's layout at the first backward after that. Backward-weights is
-/// split by output channels, each lane computing its channels' gradient over the whole batch (from one bf16 input
-/// the lanes' forwards wrote, and those channels of dy) and reordering it into the caller's OHWI gradient: no
-/// lane writes a whole gradient and nothing is summed. Where the channels or layouts do not allow that, it is
-/// split by images, each lane's gradient kept in backward-weights' layout and the lanes' summed while they are
-/// reordered into the caller's gradient.
+/// forward), and from it the copy in backward-data's layout at the first backward after that. In the deep layers
+/// (weight larger than the output) backward-weights is split by output channels, each lane computing its
+/// channels' gradient over the whole batch (from one bf16 input the lanes' forwards wrote, and those channels of
+/// dy) and reordering it into the caller's OHWI gradient: no lane writes a whole gradient and nothing is summed.
+/// Elsewhere, or where the channels or layouts do not allow that, it is split by images, each lane's gradient
+/// kept in backward-weights' layout and the lanes' summed while they are reordered into the caller's gradient.
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
     private var plans: [Int: Plan] = [:]
