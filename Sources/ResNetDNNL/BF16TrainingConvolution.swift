@@ -32,67 +32,49 @@ public enum BF16Training {
 /// built per input geometry. fp32 NHWC activations and patch-major (OHWI) weights are reordered into bf16 in the
 /// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts.
 ///
-/// The batch is split across `Parallelism.threads` lanes, each with its own primitives and stream on one OpenMP
-/// thread (as `DNNLPlan` does): OpenMP's barriers between the cores stall when the trainer's other threads share
-/// them. Each lane's weight gradient covers its images; the lanes' gradients are summed.
+/// The batch is split across the training lanes (`TrainingLanes`, the threads the rest of the step runs on),
+/// each lane with its own primitives and stream on one OpenMP thread (as `DNNLPlan` does): OpenMP's barriers
+/// between the cores stall when the trainer's other threads share them.
+///
+/// What is derived from the weight is made once for all lanes, each lane converting its share of the output
+/// channels: the bf16 copy in forward's layout when the weight has changed (after an optimizer step, not at every
+/// forward), and from it the copy in backward-data's layout at the first backward after that. In the deep layers
+/// (weight larger than the output) backward-weights is split by output channels, each lane computing its
+/// channels' gradient over the whole batch (from one bf16 input the lanes' forwards wrote, and those channels of
+/// dy) and reordering it into the caller's OHWI gradient: no lane writes a whole gradient and nothing is summed.
+/// Elsewhere, or where the channels or layouts do not allow that, it is split by images, each lane's gradient
+/// kept in backward-weights' layout and the lanes' summed while they are reordered into the caller's gradient.
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
-    private var plans: [Int: [Plan]] = [:]
-    private var current: (plans: [Plan], ranges: [Range<Int>], g: Geometry)?
-    private let laneThreads = LaneThreads()
-    private var partialGradients: [Float] = []
+    private var plans: [Int: Plan] = [:]
+    private var current: Plan?
+    /// Counts weight changes (a `forward` whose weight is not unchanged); each plan's copies record the count
+    /// they were converted at.
+    private var weightGeneration = 0
+    private var weightSource: UnsafePointer<Float>?
 
     init(_ shape: ConvShape) { self.shape = shape }
-
-    private func lanes(_ count: Int) -> [Range<Int>] {
-        let laneCount = max(1, min(Parallelism.threads, count))
-        return (0..<laneCount).map { count * $0 / laneCount ..< count * ($0 + 1) / laneCount }
-    }
 
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
                  _ y: UnsafeMutablePointer<Float>) {
         let key = (g.batch << 40) | (g.height << 20) | g.width
-        let ranges = lanes(g.batch)
         if plans[key] == nil {
             if plans.count >= 4 { plans.removeAll() }
             // Shapes come from the trainer, the CPU was checked when the factory ran: a failure here is a defect.
-            plans[key] = ranges.map { try! Plan(shape, Geometry(batch: $0.count, height: g.height, width: g.width)) }
+            plans[key] = try! Plan(shape, g)
         }
-        let lanePlans = plans[key]!
-        current = (lanePlans, ranges, g)
-        let inFloats = g.height * g.width * shape.inChannels
-        let out = g.output(of: shape), outFloats = out.height * out.width * shape.outChannels
-        laneThreads.run(ranges.count) { lane in
-            DNNLRuntime.setThreads(1)
-            let first = ranges[lane].lowerBound
-            try! lanePlans[lane].forward(x + first * inFloats, weight, reuseWeight: weightUnchanged, y + first * outFloats)
+        let plan = plans[key]!
+        current = plan
+        if !weightUnchanged || weight != weightSource {
+            weightGeneration += 1
+            weightSource = weight
         }
+        plan.forward(x, weight, generation: weightGeneration, y)
     }
 
     func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?, inputGradient: UnsafeMutablePointer<Float>?) {
-        guard let (lanePlans, ranges, g) = current else { preconditionFailure("backward before forward") }
-        let inFloats = g.height * g.width * shape.inChannels
-        let out = g.output(of: shape), outFloats = out.height * out.width * shape.outChannels
-        let weightCount = shape.outChannels * shape.patchSize
-        // Lane 0 writes the caller's gradient, the others their own slots, added afterwards.
-        if weightGradient != nil && partialGradients.count < (ranges.count - 1) * weightCount {
-            partialGradients = [Float](repeating: 0, count: (ranges.count - 1) * weightCount)
-        }
-        partialGradients.withUnsafeMutableBufferPointer { partial in
-            let partial = partial
-            laneThreads.run(ranges.count) { lane in
-                DNNLRuntime.setThreads(1)
-                let first = ranges[lane].lowerBound
-                let dw = weightGradient.map { lane == 0 ? $0 : partial.baseAddress! + (lane - 1) * weightCount }
-                try! lanePlans[lane].backward(dy + first * outFloats, dw, inputGradient.map { $0 + first * inFloats })
-            }
-            if let weightGradient {
-                for lane in 1..<max(1, ranges.count) {
-                    let p = partial.baseAddress! + (lane - 1) * weightCount
-                    for i in 0..<weightCount { weightGradient[i] += p[i] }
-                }
-            }
-        }
+        guard let plan = current else { preconditionFailure("backward before forward") }
+        plan.backward(dy, weightGradient, inputGradient)
     }
 
     /// A conversion into `target` from `source`, or nothing when the layouts and types already agree.
@@ -117,18 +99,301 @@ final class BF16TrainingConvolution: TrainingConvolution {
         }
     }
 
+    /// A weight-shaped reorder split by output channels into one part per lane, each a reorder between the
+    /// parts' sub-memories: source and target as views of whole buffers (the source's set per call). Offsets
+    /// into a blocked layout have to fall on its blocks; when they cannot, lane 0 does it all in one part.
+    struct SplitReorder {
+        struct Part {
+            let reorder: Primitive
+            let from: Memory, to: Memory
+        }
+        let parts: [Part]
+
+        /// `sourceBuffer`/`targetBuffer`: nil for a buffer whose handle is set per call by `setSource`/`setTarget`.
+        init(from source: dnnl_memory_desc_t, to target: dnnl_memory_desc_t, weightDims: [Int], lanes: Int,
+             sourceBuffer: UnsafeMutableRawPointer?, targetBuffer: UnsafeMutableRawPointer?, attributes: Attributes) throws {
+            let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
+            func parts(_ count: Int) throws -> [Part] {
+                let outChannels = weightDims[0]
+                // Cuts on multiples of 32 output channels (every blocked weight layout oneDNN picks here blocks
+                // them by 16 or 32).
+                let cuts = (0...count).map { outChannels * $0 / count / 32 * 32 }.map { min($0, outChannels) }
+                var result: [Part] = []
+                for p in 0..<count {
+                    let first = p == 0 ? 0 : cuts[p], end = p == count - 1 ? outChannels : cuts[p + 1]
+                    guard end > first else { throw DNNLError("empty part") }
+                    let dims = ([end - first] + weightDims.dropFirst()).map { dnnl_dim_t($0) }
+                    let offsets = ([first] + weightDims.dropFirst().map { _ in 0 }).map { dnnl_dim_t($0) }
+                    var fromParent = source, toParent = target
+                    var from = dnnl_memory_desc_t(), to = dnnl_memory_desc_t()
+                    try check(dnnl_memory_desc_init_submemory(&from, &fromParent, dims, offsets), "a weight part")
+                    try check(dnnl_memory_desc_init_submemory(&to, &toParent, dims, offsets), "a weight part")
+                    result.append(Part(reorder: try Primitive(reorderFrom: from, to: to, attributes: attributes),
+                                       from: try Memory(from, buffer: sourceBuffer ?? dangling),
+                                       to: try Memory(to, buffer: targetBuffer ?? dangling)))
+                }
+                return result
+            }
+            if lanes > 1, let split = try? parts(lanes) {
+                self.parts = split
+            } else {
+                self.parts = try parts(1)
+            }
+        }
+
+        func setSource(_ pointer: UnsafeRawPointer) { parts.forEach { $0.from.setData(UnsafeMutableRawPointer(mutating: pointer)) } }
+        func setTarget(_ pointer: UnsafeMutableRawPointer) { parts.forEach { $0.to.setData(pointer) } }
+
+        /// Lane `lane`'s part, if it has one.
+        func run(lane: Int, _ stream: Stream, _ scratchpad: Memory) throws {
+            guard lane < parts.count else { return }
+            let p = parts[lane]
+            try p.reorder.execute([(DNNL_ARG_FROM, p.from), (DNNL_ARG_TO, p.to), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+        }
+
+        var scratchpadSize: Int { parts.map(\.reorder.scratchpadSize).max() ?? 0 }
+    }
+
+    /// The lanes of one input geometry and the weight copies and gradients they share.
     final class Plan {
+        let lanes: [Lane]
+        let ranges: [Range<Int>]
+        let inFloats: Int, outFloats: Int
+        /// The bf16 weight in forward's and in backward-data's layout, converted by all lanes, and the weight
+        /// generation each holds.
+        let forwardWeight: Memory, dataWeight: Memory
+        let toForwardWeight: SplitReorder, toDataWeight: SplitReorder?
+        private var forwardGeneration = -1, dataGeneration = -1
+        private var generation = 0
+        /// The lanes' weight gradients into the caller's: lane 0's copied, the others' added (when backward-weights
+        /// is split by images).
+        let gradientReduction: [SplitReorder]
+        /// Backward-weights split by output channels instead, over the whole batch, when it can be: each lane
+        /// writes its channels' gradient and nothing is summed. The lanes' forward then converts their images
+        /// into one bf16 input for the whole batch, which these read.
+        let gradientParts: [WeightGradientPart]?
+        let scratchpads: [Memory]
+
+        init(_ s: ConvShape, _ g: Geometry) throws {
+            let laneCount = max(1, min(Parallelism.threads, g.batch))
+            ranges = (0..<laneCount).map { g.batch * $0 / laneCount ..< g.batch * ($0 + 1) / laneCount }
+            lanes = try ranges.map { try Lane(s, Geometry(batch: $0.count, height: g.height, width: g.width)) }
+            inFloats = g.height * g.width * s.inChannels
+            let out = g.output(of: s)
+            outFloats = out.height * out.width * s.outChannels
+            let weightDims = [s.outChannels, s.inChannels, s.kernel, s.kernel]
+            let attributes = try Attributes(userScratchpad: true)
+            let forwardDesc = lanes[0].forwardConv.md(dnnl_query_weights_md), dataDesc = lanes[0].backwardData.md(dnnl_query_weights_md)
+            for lane in lanes {
+                var a = lane.forwardConv.md(dnnl_query_weights_md), b = forwardDesc
+                var c = lane.backwardData.md(dnnl_query_weights_md), d = dataDesc
+                guard dnnl_memory_desc_equal(&a, &b) != 0, dnnl_memory_desc_equal(&c, &d) != 0 else {
+                    throw DNNLError("the lanes' bf16 convolutions chose different weight layouts")
+                }
+            }
+            forwardWeight = try Memory(forwardDesc)
+            toForwardWeight = try SplitReorder(from: try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), to: forwardDesc,
+                                               weightDims: weightDims, lanes: laneCount, sourceBuffer: nil,
+                                               targetBuffer: forwardWeight.data, attributes: attributes)
+            var a = forwardDesc, b = dataDesc
+            if dnnl_memory_desc_equal(&a, &b) != 0 {
+                dataWeight = forwardWeight
+                toDataWeight = nil
+            } else {
+                dataWeight = try Memory(dataDesc)
+                toDataWeight = try SplitReorder(from: forwardDesc, to: dataDesc, weightDims: weightDims, lanes: laneCount,
+                                                sourceBuffer: forwardWeight.data, targetBuffer: dataWeight.data,
+                                                attributes: attributes)
+            }
+            gradientParts = try? WeightGradientPart.split(s, g, lanes: lanes, ranges: ranges)
+            if gradientParts == nil {
+                let sum = try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true)
+                let userGradient = try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi)
+                let gradients = try lanes.map { lane in
+                    let dw = try Memory(lane.backwardWeights.md(dnnl_query_diff_weights_md))
+                    lane.dw = dw
+                    return dw
+                }
+                func reductions(_ parts: Int) throws -> [SplitReorder] {
+                    try gradients.enumerated().map { index, dw in
+                        try SplitReorder(from: dw.desc, to: userGradient, weightDims: weightDims, lanes: parts,
+                                         sourceBuffer: dw.data, targetBuffer: nil, attributes: index == 0 ? attributes : sum)
+                    }
+                }
+                // Each lane adds into its own channels only if every lane's gradient splits alike.
+                let split = try reductions(laneCount)
+                gradientReduction = Set(split.map(\.parts.count)).count == 1 ? split : try reductions(1)
+            } else {
+                gradientReduction = []
+            }
+            let shared = ([toForwardWeight, toDataWeight].compactMap { $0 } + gradientReduction).map(\.scratchpadSize).max() ?? 0
+            let parts = gradientParts?.map(\.scratchpadSize).max() ?? 0
+            scratchpads = try lanes.map { try Memory(try memoryDesc([max(1, $0.scratchpadSize, shared, parts)], dnnl_u8, dnnl_x)) }
+        }
+
+        /// Runs `body(lane)` on every lane, each on one OpenMP thread.
+        private func onLanes(_ body: (Int) throws -> Void) {
+            TrainingLanes.run(lanes.count) { lane in
+                DNNLRuntime.setThreads(1)
+                try! body(lane)
+            }
+        }
+
+        func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>) {
+            self.generation = generation
+            if forwardGeneration != generation {
+                toForwardWeight.setSource(weight)
+                onLanes { lane in
+                    try toForwardWeight.run(lane: lane, lanes[lane].stream, scratchpads[lane])
+                    try lanes[lane].stream.wait()
+                }
+                forwardGeneration = generation
+            }
+            onLanes { lane in
+                let first = ranges[lane].lowerBound
+                try lanes[lane].forward(x + first * inFloats, forwardWeight, y + first * outFloats, scratchpads[lane])
+            }
+        }
+
+        func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?) {
+            if dx != nil, let toDataWeight, dataGeneration != generation {
+                onLanes { lane in
+                    try toDataWeight.run(lane: lane, lanes[lane].stream, scratchpads[lane])
+                    try lanes[lane].stream.wait()
+                }
+                dataGeneration = generation
+            }
+            onLanes { lane in
+                let first = ranges[lane].lowerBound
+                try lanes[lane].backward(dy + first * outFloats, dataWeight, weightGradient: dw != nil && gradientParts == nil,
+                                         dx.map { $0 + first * inFloats }, scratchpads[lane])
+                if let dw, let gradientParts {
+                    try gradientParts[lane].run(dy, dw, lanes[lane].stream, scratchpads[lane])
+                }
+            }
+            if let dw, gradientParts == nil {
+                gradientReduction.forEach { $0.setTarget(UnsafeMutableRawPointer(dw)) }
+                // Lane 0's gradient first (copied), then the others (added), each lane its share of the channels.
+                onLanes { lane in
+                    for reduction in gradientReduction { try reduction.run(lane: lane, lanes[lane].stream, scratchpads[lane]) }
+                    try lanes[lane].stream.wait()
+                }
+            }
+        }
+    }
+
+    /// One lane's share of backward-weights split by output channels: dW[first..<end] from the whole batch's
+    /// bf16 input and those channels of dy (converted to bf16 here), reordered into the caller's OHWI gradient.
+    final class WeightGradientPart {
+        let primitive: Primitive
+        let x: Memory
+        let userDY: Memory, dy: Memory, dyReorder: Primitive
+        let dw: Memory, userDW: Memory, dwReorder: Primitive
+        let scratchpadSize: Int
+
+        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, input: Memory?) throws {
+            let attributes = try Attributes(userScratchpad: true)
+            let out = g.output(of: s)
+            let srcDims = [g.batch, s.inChannels, g.height, g.width]
+            let dstDims = [g.batch, channels.count, out.height, out.width]
+            let weightDims = [channels.count, s.inChannels, s.kernel, s.kernel]
+            let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
+            let (padBefore, padAfter) = Network.padding(s, (g.height, g.width))
+            let what = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)'s channels \(channels)"
+            var src = try input?.desc ?? memoryDesc(srcDims, dnnl_bf16, dnnl_format_tag_any)
+            var weightsAny = try memoryDesc(weightDims, dnnl_bf16, dnnl_format_tag_any)
+            var dstAny = try memoryDesc(dstDims, dnnl_bf16, dnnl_format_tag_any)
+            var dstF32 = try memoryDesc(dstDims, dnnl_f32, dnnl_format_tag_any)
+            var diffWeightsF32 = try memoryDesc(weightDims, dnnl_f32, dnnl_format_tag_any)
+            // Backward-weights needs its forward primitive as a hint; this one only describes.
+            var fd = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &src, &weightsAny,
+                                                         nil, &dstF32, strides, padBefore, padAfter), "describing \(what)")
+            let hint = try Primitive(&fd, attributes: attributes, what: "the bf16 \(what) convolution")
+            var wd = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &src, &diffWeightsF32, nil, &dstAny,
+                                                                  strides, padBefore, padAfter), "describing \(what)'s backward weights")
+            primitive = try Primitive(&wd, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-weights convolution")
+            x = try input.map { try Memory($0.desc, buffer: $0.data) } ?? Memory(primitive.md(dnnl_query_src_md))
+
+            let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
+            func slice(_ parent: dnnl_memory_desc_t, _ dims: [Int], _ offsets: [Int]) throws -> dnnl_memory_desc_t {
+                var p = parent, sub = dnnl_memory_desc_t()
+                try check(dnnl_memory_desc_init_submemory(&sub, &p, dims.map { dnnl_dim_t($0) }, offsets.map { dnnl_dim_t($0) }),
+                          "describing channels \(channels)")
+                return sub
+            }
+            let userDYDesc = try slice(try memoryDesc([g.batch, s.outChannels, out.height, out.width], dnnl_f32, dnnl_nhwc),
+                                       dstDims, [0, channels.lowerBound, 0, 0])
+            userDY = try Memory(userDYDesc, buffer: dangling)
+            dy = try Memory(primitive.md(dnnl_query_diff_dst_md))
+            dyReorder = try Primitive(reorderFrom: userDYDesc, to: dy.desc, attributes: attributes)
+            let userDWDesc = try slice(try memoryDesc([s.outChannels, s.inChannels, s.kernel, s.kernel], dnnl_f32, dnnl_ohwi),
+                                       weightDims, [channels.lowerBound, 0, 0, 0])
+            userDW = try Memory(userDWDesc, buffer: dangling)
+            dw = try Memory(primitive.md(dnnl_query_diff_weights_md))
+            dwReorder = try Primitive(reorderFrom: dw.desc, to: userDWDesc, attributes: attributes)
+            scratchpadSize = [primitive, dyReorder, dwReorder].map(\.scratchpadSize).max() ?? 0
+        }
+
+        /// One part per lane, or nil (then backward-weights is split by images) for a layer whose outputs outweigh
+        /// its weights, or when the channels do not split into blocks or the lanes' bf16 inputs cannot be views of
+        /// one whole-batch input. Points the lanes' input conversions at that input.
+        static func split(_ s: ConvShape, _ g: Geometry, lanes: [Lane], ranges: [Range<Int>]) throws -> [WeightGradientPart]? {
+            // Split by channels, each lane converts all images' dy for its channels once more (dy's size); split by
+            // images, each lane writes a whole gradient and the lanes' are summed (the weight's size, several
+            // times). The layers whose weights outweigh their outputs (the deep ones) split by channels.
+            guard lanes.count > 1, s.patchSize > g.output(of: s).pixels else { return nil }
+            let cuts = (0...lanes.count).map { s.outChannels * $0 / lanes.count }
+            guard cuts.allSatisfy({ $0 % 32 == 0 }) else { return nil }
+            let first = try WeightGradientPart(s, g, channels: cuts[0]..<cuts[1], input: nil)
+            let parts = try [first] + (1..<lanes.count).map {
+                try WeightGradientPart(s, g, channels: cuts[$0]..<cuts[$0 + 1], input: first.x)
+            }
+            // A lane's input is a view of the whole batch's when its layout is the whole batch's with fewer images
+            // and the images are outermost (so a lane's images are one contiguous range).
+            let whole = first.x.desc
+            guard whole.format_kind == dnnl_blocked else { return nil }
+            let innerIndices = withUnsafeBytes(of: whole.format_desc.blocking.inner_idxs) { Array($0.bindMemory(to: dnnl_dim_t.self)) }
+            guard !innerIndices.prefix(Int(whole.format_desc.blocking.inner_nblks)).contains(0) else { return nil }
+            let imageStride = withUnsafeBytes(of: whole.format_desc.blocking.strides) { $0.bindMemory(to: dnnl_dim_t.self)[0] }
+            for (lane, range) in zip(lanes, ranges) {
+                var view = whole
+                withUnsafeMutableBytes(of: &view.dims) { $0.bindMemory(to: dnnl_dim_t.self)[0] = dnnl_dim_t(range.count) }
+                withUnsafeMutableBytes(of: &view.padded_dims) { $0.bindMemory(to: dnnl_dim_t.self)[0] = dnnl_dim_t(range.count) }
+                var laneInput = lane.x.target.desc
+                guard dnnl_memory_desc_equal(&view, &laneInput) != 0, lane.x.reorder != nil else { return nil }
+            }
+            for (lane, range) in zip(lanes, ranges) {
+                lane.x.target.setData(first.x.data + range.lowerBound * Int(imageStride) * 2)
+            }
+            return parts
+        }
+
+        func run(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>, _ stream: Stream, _ scratchpad: Memory) throws {
+            userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
+            userDW.setData(UnsafeMutableRawPointer(dwp))
+            try dyReorder.execute([(DNNL_ARG_FROM, userDY), (DNNL_ARG_TO, dy), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try primitive.execute([(DNNL_ARG_SRC, x), (DNNL_ARG_DIFF_DST, dy), (DNNL_ARG_DIFF_WEIGHTS, dw),
+                                   (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try dwReorder.execute([(DNNL_ARG_FROM, dw), (DNNL_ARG_TO, userDW), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try stream.wait()
+        }
+    }
+
+    /// One lane's primitives and its images' bf16 activations.
+    final class Lane {
         let stream: Stream
         let forwardConv: Primitive, backwardData: Primitive, backwardWeights: Primitive
-        // The caller's fp32 buffers (handles set per call): x, weight, y, dy, dx, dW.
-        let userX: Memory, userW: Memory, userY: Memory, userDY: Memory, userDX: Memory, userDW: Memory
+        // The caller's fp32 buffers (handles set per call): x, y, dy, dx.
+        let userX: Memory, userY: Memory, userDY: Memory, userDX: Memory
         // bf16 copies in oneDNN's layouts, and the fp32 results where oneDNN picks another layout.
-        let x: Conversion, w: Conversion, xForWeights: Conversion, wForData: Conversion
+        let x: Conversion, xForWeights: Conversion
         let dy: Conversion, dyForWeights: Conversion
-        let y: Memory, yBack: Primitive?, dx: Memory, dxBack: Primitive?, dw: Memory, dwBack: Primitive?
-        /// Every primitive's scratchpad, this lane's own: the library's is shared by all primitives, and lanes run
-        /// theirs concurrently.
-        let scratchpad: Memory
+        let y: Memory, yBack: Primitive?, dx: Memory, dxBack: Primitive?
+        /// This lane's weight gradient, fp32 in backward-weights' layout (when backward-weights is split by images).
+        var dw: Memory?
+        let scratchpadSize: Int
 
         init(_ s: ConvShape, _ g: Geometry) throws {
             stream = try Stream()
@@ -166,13 +431,9 @@ final class BF16TrainingConvolution: TrainingConvolution {
             userDX = try Memory(try memoryDesc(srcDims, dnnl_f32, dnnl_nhwc), buffer: dangling)
             userY = try Memory(try memoryDesc(dstDims, dnnl_f32, dnnl_nhwc), buffer: dangling)
             userDY = try Memory(try memoryDesc(dstDims, dnnl_f32, dnnl_nhwc), buffer: dangling)
-            userW = try Memory(try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), buffer: dangling)
-            userDW = try Memory(try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), buffer: dangling)
 
             x = try Conversion(from: userX, to: forwardConv.md(dnnl_query_src_md), attributes: attributes)
-            w = try Conversion(from: userW, to: forwardConv.md(dnnl_query_weights_md), attributes: attributes)
             xForWeights = try Conversion(from: x.target, to: backwardWeights.md(dnnl_query_src_md), attributes: attributes)
-            wForData = try Conversion(from: w.target, to: backwardData.md(dnnl_query_weights_md), attributes: attributes)
             dy = try Conversion(from: userDY, to: backwardData.md(dnnl_query_diff_dst_md), attributes: attributes)
             dyForWeights = try Conversion(from: dy.target, to: backwardWeights.md(dnnl_query_diff_dst_md), attributes: attributes)
 
@@ -184,45 +445,36 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
             (y, yBack) = try result(forwardConv.md(dnnl_query_dst_md), userY)
             (dx, dxBack) = try result(backwardData.md(dnnl_query_diff_src_md), userDX)
-            (dw, dwBack) = try result(backwardWeights.md(dnnl_query_diff_weights_md), userDW)
-            let primitives = [forwardConv, backwardData, backwardWeights, yBack, dxBack, dwBack,
-                              x.reorder, w.reorder, xForWeights.reorder, wForData.reorder, dy.reorder, dyForWeights.reorder]
-            let bytes = primitives.compactMap { $0?.scratchpadSize }.max() ?? 0
-            scratchpad = try Memory(try memoryDesc([max(1, bytes)], dnnl_u8, dnnl_x))
+            let primitives = [forwardConv, backwardData, backwardWeights, yBack, dxBack,
+                              x.reorder, xForWeights.reorder, dy.reorder, dyForWeights.reorder]
+            scratchpadSize = primitives.compactMap { $0?.scratchpadSize }.max() ?? 0
         }
 
-        /// Whether `w` holds a conversion of the weight (then `reuseWeight` keeps it).
-        private var hasWeight = false
-
-        func forward(_ xp: UnsafePointer<Float>, _ wp: UnsafePointer<Float>, reuseWeight: Bool, _ yp: UnsafeMutablePointer<Float>) throws {
+        func forward(_ xp: UnsafePointer<Float>, _ weight: Memory, _ yp: UnsafeMutablePointer<Float>, _ scratchpad: Memory) throws {
             userX.setData(UnsafeMutableRawPointer(mutating: xp))
-            userW.setData(UnsafeMutableRawPointer(mutating: wp))
             userY.setData(UnsafeMutableRawPointer(yp))
             try x.run(stream, scratchpad)
-            if !(reuseWeight && hasWeight) { try w.run(stream, scratchpad) }
-            hasWeight = true
-            try forwardConv.execute([(DNNL_ARG_SRC, x.target), (DNNL_ARG_WEIGHTS, w.target), (DNNL_ARG_DST, y), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try forwardConv.execute([(DNNL_ARG_SRC, x.target), (DNNL_ARG_WEIGHTS, weight), (DNNL_ARG_DST, y), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             try yBack?.execute([(DNNL_ARG_FROM, y), (DNNL_ARG_TO, userY), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             try stream.wait()
         }
 
-        func backward(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>?, _ dxp: UnsafeMutablePointer<Float>?) throws {
+        /// dx (when non-nil) into the caller's buffer, the weight gradient (when asked) into `dw`.
+        func backward(_ dyp: UnsafePointer<Float>, _ weight: Memory, weightGradient: Bool, _ dxp: UnsafeMutablePointer<Float>?,
+                      _ scratchpad: Memory) throws {
             userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
             try dy.run(stream, scratchpad)
             if let dxp {
                 userDX.setData(UnsafeMutableRawPointer(dxp))
-                try wForData.run(stream, scratchpad)
-                try backwardData.execute([(DNNL_ARG_DIFF_DST, dy.target), (DNNL_ARG_WEIGHTS, wForData.target),
+                try backwardData.execute([(DNNL_ARG_DIFF_DST, dy.target), (DNNL_ARG_WEIGHTS, weight),
                                           (DNNL_ARG_DIFF_SRC, dx), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
                 try dxBack?.execute([(DNNL_ARG_FROM, dx), (DNNL_ARG_TO, userDX), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             }
-            if let dwp {
-                userDW.setData(UnsafeMutableRawPointer(dwp))
+            if weightGradient, let dw {
                 try xForWeights.run(stream, scratchpad)
                 try dyForWeights.run(stream, scratchpad)
                 try backwardWeights.execute([(DNNL_ARG_SRC, xForWeights.target), (DNNL_ARG_DIFF_DST, dyForWeights.target),
                                              (DNNL_ARG_DIFF_WEIGHTS, dw), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
-                try dwBack?.execute([(DNNL_ARG_FROM, dw), (DNNL_ARG_TO, userDW), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             }
             try stream.wait()
         }

@@ -144,6 +144,27 @@ final class BF16TrainingTests: XCTestCase {
         XCTAssertEqual(after, try frozenModel(state).forward(images: f.images, count: 16, height: 49, width: 49, training: false))
     }
 
+    /// Trainable layers' bf16 weights are converted once per optimizer step: after AdamW moves them, the model
+    /// computes what a fresh model with the stepped values computes (a stale copy would not).
+    func testOptimizerStepReconvertsWeights() throws {
+        try BF16Training.checkCPU()
+        let f = try Self.fixture()
+        let model = try f.model()
+        try model.setConvolutions(BF16Training.convolutions)
+        let optimizer = AdamW(parameters: model.parameters, lr: 1e-2)
+        _ = model.forward(images: f.images, count: 16, height: 49, width: 49, training: true)
+        _ = model.backward(labels: f.labels)
+        let before = model.forward(images: f.images, count: 16, height: 49, width: 49, training: false)
+        XCTAssertEqual(model.forward(images: f.images, count: 16, height: 49, width: 49, training: false), before)
+        optimizer.step()
+        let after = model.forward(images: f.images, count: 16, height: 49, width: 49, training: false)
+        XCTAssertNotEqual(after, before)
+        let config = ModelConfig(numClasses: 2, head: .mlp, hiddenUnits: 256, dropout: 0)
+        let fresh = try TrainableResNet(architecture: Architecture(config), state: model.stateDict())
+        try fresh.setConvolutions(BF16Training.convolutions)
+        XCTAssertEqual(after, fresh.forward(images: f.images, count: 16, height: 49, width: 49, training: false))
+    }
+
     /// Back to fp32 after bf16: the fp32 engine's step 0 again (1e-4, the fp32 test's tolerance).
     func testUnsettingRestoresFP32() throws {
         try BF16Training.checkCPU()

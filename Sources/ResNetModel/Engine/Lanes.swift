@@ -19,8 +19,13 @@ public enum Parallelism {
 
 /// The lanes that training work is split across: persistent threads (`Parallelism.threads` of them, the
 /// calling thread included). Training runs on one thread: not reentrant.
-enum TrainingLanes {
+public enum TrainingLanes {
     nonisolated(unsafe) private static var lanes = LaneThreads()
+
+    /// Runs `body(lane)` for every lane in `0..<count` at once: for training work done outside this module (the
+    /// bf16 convolutions), so that the whole step runs on one set of threads and no other set spins waiting for
+    /// its next job beside it.
+    public static func run(_ count: Int, _ body: (Int) -> Void) { lanes.run(count, body) }
 
     /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
     static func forEachRange(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {

@@ -15,7 +15,7 @@ final class Conv2dLayer {
     let output = FloatBuffer(), inputGradient = FloatBuffer()
     /// When set, computes this layer instead of `convolution` (reduced precision on oneDNN).
     var external: (any TrainingConvolution)? { didSet { externalWeightVersion = nil } }
-    /// The weight's version at the external convolution's last forward, while it was frozen.
+    /// The weight's version at the external convolution's last forward.
     private var externalWeightVersion: Int?
     private var input: UnsafePointer<Float>?
     private var inputGeometry = Geometry(batch: 0, height: 0, width: 0)
@@ -34,9 +34,10 @@ final class Conv2dLayer {
         let out = g.output(of: shape)
         let y = output.reserve(out.pixels * shape.outChannels)
         if let external {
-            // A trainable weight moves at every optimizer step; a frozen one only through `setValues`.
-            let version = weight.requiresGrad ? nil : weight.version
-            external.forward(x, g, weight: weight.value.baseAddress!, weightUnchanged: version != nil && version == externalWeightVersion, y)
+            // The version moves at every optimizer step and `setValues`: what the external convolution derived
+            // from the weight (its bf16 copies) is made once per step, not at every forward.
+            let version = weight.version
+            external.forward(x, g, weight: weight.value.baseAddress!, weightUnchanged: version == externalWeightVersion, y)
             externalWeightVersion = version
             return (y, out)
         }

@@ -96,6 +96,7 @@ public final class AdamW {
         var total = 0
         for (index, p) in parameters.enumerated() where p.requiresGrad {
             steps[index] += 1
+            p.valueChanged()
             let t = Double(steps[index])
             updates.append(Update(value: p.value.baseAddress!, gradient: UnsafePointer(p.gradient.baseAddress!),
                                   moment1: moment1[index].baseAddress!, moment2: moment2[index].baseAddress!,

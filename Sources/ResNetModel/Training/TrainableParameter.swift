@@ -9,7 +9,8 @@ public final class TrainableParameter {
     let gradient: UnsafeMutableBufferPointer<Float>
     /// When false, backward computes no gradient for it and the optimizer leaves it alone.
     public var requiresGrad = true
-    /// Bumped by `setValues`, so caches derived from the value (the fused frozen backbone) know to rebuild.
+    /// Bumped whenever the value changes (`setValues`, an optimizer step), so caches derived from the value (the
+    /// fused frozen backbone, the bf16 convolutions' weight copies) know to rebuild.
     private(set) var version = 0
 
     public var count: Int { value.count }
@@ -42,4 +43,7 @@ public final class TrainableParameter {
         _ = value.update(from: internalLayout(torch))
         version += 1
     }
+
+    /// Records a change made to `value` in place (by the optimizer).
+    func valueChanged() { version += 1 }
 }

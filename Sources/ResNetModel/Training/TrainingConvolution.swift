@@ -5,8 +5,8 @@
 /// Activations NHWC [N·H·W, channels] fp32, weight patch-major [Cout, kh, kw, Cin] fp32 (the master copy).
 public protocol TrainingConvolution: AnyObject {
     /// y [N·Ho·Wo, Cout] = conv(x) for x [N·H·W, Cin]. `x` and `weight` stay valid until `backward`.
-    /// `weightUnchanged`: the weight holds the same values as at the previous call (a frozen layer), so what was
-    /// derived from it may be reused.
+    /// `weightUnchanged`: the weight holds the same values as at the previous call (a frozen layer, or no
+    /// optimizer step since), so what was derived from it may be reused.
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
                  _ y: UnsafeMutablePointer<Float>)
     /// For the last `forward`: dW (overwritten) and dx [N·H·W, Cin], each when non-nil, from dy [N·Ho·Wo, Cout].
