@@ -4,7 +4,7 @@ import ResNetModel
 
 /// The eval-mode network on oneDNN in bf16 or int8: every convolution with its BatchNorm folded, bias, residual
 /// (a sum post-op into the residual's own buffer) and ReLU fused, layouts chosen by oneDNN and kept from layer to
-/// layer, weights reordered (and for int8 quantised per output channel) once per batch shape; the max pool in
+/// layer, weights reordered (and for int8 quantised per output channel) once per layout oneDNN asks for; the max pool in
 /// oneDNN too. Global pooling and the head run in fp32. Accumulation is fp32 (bf16) or int32 (int8).
 ///
 /// Primitives are built per input shape (batch, height, width) and kept, so a run of equal batches builds once.
@@ -23,12 +23,17 @@ public final class DNNLPlan: InferenceEngine {
         /// Folded, torchvision order [out, in, kh, kw].
         var weight: [Float]
         var bias: [Float]
+        /// int8: per output channel, quantisation levels per unit (127 / max |w|); nil for bf16.
+        var weightScales: [Float]?
     }
     let stem: Layer
     let blocks: [(name: String, conv1: Layer, conv2: Layer, downsample: Layer?)]
     let head: [(inputs: Int, outputs: Int, weight: [Float], bias: [Float])]
 
     private var networks: [Shape: Network] = [:]
+    /// Each layer's weights in the layouts its primitives asked for, shared by every lane and batch shape that asks
+    /// for the same layout: reordering (and quantising) them is much of what building a shape costs.
+    private var packedWeights: [String: [(desc: dnnl_memory_desc_t, memory: Memory)]] = [:]
     private let laneThreads = LaneThreads()
     private var pooled: [Float] = []
     private var hidden: [Float] = []
@@ -64,7 +69,11 @@ public final class DNNLPlan: InferenceEngine {
         let eps = architecture.config.batchNormEpsilon
         func fold(_ conv: String, _ bn: String, _ shape: ConvShape) -> Layer {
             let (weight, bias) = foldedConvolution(state, conv, batchNorm: bn, shape: shape, epsilon: eps)
-            return Layer(name: bn, shape: shape, weight: weight, bias: bias)
+            let scales = precision != .int8 ? nil : (0..<shape.outChannels).map { o in
+                let m = weight[(o * shape.patchSize)..<((o + 1) * shape.patchSize)].reduce(Float(0)) { max($0, abs($1)) }
+                return m > 0 ? 127 / m : 1
+            }
+            return Layer(name: bn, shape: shape, weight: weight, bias: bias, weightScales: scales)
         }
         stem = fold("conv1", "bn1", architecture.stem)
         blocks = architecture.blocks.map { b in
@@ -90,6 +99,22 @@ public final class DNNLPlan: InferenceEngine {
         return lines
     }
 
+    /// `layer`'s weights in the layout `desc` (quantised per output channel for int8), reordered on first request.
+    func packedWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t) throws -> Memory {
+        var wanted = desc
+        for var known in packedWeights[layer.name, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
+            return known.memory
+        }
+        let packed = try Memory(desc)
+        var weight = layer.weight
+        try weight.withUnsafeMutableBytes { raw in
+            let user = try Memory(try memoryDesc(layer.shape.weightShape, dnnl_f32, dnnl_oihw), buffer: raw.baseAddress!)
+            try Primitive.reorder(user, packed, attributes: try layer.weightScales.map { try Attributes(outputScales: $0, mask: 1) })
+        }
+        packedWeights[layer.name, default: []].append((desc, packed))
+        return packed
+    }
+
     private func network(_ shape: Shape) throws -> Network {
         if let n = networks[shape] { return n }
         // Keep a few shapes (a full batch and a last partial one, usually); drop the rest.
@@ -97,6 +122,13 @@ public final class DNNLPlan: InferenceEngine {
         let n = try Network(self, shape)
         networks[shape] = n
         return n
+    }
+
+    /// Each lane's network for a batch of `count` images.
+    private func laneNetworks(_ count: Int, height: Int, width: Int) throws -> [Network] {
+        try lanes(count).enumerated().map { lane, range in
+            try network(Shape(batch: range.count, height: height, width: width, lane: lane))
+        }
     }
 
     public func run(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, logits: UnsafeMutablePointer<Float>) throws {
@@ -110,9 +142,7 @@ public final class DNNLPlan: InferenceEngine {
     /// Builds the primitives for a shape ahead of `run` (which would build them on first use), so that a
     /// benchmark's timed loop does not include building them.
     public func prepare(batch: Int, height: Int, width: Int) throws {
-        for (lane, range) in lanes(batch).enumerated() {
-            _ = try network(Shape(batch: range.count, height: height, width: width, lane: lane))
-        }
+        _ = try laneNetworks(batch, height: height, width: width)
     }
 
     /// Each lane's share of a batch.
@@ -129,9 +159,7 @@ public final class DNNLPlan: InferenceEngine {
         precondition(count > 0 && height >= ModelConfig.minimumInputSide && width >= ModelConfig.minimumInputSide,
                      "batch of \(count) \(height)x\(width) images")
         let ranges = lanes(count)
-        let networks = try ranges.enumerated().map { lane, range in
-            try self.network(Shape(batch: range.count, height: height, width: width, lane: lane))
-        }
+        let networks = try laneNetworks(count, height: height, width: width)
         let imageFloats = height * width * 3
         // Each lane writes only its own slot of `outputs` (its layer4 output, or the error it met).
         var outputs = [Result<UnsafeBufferPointer<Float>, Error>?](repeating: nil, count: ranges.count)
@@ -261,15 +289,7 @@ final class Network {
             let dstScale = scale(layer.name, signed: signedOutput)
             // int8: weights quantised per output channel; the int32 accumulator (bias included) is
             // scaled to the output's levels.
-            var weightScales = [Float](repeating: 1, count: s.outChannels)
-            if int8 {
-                let per = s.patchSize
-                for o in 0..<s.outChannels {
-                    var m: Float = 0
-                    for i in 0..<per { m = max(m, abs(layer.weight[o * per + i])) }
-                    weightScales[o] = m > 0 ? 127 / m : 1
-                }
-            }
+            let weightScales = layer.weightScales ?? [Float](repeating: 1, count: s.outChannels)
             let attributes = try Attributes(
                 outputScales: int8 ? weightScales.map { dstScale / (srcScale * $0) } : nil,
                 sum: residual.map { (int8 ? dstScale / $0.scale : 1, $0.memory.desc.data_type) },
@@ -277,13 +297,7 @@ final class Network {
             let conv = try Primitive(&desc, attributes: attributes, what: "\(layer.name)'s convolution")
             implementations.append(("\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)", conv.implementation))
 
-            // Weights: torchvision order → oneDNN's layout (quantised with per-channel scales for int8).
-            var weight = layer.weight
-            let weights = try Memory(conv.md(dnnl_query_weights_md))
-            try weight.withUnsafeMutableBytes { raw in
-                let user = try Memory(try memoryDesc(s.weightShape, dnnl_f32, dnnl_oihw), buffer: raw.baseAddress!)
-                try Primitive.reorder(user, weights, attributes: int8 ? try Attributes(outputScales: weightScales, mask: 1) : nil)
-            }
+            let weights = try plan.packedWeight(layer, conv.md(dnnl_query_weights_md))
             let bias = try Memory(biasMD)
             let b = bias.data.assumingMemoryBound(to: Float.self)
             for o in 0..<s.outChannels { b[o] = layer.bias[o] * (int8 ? srcScale * weightScales[o] : 1) }
