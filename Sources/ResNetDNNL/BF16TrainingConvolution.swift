@@ -55,15 +55,23 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
     init(_ shape: ConvShape) { self.shape = shape }
 
+    func prepare(_ g: Geometry) throws {
+        _ = try plan(g)
+    }
+
+    private func plan(_ g: Geometry) throws -> Plan {
+        let key = (g.batch << 40) | (g.height << 20) | g.width
+        if let plan = plans[key] { return plan }
+        if plans.count >= 4 { plans.removeAll() }
+        let plan = try Plan(shape, g)
+        plans[key] = plan
+        return plan
+    }
+
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
                  _ y: UnsafeMutablePointer<Float>) {
-        let key = (g.batch << 40) | (g.height << 20) | g.width
-        if plans[key] == nil {
-            if plans.count >= 4 { plans.removeAll() }
-            // Shapes come from the trainer, the CPU was checked when the factory ran: a failure here is a defect.
-            plans[key] = try! Plan(shape, g)
-        }
-        let plan = plans[key]!
+        // The trainer prepares its batch geometry before training (`prepare`): a failure here is a defect.
+        let plan = try! self.plan(g)
         current = plan
         if !weightUnchanged || weight != weightSource {
             weightGeneration += 1

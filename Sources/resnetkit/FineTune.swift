@@ -106,7 +106,7 @@ struct FineTune: ParsableCommand {
     var frozenBN = FrozenBatchNormMode.train
 
     @Option(help: ArgumentHelp("fp32 (OpenBLAS, PyTorch-exact; default) or bf16 (convolutions on oneDNN in bf16 with fp32 accumulation; fp32 master weights, optimizer, BatchNorm, loss and head).", valueName: "fp32|bf16"))
-    var precision = "fp32"
+    var precision = Precision.fp32
 
     @Option(help: ArgumentHelp("The validation figure that picks the best epoch (--keep best) and drives --early-stop; val_auc needs two classes.", valueName: "val_loss|val_acc|val_auc"))
     var monitor = MonitorChoice.valLoss
@@ -179,7 +179,7 @@ struct FineTune: ParsableCommand {
     static let precisionKey = "resnetkit.training-precision"
 
     func validate() throws {
-        guard precision == "fp32" || precision == "bf16" else { throw UsageError("--precision must be fp32 or bf16, not '\(precision)'") }
+        guard precision != .int8 else { throw UsageError("--precision must be fp32 or bf16, not 'int8' (int8 is for inference)") }
         guard batchSize >= 2 else { throw UsageError("--batch-size must be at least 2 (BatchNorm needs two images)") }
         try Limits.check(batchSize, Limits.batchSize, "--batch-size")
         try Limits.check(headEpochs, Limits.epochs, "--head-epochs")

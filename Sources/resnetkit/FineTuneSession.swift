@@ -66,22 +66,32 @@ final class FineTuneSession {
             }
         }
         history = try HistoryLog(path: options.history, resumeAfter: options.resume ? (start.phase, start.epoch) : nil)
-        model = try Self.makeModel(options, architecture: checkpoint.architecture, state: checkpoint.state, lossWeights: lossWeights)
+        model = try Self.makeModel(options, architecture: checkpoint.architecture, state: checkpoint.state, lossWeights: lossWeights,
+                                   batch: min(options.batchSize, train.count), side: side)
     }
 
-    static func makeModel(_ options: FineTune, architecture: Architecture, state: StateDict, lossWeights: [Float]?) throws -> TrainableResNet {
+    /// The trainable model for `state`; with bf16, its convolutions on oneDNN, built for batches of `batch` images
+    /// of `side` x `side`.
+    static func makeModel(_ options: FineTune, architecture: Architecture, state: StateDict, lossWeights: [Float]?,
+                          batch: Int, side: Int) throws -> TrainableResNet {
         let model = try TrainableResNet(architecture: architecture, state: state)
         model.frozenBatchNorm = options.frozenBN
         model.classWeights = lossWeights
-        if options.precision == "bf16" {
-            do { try model.setConvolutions(BF16Training.convolutions) } catch let error as DNNLError { throw UsageError(error.description) }
+        if options.precision == .bf16 {
+            do {
+                try model.setConvolutions(BF16Training.convolutions)
+                try model.prepareConvolutions(count: batch, height: side, width: side)
+            } catch let error as DNNLError {
+                throw UsageError(error.description)
+            }
             model.frozenBackboneEngine = BF16Training.frozenBackbone
         }
         return model
     }
 
     func makeModel(_ state: StateDict) throws -> TrainableResNet {
-        try Self.makeModel(options, architecture: checkpoint.architecture, state: state, lossWeights: lossWeights)
+        try Self.makeModel(options, architecture: checkpoint.architecture, state: state, lossWeights: lossWeights,
+                           batch: min(options.batchSize, train.count), side: side)
     }
 
     func run() throws {
@@ -222,7 +232,7 @@ final class FineTuneSession {
             monitor: options.monitor.figure, keep: options.keep.rawValue, earlyStop: options.earlyStop,
             tracker: tracker, phase: held.phase, epoch: held.epoch, value: held.value))
         saved.extra[FineTune.classWeightsKey] = lossWeights.map(FineTune.encode)
-        saved.extra[FineTune.precisionKey] = options.precision  // the arithmetic it was trained in; the weights are fp32
+        saved.extra[FineTune.precisionKey] = options.precision.rawValue  // the arithmetic it was trained in; the weights are fp32
         try saved.save(path: options.out)
         if finished {
             for slot in 0..<2 { try? FileManager.default.removeItem(atPath: options.sidecar(slot)) }

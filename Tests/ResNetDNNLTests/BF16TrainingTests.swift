@@ -212,6 +212,8 @@ final class EmulatedBF16Convolution: TrainingConvolution {
 
     init(_ shape: ConvShape, rounding: Bool = true) { self.shape = shape; self.rounding = rounding }
 
+    func prepare(_ g: Geometry) {}
+
     func rounded(_ p: UnsafePointer<Float>, _ count: Int) -> [Float] {
         UnsafeBufferPointer(start: p, count: count).map { v in
             guard rounding else { return v }

@@ -140,4 +140,36 @@ final class TrainingLayerTests: XCTestCase {
         XCTAssertEqual(s.values(at: 99).lr, 1e-2 / 25 / 1e4, accuracy: 1e-15)
         XCTAssertEqual(s.values(at: 99).beta1, 0.95, accuracy: 1e-15)
     }
+
+    /// `prepareConvolutions` hands every external convolution the input geometry its forward then sees (so a
+    /// bf16 model's primitives are all built, and their failures reported, before training starts).
+    func testPreparedGeometriesAreTheForwardOnes() throws {
+        final class Recorder: TrainingConvolution {
+            let shape: ConvShape
+            var prepared: [Geometry] = [], used: [Geometry] = []
+            init(_ shape: ConvShape) { self.shape = shape }
+            func prepare(_ g: Geometry) { prepared.append(g) }
+            func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
+                         _ y: UnsafeMutablePointer<Float>) {
+                used.append(g)
+                y.update(repeating: 0, count: g.output(of: shape).pixels * shape.outChannels)
+            }
+            func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
+                          inputGradient: UnsafeMutablePointer<Float>?) {}
+        }
+        let (model, images, _) = try smallModel(head: .linear, dropout: 0)
+        var recorders: [Recorder] = []
+        try model.setConvolutions { shape in
+            let recorder = Recorder(shape)
+            recorders.append(recorder)
+            return recorder
+        }
+        try model.prepareConvolutions(count: 3, height: 33, width: 33)
+        _ = model.forward(images: images, count: 3, height: 33, width: 33, training: true)
+        XCTAssertEqual(recorders.count, 20)
+        for recorder in recorders {
+            XCTAssertEqual(recorder.prepared.count, 1)
+            XCTAssertEqual(recorder.prepared, recorder.used, "\(recorder.shape)")
+        }
+    }
 }

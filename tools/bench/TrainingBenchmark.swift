@@ -23,7 +23,10 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10, phases: [T
             model.setBackboneFrozen(phase != .whole)
             model.frozenBatchNorm = phase == .headEval ? .eval : .train
             if precision == .bf16 {
-                do { try model.setConvolutions(BF16Training.convolutions) } catch {
+                do {
+                    try model.setConvolutions(BF16Training.convolutions)
+                    try model.prepareConvolutions(count: batch, height: 49, width: 49)
+                } catch {
                     print("bf16: \(error)")
                     continue
                 }

@@ -44,6 +44,21 @@ public final class TrainableResNet {
         fusedBackbone = nil
     }
 
+    /// Builds the external convolutions' work for batches of `count` images of height x width (see
+    /// `TrainingConvolution.prepare`); nothing to do without them.
+    public func prepareConvolutions(count: Int, height: Int, width: Int) throws {
+        let input = Geometry(batch: count, height: height, width: width)
+        try stemConv.external?.prepare(input)
+        var g = Geometry(batch: count, height: architecture.stemOutputSide(height), width: architecture.stemOutputSide(width))
+        for block in blocks {
+            try block.conv1.external?.prepare(g)
+            try block.downsample?.conv.external?.prepare(g)
+            let mid = g.output(of: block.conv1.shape)
+            try block.conv2.external?.prepare(mid)
+            g = mid
+        }
+    }
+
     /// The engine for a frozen backbone in eval mode (`fusedFrozenBackbone`), given the model's whole state;
     /// nil: the fp32 `InferencePlan`. bf16 training sets `DNNLPlan` here.
     public var frozenBackboneEngine: ((Architecture, StateDict) throws -> any InferenceEngine)? {

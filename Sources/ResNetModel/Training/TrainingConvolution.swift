@@ -9,6 +9,9 @@ public protocol TrainingConvolution: AnyObject {
     /// optimizer step since), so what was derived from it may be reused.
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
                  _ y: UnsafeMutablePointer<Float>)
+    /// Builds what inputs of geometry `g` need (`forward` builds it on first use otherwise), so that a failure is
+    /// an error before training starts rather than a trap in the middle of it.
+    func prepare(_ g: Geometry) throws
     /// For the last `forward`: dW (overwritten) and dx [N·H·W, Cin], each when non-nil, from dy [N·Ho·Wo, Cout].
     func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
                   inputGradient: UnsafeMutablePointer<Float>?)
