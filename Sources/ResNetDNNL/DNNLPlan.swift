@@ -28,15 +28,14 @@ public final class DNNLPlan: InferenceEngine {
     }
     let stem: Layer
     let blocks: [(name: String, conv1: Layer, conv2: Layer, downsample: Layer?)]
-    let head: [(inputs: Int, outputs: Int, weight: [Float], bias: [Float])]
+    let head: FoldedHead
 
     private var networks: [Shape: Network] = [:]
     /// Each layer's weights in the layouts its primitives asked for, shared by every lane and batch shape that asks
     /// for the same layout: reordering (and quantising) them is much of what building a shape costs.
     private var packedWeights: [String: [(desc: dnnl_memory_desc_t, memory: Memory)]] = [:]
     private let laneThreads = LaneThreads()
-    private var pooled: [Float] = []
-    private var hidden: [Float] = []
+    private let pooled = FloatBuffer(), hidden = FloatBuffer()
 
     public var numClasses: Int { architecture.config.numClasses }
     public var featureWidth: Int { architecture.config.featureWidth }
@@ -80,11 +79,7 @@ public final class DNNLPlan: InferenceEngine {
             (b.name, fold("\(b.name).conv1", "\(b.name).bn1", b.conv1), fold("\(b.name).conv2", "\(b.name).bn2", b.conv2),
              b.downsample.map { fold("\(b.name).downsample.0", "\(b.name).downsample.1", $0) })
         }
-        head = architecture.headLinearLayers.map { layer in
-            let (weight, bias) = foldedLinear(state, layer.name, inputBatchNorm: layer.inputBatchNorm, epsilon: eps)
-            let shape = state["\(layer.name).weight"]!.shape
-            return (shape[1], shape[0], weight, bias)
-        }
+        head = FoldedHead(architecture, state: state)
     }
 
     /// One lane's primitives for a slice of `batch` images (lanes with equal slices still own separate networks).
@@ -175,8 +170,7 @@ public final class DNNLPlan: InferenceEngine {
         let channels = featureWidth
         let target: UnsafeMutablePointer<Float>
         if withHead {
-            if pooled.count < count * channels { pooled = [Float](repeating: 0, count: count * channels) }
-            target = pooled.withUnsafeMutableBufferPointer { $0.baseAddress! }
+            target = pooled.reserve(count * channels)
         } else {
             target = output
         }
@@ -194,23 +188,8 @@ public final class DNNLPlan: InferenceEngine {
             }
         }
         guard withHead else { return }
-        var current = UnsafePointer(target)
-        for (index, layer) in head.enumerated() {
-            let last = index == head.count - 1
-            if !last && hidden.count < count * layer.outputs { hidden = [Float](repeating: 0, count: count * layer.outputs) }
-            let dst = last ? output : hidden.withUnsafeMutableBufferPointer { $0.baseAddress! }
-            layer.weight.withUnsafeBufferPointer { w in
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(count), Int32(layer.outputs), Int32(layer.inputs),
-                            1, current, Int32(layer.inputs), w.baseAddress!, Int32(layer.inputs), 0, dst, Int32(layer.outputs))
-            }
-            for n in 0..<count {
-                for o in 0..<layer.outputs {
-                    let v = dst[n * layer.outputs + o] + layer.bias[o]
-                    dst[n * layer.outputs + o] = last ? v : max(0, v)
-                }
-            }
-            current = UnsafePointer(dst)
-        }
+        head.run(target, count: count, logits: output, scratch: hidden.reserve(count * head.scratchWidth),
+                 threads: Parallelism.threads)
     }
 
     /// Convenience for tests: NHWC images in, logits out.

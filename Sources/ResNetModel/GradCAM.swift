@@ -18,7 +18,7 @@ public struct GradCAM {
     /// Precondition: the plan has a head and 0 ≤ classIndex < numClasses.
     public static func compute(plan: InferencePlan, image: UnsafePointer<Float>, height: Int, width: Int,
                                classIndex: Int? = nil) -> GradCAM {
-        precondition(!plan.head.isEmpty, "Grad-CAM needs the head")
+        guard let head = plan.head else { preconditionFailure("Grad-CAM needs the head") }
         let name = layerName(plan.architecture)
         var activation: [Float] = [], geometry: Geometry?
         var pooled = [Float](repeating: 0, count: plan.featureWidth)
@@ -31,47 +31,10 @@ public struct GradCAM {
             }
         }
         let g = geometry!
-        let (logits, gradient) = headGradient(plan.head, features: pooled, classIndex: classIndex)
+        let (logits, gradient) = head.gradient(features: pooled, classIndex: classIndex)
         let c = classIndex ?? argmax(logits)
         let cam = camFromGradient(activation, height: g.height, width: g.width, channels: plan.featureWidth, featureGradient: gradient)
         return GradCAM(map: cam, height: g.height, width: g.width, classIndex: c, logits: logits)
-    }
-
-    /// Logits of the head for pooled features f, and ∂y_c/∂f (c = classIndex, or the largest logit's class).
-    /// Forward: z_l = W_l · a_{l−1} + b_l, a_l = ReLU(z_l) except for the last layer; backward from e_c:
-    /// g_{l−1} = W_lᵀ · (g_l ⊙ [z_l > 0]) (no mask on the last layer).
-    static func headGradient(_ head: [InferencePlan.FoldedLinear], features: [Float], classIndex: Int?) -> (logits: [Float], gradient: [Float]) {
-        var activations = [features]
-        var preActivations: [[Float]] = []
-        for (index, layer) in head.enumerated() {
-            let input = activations.last!
-            var z = layer.bias
-            for o in 0..<layer.outputs {
-                var sum: Float = 0
-                for i in 0..<layer.inputs { sum += layer.weight[o * layer.inputs + i] * input[i] }
-                z[o] += sum
-            }
-            preActivations.append(z)
-            activations.append(index == head.count - 1 ? z : z.map { max(0, $0) })
-        }
-        let logits = activations.last!
-        let c = classIndex ?? argmax(logits)
-        precondition(c >= 0 && c < logits.count, "class out of range")
-        var upstream = [Float](repeating: 0, count: logits.count)
-        upstream[c] = 1
-        for index in stride(from: head.count - 1, through: 0, by: -1) {
-            let layer = head[index]
-            if index != head.count - 1 {
-                for o in 0..<layer.outputs where preActivations[index][o] <= 0 { upstream[o] = 0 }
-            }
-            var down = [Float](repeating: 0, count: layer.inputs)
-            for o in 0..<layer.outputs where upstream[o] != 0 {
-                let u = upstream[o]
-                for i in 0..<layer.inputs { down[i] += layer.weight[o * layer.inputs + i] * u }
-            }
-            upstream = down
-        }
-        return (logits, upstream)
     }
 
     /// CAM = ReLU(Σ_k α_k A_k) / max, with α_k = ∂y_c/∂f_k / (height · width); A is [height·width, channels].

@@ -10,11 +10,12 @@ final class GradCAMTests: XCTestCase {
     func testHeadGradientMatchesFiniteDifferences() throws {
         let checkpoint = try Checkpoint.load(path: TestPaths.fixtures.appendingPathComponent("default-model.safetensors").path)
         let plan = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
-        XCTAssertEqual(plan.head.count, 2, "the fixture model has the MLP head")
+        let head = try XCTUnwrap(plan.head)
+        XCTAssertEqual(head.layers.count, 2, "the fixture model has the MLP head")
         var random = SplitMix64(seed: 7)
         let features = (0..<plan.featureWidth).map { _ in random.nextUnitFloat() * 2 }
         for c in 0..<plan.numClasses {
-            let (logits, gradient) = GradCAM.headGradient(plan.head, features: features, classIndex: c)
+            let (logits, gradient) = head.gradient(features: features, classIndex: c)
             XCTAssertEqual(logits.count, 2)
             let h: Float = 1e-3
             var worst: Float = 0, scale: Float = 0
@@ -22,8 +23,8 @@ final class GradCAMTests: XCTestCase {
                 var up = features, down = features
                 up[k] += h
                 down[k] -= h
-                let numeric = (GradCAM.headGradient(plan.head, features: up, classIndex: c).logits[c]
-                               - GradCAM.headGradient(plan.head, features: down, classIndex: c).logits[c]) / (2 * h)
+                let numeric = (head.gradient(features: up, classIndex: c).logits[c]
+                               - head.gradient(features: down, classIndex: c).logits[c]) / (2 * h)
                 worst = max(worst, abs(numeric - gradient[k]))
                 scale = max(scale, abs(gradient[k]))
             }

@@ -17,18 +17,11 @@ public final class InferencePlan {
         var conv1: Convolution, conv2: Convolution, downsample: Convolution?
     }
 
-    /// y = x · Wᵀ + b, weight [out, in]; ReLU follows every layer but the last.
-    struct FoldedLinear {
-        var inputs: Int, outputs: Int
-        var weight: [Float]
-        var bias: [Float]
-    }
-
     public let architecture: Architecture
     let stem: Convolution
     let blocks: [FoldedBlock]
-    /// Empty for a backbone-only plan (`features` only).
-    let head: [FoldedLinear]
+    /// nil for a backbone-only plan (`features` only).
+    let head: FoldedHead?
     /// Upper bound on each lane's column matrix, in floats: larger batches go in chunks so memory stays flat.
     public var columnBudget = EngineTuning.columnBudgetFloats
     /// How the convolutions are computed.
@@ -72,12 +65,7 @@ public final class InferencePlan {
                         conv2: fold("\(b.name).conv2", "\(b.name).bn2", b.conv2),
                         downsample: b.downsample.map { fold("\(b.name).downsample.0", "\(b.name).downsample.1", $0) })
         }
-        guard withHead else { head = []; return }
-        head = architecture.headLinearLayers.map { layer in
-            let (weight, bias) = foldedLinear(state, layer.name, inputBatchNorm: layer.inputBatchNorm, epsilon: eps)
-            let shape = state["\(layer.name).weight"]!.shape
-            return FoldedLinear(inputs: shape[1], outputs: shape[0], weight: weight, bias: bias)
-        }
+        head = withHead ? FoldedHead(architecture, state: state) : nil
     }
 
     /// Every convolution in forward order with the geometry of its input, for a batch of this size.
@@ -103,7 +91,7 @@ public final class InferencePlan {
         // pixels quarter). Buffer 0 holds the stem output and later serves as a block buffer.
         let pooled = Geometry(batch: input.batch, height: architecture.stemOutputSide(input.height),
                               width: architecture.stemOutputSide(input.width))
-        let widest = head.map { $0.outputs }.max() ?? 0
+        let widest = max(numClasses, head?.scratchWidth ?? 0)
         return [stemOut.pixels * width]
             + Array(repeating: max(pooled.pixels * width, input.batch * max(featureWidth, widest)), count: 3)
     }
@@ -112,7 +100,7 @@ public final class InferencePlan {
     /// ([count, numClasses]). Height and width must be at least `ModelConfig.minimumInputSide`.
     public func run(images: UnsafePointer<Float>, count: Int, height: Int, width: Int,
                     logits: UnsafeMutablePointer<Float>) {
-        precondition(!head.isEmpty, "a backbone-only plan has no logits: use features")
+        precondition(head != nil, "a backbone-only plan has no logits: use features")
         runLanes(images, count: count, height: height, width: width, output: logits, outputWidth: numClasses, head: true)
     }
 
@@ -206,20 +194,8 @@ public final class InferencePlan {
         // Head: average pool, then the folded linear layers (ReLU between them).
         let pooled = withHead ? buf[free[0]] : output
         globalAveragePool(buf[x], g, channels: featureWidth, pooled)
-        guard withHead else { return }
-        var current = pooled, spare = buf[free[1]]
-        for (index, layer) in head.enumerated() {
-            let last = index == head.count - 1
-            let dst = last ? output : spare
-            layer.weight.withUnsafeBufferPointer { w in
-                layer.bias.withUnsafeBufferPointer { b in
-                    gemmABt(count, layer.outputs, layer.inputs, current, layer.inputs, w.baseAddress!, layer.inputs, dst, layer.outputs)
-                    biasResidualReLU(dst, rows: count, channels: layer.outputs, bias: b.baseAddress!, residual: nil,
-                                     relu: !last, threads: threads)
-                }
-            }
-            if !last { swap(&current, &spare) }
-        }
+        guard withHead, let head else { return }
+        head.run(pooled, count: count, logits: output, scratch: buf[free[1]], threads: threads)
     }
 
     /// The backbone over `images` on one lane, calling `observer` for every convolution twice: with W·x (its
