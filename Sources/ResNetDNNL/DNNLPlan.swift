@@ -176,16 +176,8 @@ public final class DNNLPlan: InferenceEngine {
         }
         for (range, pixels) in zip(ranges, laneOutputs) {
             let area = pixels.count / (range.count * channels)
-            for i in 0..<range.count {
-                let dst = target + (range.lowerBound + i) * channels
-                dst.update(repeating: 0, count: channels)
-                for p in 0..<area {
-                    let src = pixels.baseAddress! + (i * area + p) * channels
-                    for c in 0..<channels { dst[c] += src[c] }
-                }
-                let inverse = 1 / Float(area)
-                for c in 0..<channels { dst[c] *= inverse }
-            }
+            globalAveragePool(pixels.baseAddress!, Geometry(batch: range.count, height: area, width: 1), channels: channels,
+                              target + range.lowerBound * channels)
         }
         guard withHead else { return }
         head.run(target, count: count, logits: output, scratch: hidden.reserve(count * head.scratchWidth),

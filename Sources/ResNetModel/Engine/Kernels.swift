@@ -194,8 +194,8 @@ private func maxOverTaps(_ taps: UnsafePointer<(UnsafePointer<Float>, UInt8)>, c
 }
 
 /// Global average pool over NHWC: [N, H·W, C] → [N, C].
-func globalAveragePool(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
-                       _ output: UnsafeMutablePointer<Float>) {
+public func globalAveragePool(_ input: UnsafePointer<Float>, _ g: Geometry, channels: Int,
+                              _ output: UnsafeMutablePointer<Float>) {
     let area = g.height * g.width
     let scale = 1 / Float(area)
     for n in 0..<g.batch {
