@@ -56,7 +56,7 @@ let package = Package(
                           path: "tools/bench"),
 
         // Paths to fixtures/ and ../shared/reference, and the relative error the tolerances refer to.
-        .target(name: "TestSupport", dependencies: ["CTIFF"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["CTIFF", "ResNetFormats", "ResNetModel"], path: "Tests/TestSupport"),
         .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "CKernels", "TestSupport"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel", "TestSupport"]),
         .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport", "CTIFF"]),

@@ -7,43 +7,7 @@ import XCTest
 /// bf16 mixed-precision training against PyTorch's fp32 step 0 (`training_reference.safetensors`: the seed's MLP
 /// head on the seeded ResNet-18, dropout 0, one batch of 16 images at 49x49), as `TrainingReferenceTests` loads it.
 final class BF16TrainingTests: XCTestCase {
-    struct Fixture {
-        var tensors: [String: SafeTensors.Entry]
-        var state: StateDict
-        var images: [Float]
-        var labels: [Int]
-
-        func tensor(_ name: String) throws -> [Float] {
-            guard let entry = tensors[name] else { throw XCTSkip("reference tensor \(name) missing") }
-            return entry.data
-        }
-
-        func model() throws -> TrainableResNet {
-            let config = ModelConfig(numClasses: 2, head: .mlp, hiddenUnits: 256, dropout: 0)
-            return try TrainableResNet(architecture: Architecture(config), state: state)
-        }
-    }
-
-    nonisolated(unsafe) static var cached: Fixture?
-
-    static func fixture() throws -> Fixture {
-        if let cached { return cached }
-        let path = TestPaths.reference.appendingPathComponent("training_reference.safetensors").path
-        let (tensors, _) = try SafeTensors.read(path: path)
-        var state: StateDict = [:]
-        let checkpoint = try Checkpoint.load(path: TestPaths.reference.appendingPathComponent("resnet18.safetensors").path)
-        for (name, tensor) in checkpoint.state where !name.hasPrefix("fc.") {
-            state[name] = name.hasSuffix("num_batches_tracked") ? Tensor(shape: [], data: [0]) : tensor
-        }
-        for (name, entry) in tensors where name.hasPrefix("init/") {
-            state[String(name.dropFirst(5))] = Tensor(shape: entry.shape, data: entry.data)
-        }
-        let x = tensors["x"]!
-        let images = nhwc(fromNCHW: x.data, batch: 16, channels: 3, height: 49, width: 49)
-        let fixture = Fixture(tensors: tensors, state: state, images: images, labels: tensors["y"]!.data.map { Int($0) })
-        cached = fixture
-        return fixture
-    }
+    static func fixture() throws -> TrainingReference { try TrainingReference.load() }
 
     /// Each kind of ResNet-18 convolution through oneDNN's bf16 against the same arithmetic emulated on the fp32
     /// engine (x, W and dy rounded to bf16, products summed in fp32): forward, dx and dW agree to fp32 summation

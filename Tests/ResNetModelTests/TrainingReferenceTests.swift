@@ -7,42 +7,7 @@ import XCTest
 /// The trainer against PyTorch (`training_reference.safetensors`, see the reference README): the seed's
 /// MLP head on the seeded ResNet-18, dropout 0, one batch of 16 images at 49x49.
 final class TrainingReferenceTests: XCTestCase {
-    struct Fixture {
-        var tensors: [String: SafeTensors.Entry]
-        var state: StateDict
-        var images: [Float]
-        var labels: [Int]
-        let config = ModelConfig(numClasses: 2, head: .mlp, hiddenUnits: 256, dropout: 0)
-
-        func tensor(_ name: String) throws -> [Float] {
-            guard let entry = tensors[name] else { throw XCTSkip("reference tensor \(name) missing") }
-            return entry.data
-        }
-
-        func model() throws -> TrainableResNet {
-            try TrainableResNet(architecture: Architecture(config), state: state)
-        }
-    }
-
-    nonisolated(unsafe) static var cached: Fixture?
-
-    static func fixture() throws -> Fixture {
-        if let cached { return cached }
-        let (tensors, _) = try SafeTensors.read(path: Reference.path("training_reference.safetensors"))
-        var state: StateDict = [:]
-        for (name, tensor) in try Reference.checkpoint().state where !name.hasPrefix("fc.") {
-            // The reference's backbone counters start at 0.
-            state[name] = name.hasSuffix("num_batches_tracked") ? Tensor(shape: [], data: [0]) : tensor
-        }
-        for (name, entry) in tensors where name.hasPrefix("init/") {
-            state[String(name.dropFirst(5))] = Tensor(shape: entry.shape, data: entry.data)
-        }
-        let x = tensors["x"]!
-        let images = nhwc(fromNCHW: x.data, batch: 16, channels: 3, height: 49, width: 49)
-        let fixture = Fixture(tensors: tensors, state: state, images: images, labels: tensors["y"]!.data.map { Int($0) })
-        cached = fixture
-        return fixture
-    }
+    static func fixture() throws -> TrainingReference { try TrainingReference.load() }
 
     func testStepZeroLogitsLossAndEveryGradientMatchPyTorch() throws {
         try checkStepZero(algorithm: .automatic)
