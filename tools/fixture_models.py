@@ -44,3 +44,15 @@ class ResNet18(nn.Module):
             return self.fc(x)
         h = self.head
         return h.fc2(h.bn2(torch.relu(h.fc1(h.bn1(x)))))
+
+
+def randomise_batchnorm(model, generator):
+    """BatchNorm parameters and statistics away from their defaults, so that a file that drops or swaps them shows."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            n = m.num_features
+            m.weight.data = torch.rand(n, generator=generator) + 0.5
+            m.bias.data = 0.1 * torch.randn(n, generator=generator)
+            m.running_mean = 0.1 * torch.randn(n, generator=generator)
+            m.running_var = torch.rand(n, generator=generator) + 0.5
+            m.num_batches_tracked.fill_(1000)

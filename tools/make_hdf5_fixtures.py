@@ -15,22 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fixture_models import ResNet18
+from fixture_models import ResNet18, randomise_batchnorm
 
 OUT = "fixtures/hdf5"
 WIDTH = 4  # base width of the good files (about 180 KB each)
 BAD_WIDTH = 2  # the bad files only need to trigger messages
-
-
-def randomise_batchnorm(model, generator):
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=generator) + 0.5
-            m.bias.data = 0.1 * torch.randn(n, generator=generator)
-            m.running_mean = 0.1 * torch.randn(n, generator=generator)
-            m.running_var = torch.rand(n, generator=generator) + 0.5
-            m.num_batches_tracked.fill_(1000)
 
 
 def make_model(classes, head="linear", seed=0, width=WIDTH):

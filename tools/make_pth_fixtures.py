@@ -16,22 +16,11 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from fixture_models import ResNet18
+from fixture_models import ResNet18, randomise_batchnorm
 
 warnings.filterwarnings("ignore")
 OUT = "fixtures/pth"
 MARKER = "/tmp/resnetkit-hostile-pickle-ran"
-
-
-def randomise_batchnorm(model, generator):
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=generator) + 0.5
-            m.bias.data = 0.1 * torch.randn(n, generator=generator)
-            m.running_mean = 0.1 * torch.randn(n, generator=generator)
-            m.running_var = torch.rand(n, generator=generator) + 0.5
-            m.num_batches_tracked.fill_(1000)
 
 
 def make_model(width, classes, seed, head="linear", hidden=16):
