@@ -82,13 +82,19 @@ public final class DNNLPlan: InferenceEngine {
         head = FoldedHead(architecture, state: state)
     }
 
-    /// One lane's primitives for a slice of `batch` images (lanes with equal slices still own separate networks).
-    struct Shape: Hashable { var batch: Int, height: Int, width: Int, lane: Int = 0 }
+    /// One lane's primitives for a slice of `batch` images (lanes with equal slices still own separate networks),
+    /// run with `threads` OpenMP threads: oneDNN fixes a primitive's thread count when it creates it, from the
+    /// creating thread's setting, so a network made at the default would start a team of its own in every lane.
+    struct Shape: Hashable {
+        var batch: Int, height: Int, width: Int
+        var lane = 0
+        var threads = 1
+    }
 
     /// The implementation oneDNN chose for each kind of convolution (`7x7/2 3→64: brgconv:avx512_core_bf16`),
     /// for a batch of this shape.
     public func implementations(batch: Int, height: Int, width: Int) throws -> [String] {
-        let network = try self.network(Shape(batch: batch, height: height, width: width))
+        let network = try self.network(Shape(batch: batch, height: height, width: width, threads: Parallelism.threads))
         var seen = Set<String>(), lines: [String] = []
         for (kind, impl) in network.implementations where seen.insert(kind + impl).inserted { lines.append("\(kind): \(impl)") }
         return lines
@@ -114,15 +120,17 @@ public final class DNNLPlan: InferenceEngine {
         if let n = networks[shape] { return n }
         // Keep a few shapes (a full batch and a last partial one, usually); drop the rest.
         if networks.count >= 8 { networks.removeAll() }
-        let n = try Network(self, shape)
+        let n = try DNNLRuntime.withThreads(shape.threads) { try Network(self, shape) }
         networks[shape] = n
         return n
     }
 
     /// Each lane's network for a batch of `count` images.
     private func laneNetworks(_ count: Int, height: Int, width: Int) throws -> [Network] {
-        try lanes(count).enumerated().map { lane, range in
-            try network(Shape(batch: range.count, height: height, width: width, lane: lane))
+        let ranges = lanes(count)
+        let threads = ranges.count == 1 ? Parallelism.threads : 1
+        return try ranges.enumerated().map { lane, range in
+            try network(Shape(batch: range.count, height: height, width: width, lane: lane, threads: threads))
         }
     }
 
