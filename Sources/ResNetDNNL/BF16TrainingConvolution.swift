@@ -39,13 +39,14 @@ public enum BF16Training {
 /// What is derived from the weight is made once for all lanes, each lane converting its share of the output
 /// channels: the bf16 copy in forward's layout when the weight has changed (after an optimizer step, not at every
 /// forward), and from it the copy in backward-data's layout at the first backward after that. In the deep layers
-/// (weight larger than the output) the backward is split by output channels, each lane over the whole batch:
-/// its channels of dy converted to bf16 once for both passes, its channels' weight gradient (from one bf16 input
-/// the lanes' forwards wrote) reordered into the caller's OHWI gradient, and its channels' share of dx (reading
-/// half the weight), the lanes' shares then summed into the caller's dx, each lane its images. No lane writes a
-/// whole weight gradient and none is summed. Elsewhere, or where the channels or layouts do not allow that, the
-/// backward is split by images, each lane's weight gradient kept in backward-weights' layout and the lanes'
-/// summed while they are reordered into the caller's gradient.
+/// (weight larger than the output) every pass is split by output channels instead, each lane over the whole
+/// batch and reading only its channels of the weight: the lanes first convert their images of x into one bf16
+/// input for the whole batch, then each computes its channels of y; backward, each converts its channels of dy to
+/// bf16 once for both passes, computes its channels' weight gradient (reordered into the caller's OHWI gradient)
+/// and its channels' share of dx, and the lanes' shares are summed into the caller's dx, each lane its images. No
+/// lane writes a whole weight gradient and none is summed. Elsewhere, or where the channels or layouts do not
+/// allow that, the batch is split by images, each lane's weight gradient kept in backward-weights' layout and the
+/// lanes' summed while they are reordered into the caller's gradient.
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
     private var plans: [Int: Plan] = [:]
@@ -181,7 +182,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
         /// The backward split by output channels instead, over the whole batch, when it can be: each lane writes
         /// its channels' weight gradient and its part of dx, and the parts of dx are summed (`partialSum`). The
         /// lanes' forward then converts their images into one bf16 input for the whole batch, which these read.
-        let channelParts: [BackwardPart]?, partialSum: PartialSum?
+        let channelParts: [ChannelPart]?, partialSum: PartialSum?
         let scratchpads: [Memory]
 
         init(_ s: ConvShape, _ g: Geometry) throws {
@@ -205,7 +206,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
             toForwardWeight = try SplitReorder(from: try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), to: forwardDesc,
                                                weightDims: weightDims, lanes: laneCount, sourceBuffer: nil,
                                                targetBuffer: forwardWeight.data, attributes: attributes)
-            let parts = try? BackwardPart.split(s, g, lanes: lanes, ranges: ranges, forwardWeight: forwardWeight)
+            let parts = try? ChannelPart.split(s, g, lanes: lanes, ranges: ranges, forwardWeight: forwardWeight)
             channelParts = parts
             partialSum = try parts.map { [ranges] in try PartialSum($0, s, g, ranges: ranges) }
             var a = forwardDesc, b = dataDesc
@@ -257,6 +258,19 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
         func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>) {
             self.generation = generation
+            if let channelParts, channelParts.allSatisfy({ $0.forward != nil }) {
+                // Split by output channels: the lanes convert the weight (each its channels) and their images of x
+                // into the whole batch's bf16 input, then each computes its channels of y from all of it.
+                let stale = forwardGeneration != generation
+                if stale { toForwardWeight.setSource(weight) }
+                onLanes { lane in
+                    if stale { try toForwardWeight.run(lane: lane, lanes[lane].stream, scratchpads[lane]) }
+                    try lanes[lane].convertInput(x + ranges[lane].lowerBound * inFloats, scratchpads[lane])
+                }
+                forwardGeneration = generation
+                onLanes { lane in try channelParts[lane].runForward(y, lanes[lane].stream, scratchpads[lane]) }
+                return
+            }
             if forwardGeneration != generation {
                 toForwardWeight.setSource(weight)
                 onLanes { lane in
@@ -307,12 +321,17 @@ final class BF16TrainingConvolution: TrainingConvolution {
         }
     }
 
-    /// One lane's share of the backward split by output channels, over the whole batch: its channels of dy
-    /// converted to bf16 once and read by both passes; dW[first..<end] from the whole batch's bf16 input,
-    /// reordered into the caller's OHWI gradient; and those channels' part of dx (every input channel, fp32 in
-    /// `partialDX`), which `Plan` sums over the lanes. Backward-data then reads only its lane's half of the weight.
-    final class BackwardPart {
+    /// One lane's share of a deep layer split by output channels, over the whole batch: its channels of y
+    /// (when forward can read them as a view of the whole bf16 weight), reordered into the caller's NHWC output;
+    /// its channels of dy converted to bf16 once and read by both backward passes; dW[first..<end] from the
+    /// whole batch's bf16 input, reordered into the caller's OHWI gradient; and those channels' part of dx (every
+    /// input channel, fp32 in `partialDX`), which `Plan` sums over the lanes. Each pass reads only these channels
+    /// of the weight.
+    final class ChannelPart {
         let weights: Primitive, data: Primitive
+        /// Forward over these channels, with its weight a view of the whole bf16 weight in forward's layout and
+        /// its output reordered into the caller's; nil where oneDNN wants another layout for the part's weight.
+        let forward: (primitive: Primitive, weight: Memory, y: Memory, userY: Memory, yReorder: Primitive)?
         let x: Memory
         let userDY: Memory, dy: Memory, dyReorder: Primitive
         let dw: Memory, userDW: Memory, dwReorder: Primitive
@@ -375,7 +394,35 @@ final class BF16TrainingConvolution: TrainingConvolution {
             dataWeight = try Memory(data.md(dnnl_query_weights_md))
             toDataWeight = try Primitive(reorderFrom: forwardPart, to: dataWeight.desc, attributes: attributes)
             partialDX = try Memory(data.md(dnnl_query_diff_src_md))
-            scratchpadSize = [weights, data, dyReorder, dwReorder, toDataWeight].map(\.scratchpadSize).max() ?? 0
+
+            // The part's forward weight is a view of the whole one when the part's layout is the whole's (the
+            // output channels outermost), which the forward primitive has to have chosen.
+            var view = forwardPart, chosen = hint.md(dnnl_query_weights_md)
+            let offset = Int(view.offset0)
+            view.offset0 = 0
+            var hintSrc = hint.md(dnnl_query_src_md), xDesc = x.desc
+            if dnnl_memory_desc_equal(&view, &chosen) != 0, dnnl_memory_desc_equal(&hintSrc, &xDesc) != 0 {
+                let y = try Memory(hint.md(dnnl_query_dst_md))
+                let userYDesc = try slice(try memoryDesc([g.batch, s.outChannels, out.height, out.width], dnnl_f32, dnnl_nhwc),
+                                          dstDims, [0, channels.lowerBound, 0, 0])
+                forward = (hint, try Memory(chosen, buffer: whole.data + offset * 2), y, try Memory(userYDesc, buffer: dangling),
+                           try Primitive(reorderFrom: y.desc, to: userYDesc, attributes: attributes))
+            } else {
+                forward = nil
+            }
+            scratchpadSize = ([weights, data, dyReorder, dwReorder, toDataWeight] + [forward?.primitive, forward?.yReorder].compactMap { $0 })
+                .map(\.scratchpadSize).max() ?? 0
+        }
+
+        /// These channels of y from the whole batch's bf16 input (converted by the lanes beforehand).
+        func runForward(_ yp: UnsafeMutablePointer<Float>, _ stream: Stream, _ scratchpad: Memory) throws {
+            guard let forward else { preconditionFailure("no channel-split forward") }
+            forward.userY.setData(UnsafeMutableRawPointer(yp))
+            try forward.primitive.execute([(DNNL_ARG_SRC, x), (DNNL_ARG_WEIGHTS, forward.weight), (DNNL_ARG_DST, forward.y),
+                                           (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try forward.yReorder.execute([(DNNL_ARG_FROM, forward.y), (DNNL_ARG_TO, forward.userY), (DNNL_ARG_SCRATCHPAD, scratchpad)],
+                                         on: stream)
+            try stream.wait()
         }
 
         /// One part per lane, or nil (then the backward is split by images) for a layer whose outputs outweigh
@@ -383,7 +430,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
         /// one whole-batch input or the lanes' dx parts differ in layout. Points the lanes' input conversions at
         /// that input.
         static func split(_ s: ConvShape, _ g: Geometry, lanes: [Lane], ranges: [Range<Int>],
-                          forwardWeight: Memory) throws -> [BackwardPart]? {
+                          forwardWeight: Memory) throws -> [ChannelPart]? {
             // Split by channels, dx is computed in one part per lane and the parts summed (the input's size);
             // split by images, each lane writes a whole weight gradient and the lanes' are summed (the weight's
             // size, several times). The layers whose weights outweigh their outputs (the deep ones) split by
@@ -391,9 +438,9 @@ final class BF16TrainingConvolution: TrainingConvolution {
             guard lanes.count > 1, s.patchSize > g.output(of: s).pixels else { return nil }
             let cuts = (0...lanes.count).map { s.outChannels * $0 / lanes.count }
             guard cuts.allSatisfy({ $0 % 32 == 0 }) else { return nil }
-            let first = try BackwardPart(s, g, channels: cuts[0]..<cuts[1], input: nil, forwardWeight: forwardWeight)
+            let first = try ChannelPart(s, g, channels: cuts[0]..<cuts[1], input: nil, forwardWeight: forwardWeight)
             let parts = try [first] + (1..<lanes.count).map {
-                try BackwardPart(s, g, channels: cuts[$0]..<cuts[$0 + 1], input: first.x, forwardWeight: forwardWeight)
+                try ChannelPart(s, g, channels: cuts[$0]..<cuts[$0 + 1], input: first.x, forwardWeight: forwardWeight)
             }
             var dx0 = first.partialDX.desc
             for part in parts {
@@ -454,7 +501,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
         /// Per lane, its steps in order.
         let steps: [[Step]]
 
-        init(_ parts: [BackwardPart], _ s: ConvShape, _ g: Geometry, ranges: [Range<Int>]) throws {
+        init(_ parts: [ChannelPart], _ s: ConvShape, _ g: Geometry, ranges: [Range<Int>]) throws {
             let copy = try Attributes(userScratchpad: true)
             let add = try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true)
             let dims = [g.batch, s.inChannels, g.height, g.width]
@@ -554,6 +601,13 @@ final class BF16TrainingConvolution: TrainingConvolution {
             let primitives = [forwardConv, backwardData, backwardWeights, yBack, dxBack,
                               x.reorder, xForWeights.reorder, dy.reorder, dyForWeights.reorder]
             scratchpadSize = primitives.compactMap { $0?.scratchpadSize }.max() ?? 0
+        }
+
+        /// Only this lane's images of x into bf16 (for a forward split by channels).
+        func convertInput(_ xp: UnsafePointer<Float>, _ scratchpad: Memory) throws {
+            userX.setData(UnsafeMutableRawPointer(mutating: xp))
+            try x.run(stream, scratchpad)
+            try stream.wait()
         }
 
         func forward(_ xp: UnsafePointer<Float>, _ weight: Memory, _ yp: UnsafeMutablePointer<Float>, _ scratchpad: Memory) throws {
