@@ -66,7 +66,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let key = (g.batch << 40) | (g.height << 20) | g.width
         if let plan = plans[key] { return plan }
         if plans.count >= 4 { plans.removeAll() }
-        let plan = try Plan(shape, g)
+        // Each lane runs its primitives on one OpenMP thread, so they are created for one.
+        let plan = try DNNLRuntime.withThreads(1) { try Plan(shape, g) }
         plans[key] = plan
         return plan
     }

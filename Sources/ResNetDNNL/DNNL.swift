@@ -215,9 +215,25 @@ public enum DNNLRuntime {
         setNumThreads(Int32(max(1, count)))
     }
 
+    /// Runs `body` with the calling thread's OpenMP thread count at `count`, then restores it. For creating
+    /// primitives: oneDNN fixes a primitive's thread count when it is created (from the creating thread's
+    /// setting), not when it runs, so one created at two threads starts a team of its own in every lane.
+    static func withThreads<T>(_ count: Int, _ body: () throws -> T) rethrows -> T {
+        guard let setNumThreads, let getMaxThreads else { return try body() }
+        let previous = getMaxThreads()
+        setNumThreads(Int32(max(1, count)))
+        defer { setNumThreads(previous) }
+        return try body()
+    }
+
     private typealias SetThreads = @convention(c) (Int32) -> Void
+    private typealias GetThreads = @convention(c) () -> Int32
     nonisolated(unsafe) private static let setNumThreads: SetThreads? = {
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") else { return nil }
         return unsafeBitCast(symbol, to: SetThreads.self)
+    }()
+    nonisolated(unsafe) private static let getMaxThreads: GetThreads? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_get_max_threads") else { return nil }
+        return unsafeBitCast(symbol, to: GetThreads.self)
     }()
 }
