@@ -180,9 +180,10 @@ final class BF16TrainingConvolution: TrainingConvolution {
         /// The lanes' weight gradients into the caller's: lane 0's copied, the others' added (when the backward
         /// is split by images).
         let gradientReduction: [SplitReorder]
-        /// The backward split by output channels instead, over the whole batch, when it can be: each lane writes
-        /// its channels' weight gradient and its part of dx, and the parts of dx are summed (`partialSum`). The
-        /// lanes' forward then converts their images into one bf16 input for the whole batch, which these read.
+        /// The passes split by output channels instead, over the whole batch, when they can be: each lane writes
+        /// its channels of y (when the parts' forward weights can be views), its channels' weight gradient and its
+        /// part of dx, and the parts of dx are summed (`partialSum`). The lanes convert their images of x into one
+        /// bf16 input for the whole batch, which these read.
         let channelParts: [ChannelPart]?, partialSum: PartialSum?
         let scratchpads: [Memory]
 
