@@ -39,11 +39,14 @@ public enum BF16Training {
 /// What is derived from the weight is made once for all lanes, each lane converting its share of the output
 /// channels: the bf16 copy in forward's layout when the weight has changed (after an optimizer step, not at every
 /// forward), and from it the copy in backward-data's layout at the first backward after that. In the deep layers
-/// (weight larger than the output) backward-weights is split by output channels, each lane computing its
-/// channels' gradient over the whole batch (from one bf16 input the lanes' forwards wrote, and those channels of
-/// dy) and reordering it into the caller's OHWI gradient: no lane writes a whole gradient and nothing is summed.
-/// Elsewhere, or where the channels or layouts do not allow that, it is split by images, each lane's gradient
-/// kept in backward-weights' layout and the lanes' summed while they are reordered into the caller's gradient.
+/// (weight larger than the output) every pass is split by output channels instead, each lane over the whole
+/// batch and reading only its channels of the weight: the lanes first convert their images of x into one bf16
+/// input for the whole batch, then each computes its channels of y; backward, each converts its channels of dy to
+/// bf16 once for both passes, computes its channels' weight gradient (reordered into the caller's OHWI gradient)
+/// and its channels' share of dx, and the lanes' shares are summed into the caller's dx, each lane its images. No
+/// lane writes a whole weight gradient and none is summed. Elsewhere, or where the channels or layouts do not
+/// allow that, the batch is split by images, each lane's weight gradient kept in backward-weights' layout and the
+/// lanes' summed while they are reordered into the caller's gradient.
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
     private var plans: [Int: Plan] = [:]
@@ -63,7 +66,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let key = (g.batch << 40) | (g.height << 20) | g.width
         if let plan = plans[key] { return plan }
         if plans.count >= 4 { plans.removeAll() }
-        let plan = try Plan(shape, g)
+        // Each lane runs its primitives on one OpenMP thread, so they are created for one.
+        let plan = try DNNLRuntime.withThreads(1) { try Plan(shape, g) }
         plans[key] = plan
         return plan
     }
@@ -167,19 +171,20 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let lanes: [Lane]
         let ranges: [Range<Int>]
         let inFloats: Int, outFloats: Int
-        /// The bf16 weight in forward's and in backward-data's layout, converted by all lanes, and the weight
-        /// generation each holds.
-        let forwardWeight: Memory, dataWeight: Memory
+        /// The bf16 weight in forward's and in backward-data's layout (unless the backward is split by channels,
+        /// each part with its own), converted by all lanes, and the weight generation each holds.
+        let forwardWeight: Memory, dataWeight: Memory?
         let toForwardWeight: SplitReorder, toDataWeight: SplitReorder?
         private var forwardGeneration = -1, dataGeneration = -1
         private var generation = 0
-        /// The lanes' weight gradients into the caller's: lane 0's copied, the others' added (when backward-weights
+        /// The lanes' weight gradients into the caller's: lane 0's copied, the others' added (when the backward
         /// is split by images).
         let gradientReduction: [SplitReorder]
-        /// Backward-weights split by output channels instead, over the whole batch, when it can be: each lane
-        /// writes its channels' gradient and nothing is summed. The lanes' forward then converts their images
-        /// into one bf16 input for the whole batch, which these read.
-        let gradientParts: [WeightGradientPart]?
+        /// The passes split by output channels instead, over the whole batch, when they can be: each lane writes
+        /// its channels of y (when the parts' forward weights can be views), its channels' weight gradient and its
+        /// part of dx, and the parts of dx are summed (`partialSum`). The lanes convert their images of x into one
+        /// bf16 input for the whole batch, which these read.
+        let channelParts: [ChannelPart]?, partialSum: PartialSum?
         let scratchpads: [Memory]
 
         init(_ s: ConvShape, _ g: Geometry) throws {
@@ -203,18 +208,24 @@ final class BF16TrainingConvolution: TrainingConvolution {
             toForwardWeight = try SplitReorder(from: try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), to: forwardDesc,
                                                weightDims: weightDims, lanes: laneCount, sourceBuffer: nil,
                                                targetBuffer: forwardWeight.data, attributes: attributes)
+            let parts = try? ChannelPart.split(s, g, lanes: lanes, ranges: ranges, forwardWeight: forwardWeight)
+            channelParts = parts
+            partialSum = try parts.map { [ranges] in try PartialSum($0, s, g, ranges: ranges) }
             var a = forwardDesc, b = dataDesc
-            if dnnl_memory_desc_equal(&a, &b) != 0 {
+            if parts != nil {
+                dataWeight = nil
+                toDataWeight = nil
+            } else if dnnl_memory_desc_equal(&a, &b) != 0 {
                 dataWeight = forwardWeight
                 toDataWeight = nil
             } else {
-                dataWeight = try Memory(dataDesc)
+                let weight = try Memory(dataDesc)
+                dataWeight = weight
                 toDataWeight = try SplitReorder(from: forwardDesc, to: dataDesc, weightDims: weightDims, lanes: laneCount,
-                                                sourceBuffer: forwardWeight.data, targetBuffer: dataWeight.data,
+                                                sourceBuffer: forwardWeight.data, targetBuffer: weight.data,
                                                 attributes: attributes)
             }
-            gradientParts = try? WeightGradientPart.split(s, g, lanes: lanes, ranges: ranges)
-            if gradientParts == nil {
+            if parts == nil {
                 let sum = try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true)
                 let userGradient = try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi)
                 let gradients = try lanes.map { lane in
@@ -235,8 +246,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
                 gradientReduction = []
             }
             let shared = ([toForwardWeight, toDataWeight].compactMap { $0 } + gradientReduction).map(\.scratchpadSize).max() ?? 0
-            let parts = gradientParts?.map(\.scratchpadSize).max() ?? 0
-            scratchpads = try lanes.map { try Memory(try memoryDesc([max(1, $0.scratchpadSize, shared, parts)], dnnl_u8, dnnl_x)) }
+            let split = max(parts?.map(\.scratchpadSize).max() ?? 0, partialSum?.scratchpadSize ?? 0)
+            scratchpads = try lanes.map { try Memory(try memoryDesc([max(1, $0.scratchpadSize, shared, split)], dnnl_u8, dnnl_x)) }
         }
 
         /// Runs `body(lane)` on every lane, each on one OpenMP thread.
@@ -249,6 +260,19 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
         func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>) {
             self.generation = generation
+            if let channelParts, channelParts.allSatisfy({ $0.forward != nil }) {
+                // Split by output channels: the lanes convert the weight (each its channels) and their images of x
+                // into the whole batch's bf16 input, then each computes its channels of y from all of it.
+                let stale = forwardGeneration != generation
+                if stale { toForwardWeight.setSource(weight) }
+                onLanes { lane in
+                    if stale { try toForwardWeight.run(lane: lane, lanes[lane].stream, scratchpads[lane]) }
+                    try lanes[lane].convertInput(x + ranges[lane].lowerBound * inFloats, scratchpads[lane])
+                }
+                forwardGeneration = generation
+                onLanes { lane in try channelParts[lane].runForward(y, lanes[lane].stream, scratchpads[lane]) }
+                return
+            }
             if forwardGeneration != generation {
                 toForwardWeight.setSource(weight)
                 onLanes { lane in
@@ -264,6 +288,18 @@ final class BF16TrainingConvolution: TrainingConvolution {
         }
 
         func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?) {
+            if let channelParts {
+                let stale = dx != nil && dataGeneration != generation
+                onLanes { lane in
+                    try channelParts[lane].run(dy, dw, dx: dx != nil, dataWeightStale: stale, lanes[lane].stream, scratchpads[lane])
+                }
+                if stale { dataGeneration = generation }
+                if let dx, let partialSum {
+                    onLanes { lane in try partialSum.run(lane: lane, dx, lanes[lane].stream, scratchpads[lane]) }
+                }
+                return
+            }
+            guard let dataWeight else { preconditionFailure("no backward-data weight") }
             if dx != nil, let toDataWeight, dataGeneration != generation {
                 onLanes { lane in
                     try toDataWeight.run(lane: lane, lanes[lane].stream, scratchpads[lane])
@@ -273,13 +309,10 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
             onLanes { lane in
                 let first = ranges[lane].lowerBound
-                try lanes[lane].backward(dy + first * outFloats, dataWeight, weightGradient: dw != nil && gradientParts == nil,
+                try lanes[lane].backward(dy + first * outFloats, dataWeight, weightGradient: dw != nil,
                                          dx.map { $0 + first * inFloats }, scratchpads[lane])
-                if let dw, let gradientParts {
-                    try gradientParts[lane].run(dy, dw, lanes[lane].stream, scratchpads[lane])
-                }
             }
-            if let dw, gradientParts == nil {
+            if let dw {
                 gradientReduction.forEach { $0.setTarget(UnsafeMutableRawPointer(dw)) }
                 // Lane 0's gradient first (copied), then the others (added), each lane its share of the channels.
                 onLanes { lane in
@@ -290,16 +323,26 @@ final class BF16TrainingConvolution: TrainingConvolution {
         }
     }
 
-    /// One lane's share of backward-weights split by output channels: dW[first..<end] from the whole batch's
-    /// bf16 input and those channels of dy (converted to bf16 here), reordered into the caller's OHWI gradient.
-    final class WeightGradientPart {
-        let primitive: Primitive
+    /// One lane's share of a deep layer split by output channels, over the whole batch: its channels of y
+    /// (when forward can read them as a view of the whole bf16 weight), reordered into the caller's NHWC output;
+    /// its channels of dy converted to bf16 once and read by both backward passes; dW[first..<end] from the
+    /// whole batch's bf16 input, reordered into the caller's OHWI gradient; and those channels' part of dx (every
+    /// input channel, fp32 in `partialDX`), which `Plan` sums over the lanes. Each pass reads only these channels
+    /// of the weight.
+    final class ChannelPart {
+        let weights: Primitive, data: Primitive
+        /// Forward over these channels, with its weight a view of the whole bf16 weight in forward's layout and
+        /// its output reordered into the caller's; nil where oneDNN wants another layout for the part's weight.
+        let forward: (primitive: Primitive, weight: Memory, y: Memory, userY: Memory, yReorder: Primitive)?
         let x: Memory
         let userDY: Memory, dy: Memory, dyReorder: Primitive
         let dw: Memory, userDW: Memory, dwReorder: Primitive
+        /// These channels of the weight in backward-data's layout, converted from forward's bf16 copy.
+        let dataWeight: Memory, toDataWeight: Primitive, forwardWeight: Memory
+        let partialDX: Memory
         let scratchpadSize: Int
 
-        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, input: Memory?) throws {
+        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, input: Memory?, forwardWeight whole: Memory) throws {
             let attributes = try Attributes(userScratchpad: true)
             let out = g.output(of: s)
             let srcDims = [g.batch, s.inChannels, g.height, g.width]
@@ -312,8 +355,9 @@ final class BF16TrainingConvolution: TrainingConvolution {
             var weightsAny = try memoryDesc(weightDims, dnnl_bf16, dnnl_format_tag_any)
             var dstAny = try memoryDesc(dstDims, dnnl_bf16, dnnl_format_tag_any)
             var dstF32 = try memoryDesc(dstDims, dnnl_f32, dnnl_format_tag_any)
+            var diffSrcF32 = try memoryDesc(srcDims, dnnl_f32, dnnl_format_tag_any)
             var diffWeightsF32 = try memoryDesc(weightDims, dnnl_f32, dnnl_format_tag_any)
-            // Backward-weights needs its forward primitive as a hint; this one only describes.
+            // The backward primitives need a forward one as a hint; this one only describes.
             var fd = dnnl_convolution_desc_t()
             try check(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &src, &weightsAny,
                                                          nil, &dstF32, strides, padBefore, padAfter), "describing \(what)")
@@ -321,8 +365,14 @@ final class BF16TrainingConvolution: TrainingConvolution {
             var wd = dnnl_convolution_desc_t()
             try check(dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &src, &diffWeightsF32, nil, &dstAny,
                                                                   strides, padBefore, padAfter), "describing \(what)'s backward weights")
-            primitive = try Primitive(&wd, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-weights convolution")
-            x = try input.map { try Memory($0.desc, buffer: $0.data) } ?? Memory(primitive.md(dnnl_query_src_md))
+            weights = try Primitive(&wd, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-weights convolution")
+            x = try input.map { try Memory($0.desc, buffer: $0.data) } ?? Memory(weights.md(dnnl_query_src_md))
+            // Backward-data takes dy in the layout backward-weights chose, so that one conversion serves both.
+            var dyDesc = weights.md(dnnl_query_diff_dst_md)
+            var bd = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &diffSrcF32, &weightsAny, &dyDesc,
+                                                               strides, padBefore, padAfter), "describing \(what)'s backward data")
+            data = try Primitive(&bd, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-data convolution")
 
             let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
             func slice(_ parent: dnnl_memory_desc_t, _ dims: [Int], _ offsets: [Int]) throws -> dnnl_memory_desc_t {
@@ -334,29 +384,70 @@ final class BF16TrainingConvolution: TrainingConvolution {
             let userDYDesc = try slice(try memoryDesc([g.batch, s.outChannels, out.height, out.width], dnnl_f32, dnnl_nhwc),
                                        dstDims, [0, channels.lowerBound, 0, 0])
             userDY = try Memory(userDYDesc, buffer: dangling)
-            dy = try Memory(primitive.md(dnnl_query_diff_dst_md))
+            dy = try Memory(dyDesc)
             dyReorder = try Primitive(reorderFrom: userDYDesc, to: dy.desc, attributes: attributes)
             let userDWDesc = try slice(try memoryDesc([s.outChannels, s.inChannels, s.kernel, s.kernel], dnnl_f32, dnnl_ohwi),
                                        weightDims, [channels.lowerBound, 0, 0, 0])
             userDW = try Memory(userDWDesc, buffer: dangling)
-            dw = try Memory(primitive.md(dnnl_query_diff_weights_md))
+            dw = try Memory(weights.md(dnnl_query_diff_weights_md))
             dwReorder = try Primitive(reorderFrom: dw.desc, to: userDWDesc, attributes: attributes)
-            scratchpadSize = [primitive, dyReorder, dwReorder].map(\.scratchpadSize).max() ?? 0
+            let forwardPart = try slice(whole.desc, weightDims, [channels.lowerBound, 0, 0, 0])
+            forwardWeight = try Memory(forwardPart, buffer: whole.data)
+            dataWeight = try Memory(data.md(dnnl_query_weights_md))
+            toDataWeight = try Primitive(reorderFrom: forwardPart, to: dataWeight.desc, attributes: attributes)
+            partialDX = try Memory(data.md(dnnl_query_diff_src_md))
+
+            // The part's forward weight is a view of the whole one when the part's layout is the whole's (the
+            // output channels outermost), which the forward primitive has to have chosen.
+            var view = forwardPart, chosen = hint.md(dnnl_query_weights_md)
+            let offset = Int(view.offset0)
+            view.offset0 = 0
+            var hintSrc = hint.md(dnnl_query_src_md), xDesc = x.desc
+            if dnnl_memory_desc_equal(&view, &chosen) != 0, dnnl_memory_desc_equal(&hintSrc, &xDesc) != 0 {
+                let y = try Memory(hint.md(dnnl_query_dst_md))
+                let userYDesc = try slice(try memoryDesc([g.batch, s.outChannels, out.height, out.width], dnnl_f32, dnnl_nhwc),
+                                          dstDims, [0, channels.lowerBound, 0, 0])
+                forward = (hint, try Memory(chosen, buffer: whole.data + offset * 2), y, try Memory(userYDesc, buffer: dangling),
+                           try Primitive(reorderFrom: y.desc, to: userYDesc, attributes: attributes))
+            } else {
+                forward = nil
+            }
+            scratchpadSize = ([weights, data, dyReorder, dwReorder, toDataWeight] + [forward?.primitive, forward?.yReorder].compactMap { $0 })
+                .map(\.scratchpadSize).max() ?? 0
         }
 
-        /// One part per lane, or nil (then backward-weights is split by images) for a layer whose outputs outweigh
-        /// its weights, or when the channels do not split into blocks or the lanes' bf16 inputs cannot be views of
-        /// one whole-batch input. Points the lanes' input conversions at that input.
-        static func split(_ s: ConvShape, _ g: Geometry, lanes: [Lane], ranges: [Range<Int>]) throws -> [WeightGradientPart]? {
-            // Split by channels, each lane converts all images' dy for its channels once more (dy's size); split by
-            // images, each lane writes a whole gradient and the lanes' are summed (the weight's size, several
-            // times). The layers whose weights outweigh their outputs (the deep ones) split by channels.
+        /// These channels of y from the whole batch's bf16 input (converted by the lanes beforehand).
+        func runForward(_ yp: UnsafeMutablePointer<Float>, _ stream: Stream, _ scratchpad: Memory) throws {
+            guard let forward else { preconditionFailure("no channel-split forward") }
+            forward.userY.setData(UnsafeMutableRawPointer(yp))
+            try forward.primitive.execute([(DNNL_ARG_SRC, x), (DNNL_ARG_WEIGHTS, forward.weight), (DNNL_ARG_DST, forward.y),
+                                           (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try forward.yReorder.execute([(DNNL_ARG_FROM, forward.y), (DNNL_ARG_TO, forward.userY), (DNNL_ARG_SCRATCHPAD, scratchpad)],
+                                         on: stream)
+            try stream.wait()
+        }
+
+        /// One part per lane, or nil (then the backward is split by images) for a layer whose outputs outweigh
+        /// its weights, or when the channels do not split into blocks, the lanes' bf16 inputs cannot be views of
+        /// one whole-batch input or the lanes' dx parts differ in layout. Points the lanes' input conversions at
+        /// that input.
+        static func split(_ s: ConvShape, _ g: Geometry, lanes: [Lane], ranges: [Range<Int>],
+                          forwardWeight: Memory) throws -> [ChannelPart]? {
+            // Split by channels, dx is computed in one part per lane and the parts summed (the input's size);
+            // split by images, each lane writes a whole weight gradient and the lanes' are summed (the weight's
+            // size, several times). The layers whose weights outweigh their outputs (the deep ones) split by
+            // channels.
             guard lanes.count > 1, s.patchSize > g.output(of: s).pixels else { return nil }
             let cuts = (0...lanes.count).map { s.outChannels * $0 / lanes.count }
             guard cuts.allSatisfy({ $0 % 32 == 0 }) else { return nil }
-            let first = try WeightGradientPart(s, g, channels: cuts[0]..<cuts[1], input: nil)
+            let first = try ChannelPart(s, g, channels: cuts[0]..<cuts[1], input: nil, forwardWeight: forwardWeight)
             let parts = try [first] + (1..<lanes.count).map {
-                try WeightGradientPart(s, g, channels: cuts[$0]..<cuts[$0 + 1], input: first.x)
+                try ChannelPart(s, g, channels: cuts[$0]..<cuts[$0 + 1], input: first.x, forwardWeight: forwardWeight)
+            }
+            var dx0 = first.partialDX.desc
+            for part in parts {
+                var d = part.partialDX.desc
+                guard dnnl_memory_desc_equal(&dx0, &d) != 0 else { return nil }
             }
             // A lane's input is a view of the whole batch's when its layout is the whole batch's with fewer images
             // and the images are outermost (so a lane's images are one contiguous range).
@@ -378,15 +469,71 @@ final class BF16TrainingConvolution: TrainingConvolution {
             return parts
         }
 
-        func run(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>, _ stream: Stream, _ scratchpad: Memory) throws {
+        /// dy's channels to bf16, then dW's (when `dwp`) and dx's part (when `dx`). `dataWeightStale`: the
+        /// forward weight changed since this part's backward-data copy was made.
+        func run(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>?, dx: Bool, dataWeightStale: Bool,
+                 _ stream: Stream, _ scratchpad: Memory) throws {
             userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
-            userDW.setData(UnsafeMutableRawPointer(dwp))
             try dyReorder.execute([(DNNL_ARG_FROM, userDY), (DNNL_ARG_TO, dy), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
-            try primitive.execute([(DNNL_ARG_SRC, x), (DNNL_ARG_DIFF_DST, dy), (DNNL_ARG_DIFF_WEIGHTS, dw),
-                                   (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
-            try dwReorder.execute([(DNNL_ARG_FROM, dw), (DNNL_ARG_TO, userDW), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            if let dwp {
+                userDW.setData(UnsafeMutableRawPointer(dwp))
+                try weights.execute([(DNNL_ARG_SRC, x), (DNNL_ARG_DIFF_DST, dy), (DNNL_ARG_DIFF_WEIGHTS, dw),
+                                     (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+                try dwReorder.execute([(DNNL_ARG_FROM, dw), (DNNL_ARG_TO, userDW), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            }
+            if dx {
+                if dataWeightStale {
+                    try toDataWeight.execute([(DNNL_ARG_FROM, forwardWeight), (DNNL_ARG_TO, dataWeight),
+                                              (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+                }
+                try data.execute([(DNNL_ARG_DIFF_DST, dy), (DNNL_ARG_WEIGHTS, dataWeight), (DNNL_ARG_DIFF_SRC, partialDX),
+                                  (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            }
             try stream.wait()
         }
+    }
+
+    /// dx as the sum of the channel parts' `partialDX`, into the caller's NHWC buffer: each lane its own images,
+    /// the first part copied and the others added.
+    struct PartialSum {
+        struct Step {
+            let reorder: Primitive
+            let from: Memory, to: Memory
+        }
+        /// Per lane, its steps in order.
+        let steps: [[Step]]
+
+        init(_ parts: [ChannelPart], _ s: ConvShape, _ g: Geometry, ranges: [Range<Int>]) throws {
+            let copy = try Attributes(userScratchpad: true)
+            let add = try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true)
+            let dims = [g.batch, s.inChannels, g.height, g.width]
+            let user = try memoryDesc(dims, dnnl_f32, dnnl_nhwc)
+            let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
+            func slice(_ parent: dnnl_memory_desc_t, _ range: Range<Int>) throws -> dnnl_memory_desc_t {
+                var p = parent, sub = dnnl_memory_desc_t()
+                let d = ([range.count] + dims.dropFirst()).map { dnnl_dim_t($0) }
+                let o = ([range.lowerBound] + dims.dropFirst().map { _ in 0 }).map { dnnl_dim_t($0) }
+                try check(dnnl_memory_desc_init_submemory(&sub, &p, d, o), "describing images \(range)")
+                return sub
+            }
+            steps = try ranges.map { range in
+                try parts.enumerated().map { index, part in
+                    let from = try slice(part.partialDX.desc, range), to = try slice(user, range)
+                    return Step(reorder: try Primitive(reorderFrom: from, to: to, attributes: index == 0 ? copy : add),
+                                from: try Memory(from, buffer: part.partialDX.data), to: try Memory(to, buffer: dangling))
+                }
+            }
+        }
+
+        func run(lane: Int, _ dx: UnsafeMutablePointer<Float>, _ stream: Stream, _ scratchpad: Memory) throws {
+            for step in steps[lane] {
+                step.to.setData(UnsafeMutableRawPointer(dx))
+                try step.reorder.execute([(DNNL_ARG_FROM, step.from), (DNNL_ARG_TO, step.to), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            }
+            try stream.wait()
+        }
+
+        var scratchpadSize: Int { steps.joined().map(\.reorder.scratchpadSize).max() ?? 0 }
     }
 
     /// One lane's primitives and its images' bf16 activations.
@@ -456,6 +603,13 @@ final class BF16TrainingConvolution: TrainingConvolution {
             let primitives = [forwardConv, backwardData, backwardWeights, yBack, dxBack,
                               x.reorder, xForWeights.reorder, dy.reorder, dyForWeights.reorder]
             scratchpadSize = primitives.compactMap { $0?.scratchpadSize }.max() ?? 0
+        }
+
+        /// Only this lane's images of x into bf16 (for a forward split by channels).
+        func convertInput(_ xp: UnsafePointer<Float>, _ scratchpad: Memory) throws {
+            userX.setData(UnsafeMutableRawPointer(mutating: xp))
+            try x.run(stream, scratchpad)
+            try stream.wait()
         }
 
         func forward(_ xp: UnsafePointer<Float>, _ weight: Memory, _ yp: UnsafeMutablePointer<Float>, _ scratchpad: Memory) throws {

@@ -22,6 +22,8 @@ final class BF16TrainingTests: XCTestCase {
             (ConvShape(64, 128, kernel: 3, stride: 2, padding: 1), Geometry(batch: 4, height: 13, width: 13)),
             (ConvShape(64, 128, kernel: 1, stride: 2, padding: 0), Geometry(batch: 4, height: 13, width: 13)),
             (ConvShape(32, 16, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 10, width: 9)),
+            // Deep layers (weight larger than the output): the backward split by output channels, odd batch.
+            (ConvShape(128, 128, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 4, width: 4)),
         ]
         for (shape, g) in cases {
             let out = g.output(of: shape)
