@@ -92,9 +92,9 @@ public final class DNNLPlan: InferenceEngine {
     }
 
     /// The implementation oneDNN chose for each kind of convolution (`7x7/2 3→64: brgconv:avx512_core_bf16`),
-    /// for a batch of this shape.
+    /// for a batch of this shape (its first lane's, the networks a run of it uses).
     public func implementations(batch: Int, height: Int, width: Int) throws -> [String] {
-        let network = try self.network(Shape(batch: batch, height: height, width: width, threads: Parallelism.threads))
+        let network = try laneNetworks(batch, height: height, width: width)[0]
         var seen = Set<String>(), lines: [String] = []
         for (kind, impl) in network.implementations where seen.insert(kind + impl).inserted { lines.append("\(kind): \(impl)") }
         return lines

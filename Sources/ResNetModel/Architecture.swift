@@ -95,6 +95,19 @@ public struct Architecture: Equatable, Sendable {
     /// Spatial side after the stem (conv1 + maxpool) for an input side.
     public func stemOutputSide(_ side: Int) -> Int { maxPool.outputSide(stem.outputSide(side)) }
 
+    /// The input geometry of every convolution for a batch of `input`, in the order a forward pass runs them:
+    /// the stem, then per block conv1, the downsample (where there is one) and conv2.
+    public func convolutionInputs(_ input: Geometry) -> [Geometry] {
+        var list = [input]
+        var g = Geometry(batch: input.batch, height: stemOutputSide(input.height), width: stemOutputSide(input.width))
+        for block in blocks {
+            let mid = g.output(of: block.conv1)
+            list += [g] + (block.downsample == nil ? [] : [g]) + [mid]
+            g = mid.output(of: block.conv2)
+        }
+        return list
+    }
+
     /// Every convolution with the names of its weight and of the BatchNorm that follows it, in forward order.
     public var namedConvolutions: [(conv: String, batchNorm: String, shape: ConvShape)] {
         var list: [(String, String, ConvShape)] = [("conv1", "bn1", stem)]

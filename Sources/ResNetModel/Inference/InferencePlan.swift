@@ -70,17 +70,8 @@ public final class InferencePlan {
 
     /// Every convolution in forward order with the geometry of its input, for a batch of this size.
     private func convolutions(_ input: Geometry) -> [(Convolution, Geometry)] {
-        var list = [(stem, input)]
-        var g = Geometry(batch: input.batch, height: architecture.stemOutputSide(input.height),
-                         width: architecture.stemOutputSide(input.width))
-        for block in blocks {
-            list.append((block.conv1, g))
-            if let ds = block.downsample { list.append((ds, g)) }
-            let mid = g.output(of: block.conv1.shape)
-            list.append((block.conv2, mid))
-            g = mid
-        }
-        return list
+        let ordered = [stem] + blocks.flatMap { [$0.conv1] + ($0.downsample.map { [$0] } ?? []) + [$0.conv2] }
+        return Array(zip(ordered, architecture.convolutionInputs(input)))
     }
 
     /// Activation buffer sizes, in floats, for a batch of this geometry.

@@ -47,15 +47,9 @@ public final class TrainableResNet {
     /// Builds the external convolutions' work for batches of `count` images of height x width (see
     /// `TrainingConvolution.prepare`); nothing to do without them.
     public func prepareConvolutions(count: Int, height: Int, width: Int) throws {
-        let input = Geometry(batch: count, height: height, width: width)
-        try stemConv.external?.prepare(input)
-        var g = Geometry(batch: count, height: architecture.stemOutputSide(height), width: architecture.stemOutputSide(width))
-        for block in blocks {
-            try block.conv1.external?.prepare(g)
-            try block.downsample?.conv.external?.prepare(g)
-            let mid = g.output(of: block.conv1.shape)
-            try block.conv2.external?.prepare(mid)
-            g = mid
+        let ordered = [stemConv] + blocks.flatMap { [$0.conv1] + ($0.downsample.map { [$0.conv] } ?? []) + [$0.conv2] }
+        for (layer, g) in zip(ordered, architecture.convolutionInputs(Geometry(batch: count, height: height, width: width))) {
+            try layer.external?.prepare(g)
         }
     }
 
