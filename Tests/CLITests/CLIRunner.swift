@@ -89,4 +89,13 @@ extension UsesDefaultFixtures {
         ((try? FileManager.default.contentsOfDirectory(atPath: images.path)) ?? [])
             .filter { $0.hasSuffix(".tif") }.map { String($0.dropLast(4)) }.sorted()
     }
+
+    /// Writes `dir/labels.csv` (id,label) with labels alternating over the sorted ids, class 0 and 1 written as
+    /// `names`; returns its path.
+    func writeAlternatingLabels(_ dir: URL, names: [String] = ["0", "1"]) throws -> String {
+        let url = dir.appendingPathComponent("labels.csv")
+        let rows = Self.imageIDs.enumerated().map { "\($0.element),\(names[$0.offset % 2])" }
+        try (["id,label"] + rows).joined(separator: "\n").appending("\n").write(to: url, atomically: true, encoding: .utf8)
+        return url.path
+    }
 }

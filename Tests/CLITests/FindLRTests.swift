@@ -6,18 +6,11 @@ import XCTest
 
 /// find-lr on the 12 fixture patches with the small default model.
 final class FindLRTests: XCTestCase, UsesDefaultFixtures {
-    func writeLabels(_ dir: URL) throws -> String {
-        let url = dir.appendingPathComponent("labels.csv")
-        let rows = Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" }
-        try (["id,label"] + rows).joined(separator: "\n").appending("\n").write(to: url, atomically: true, encoding: .utf8)
-        return url.path
-    }
-
     /// The CSV holds the exponential schedule and fastai's smoothing; the suggestion printed is the steepest descent
     /// of the smoothed loss (first tenth and last five points left out), as the option to pass; nothing else is written.
     func testRangeTestWritesCurveAndSuggestsTheSteepestDescent() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir)
+        let labels = try writeAlternatingLabels(dir)
         let csv = dir.appendingPathComponent("lr.csv"), plot = dir.appendingPathComponent("lr.svg")
         let result = try CLI.run(["find-lr", Self.images.path, "--labels", labels, "--from", Self.model, "--batch-size", "4",
                                   "--start-lr", "1e-5", "--end-lr", "10", "--steps", "40", "--csv", csv.path, "--plot", plot.path])
@@ -53,7 +46,7 @@ final class FindLRTests: XCTestCase, UsesDefaultFixtures {
 
     func testFineTunePhaseSuggestsMaxLRAndBadRangesAreRefused() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir)
+        let labels = try writeAlternatingLabels(dir)
         let result = try CLI.run(["find-lr", Self.images.path, "--labels", labels, "--from", Self.model, "--batch-size", "4",
                                   "--phase", "finetune", "--steps", "20", "--start-lr", "1e-6", "--end-lr", "1", "--quiet"])
         XCTAssertEqual(result.status, 0, result.stderr)

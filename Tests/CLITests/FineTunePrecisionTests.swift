@@ -7,9 +7,7 @@ import XCTest
 final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
     func testBF16TrainsBothPhasesAndRecordsItsPrecision() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let rows = Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" }
-        let labels = dir.appendingPathComponent("labels.csv")
-        try (["id,label"] + rows).joined(separator: "\n").appending("\n").write(to: labels, atomically: true, encoding: .utf8)
+        let labels = URL(fileURLWithPath: try writeAlternatingLabels(dir))
         let out = dir.appendingPathComponent("bf16.safetensors")
         let arguments = ["fine-tune", Self.images.path, "--labels", labels.path, "--from", Self.model, "--out", out.path,
                          "--batch-size", "4", "--valid-fraction", "0.25", "--seed", "3", "--head-epochs", "1", "--finetune-epochs", "1"]

@@ -6,13 +6,6 @@ import XCTest
 /// Issue 11 for fine-tune: divergence stops with a message and a good checkpoint, --resume refuses changed options
 /// and says when it starts afresh, and the history agrees with the checkpoint after a kill.
 final class FineTuneSafetyTests: XCTestCase, UsesDefaultFixtures {
-    func labelsFile(_ dir: URL) throws -> String {
-        let url = dir.appendingPathComponent("labels.csv")
-        let rows = Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" }
-        try (["id,label"] + rows).joined(separator: "\n").appending("\n").write(to: url, atomically: true, encoding: .utf8)
-        return url.path
-    }
-
     func arguments(_ labels: String, out: URL, _ extra: [String]) -> [String] {
         ["fine-tune", Self.images.path, "--labels", labels, "--from", Self.model, "--out", out.path,
          "--batch-size", "4", "--valid-fraction", "0.25", "--seed", "3", "--quiet"] + extra
@@ -20,7 +13,7 @@ final class FineTuneSafetyTests: XCTestCase, UsesDefaultFixtures {
 
     func testDivergenceStopsAtTheFirstNonFiniteLossAndKeepsTheLastGoodCheckpoint() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try labelsFile(dir), out = dir.appendingPathComponent("f.safetensors")
+        let labels = try writeAlternatingLabels(dir), out = dir.appendingPathComponent("f.safetensors")
         let result = try CLI.run(arguments(labels, out: out, ["--head-epochs", "1", "--finetune-epochs", "5", "--max-lr", "1e30"]))
         XCTAssertEqual(result.status, 1, result.stderr)
         XCTAssertTrue(result.stderr.hasPrefix("error: training diverged: "), result.stderr)
@@ -43,7 +36,7 @@ final class FineTuneSafetyTests: XCTestCase, UsesDefaultFixtures {
 
     func testResumeRefusesChangedOptionsAndSaysWhenItStartsAfresh() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try labelsFile(dir), out = dir.appendingPathComponent("f.safetensors")
+        let labels = try writeAlternatingLabels(dir), out = dir.appendingPathComponent("f.safetensors")
         let options = ["--head-epochs", "1", "--finetune-epochs", "1"]
         let fresh = try CLI.run(arguments(labels, out: out, options + ["--resume"]))
         XCTAssertEqual(fresh.status, 0, fresh.stderr)
@@ -63,7 +56,7 @@ final class FineTuneSafetyTests: XCTestCase, UsesDefaultFixtures {
     /// A history that misses the checkpoint's epoch is refused rather than continued with gaps.
     func testResumeMakesTheHistoryAgreeWithTheCheckpoint() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try labelsFile(dir), out = dir.appendingPathComponent("f.safetensors"), history = dir.appendingPathComponent("h.csv")
+        let labels = try writeAlternatingLabels(dir), out = dir.appendingPathComponent("f.safetensors"), history = dir.appendingPathComponent("h.csv")
         let options = ["--head-epochs", "1", "--finetune-epochs", "1", "--history", history.path]
         XCTAssertEqual(try CLI.run(arguments(labels, out: out, options)).status, 0)
         let complete = try String(contentsOf: history, encoding: .utf8)

@@ -8,14 +8,6 @@ import XCTest
 
 /// fine-tune and evaluate on the 12 fixture patches with the small default model (base width 8).
 final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
-    /// id,label with labels alternating over the sorted ids (`names` gives the label text of class 0 and 1).
-    func writeLabels(_ dir: URL, names: [String] = ["0", "1"]) throws -> String {
-        let url = dir.appendingPathComponent("labels.csv")
-        let rows = Self.imageIDs.enumerated().map { "\($0.element),\(names[$0.offset % 2])" }
-        try (["id,label"] + rows).joined(separator: "\n").appending("\n").write(to: url, atomically: true, encoding: .utf8)
-        return url.path
-    }
-
     func fineTuneArguments(_ labels: String, out: URL, extra: [String] = []) -> [String] {
         ["fine-tune", Self.images.path, "--labels", labels, "--from", Self.model, "--out", out.path,
          "--batch-size", "4", "--valid-fraction", "0.25", "--seed", "3"] + extra
@@ -23,7 +15,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
 
     func testTwoPhasesWriteCheckpointHistoryPlotAndRepeatWithTheSameSeed() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir, names: ["normal", "tumor"])
+        let labels = try writeAlternatingLabels(dir, names: ["normal", "tumor"])
         let a = dir.appendingPathComponent("a.safetensors"), b = dir.appendingPathComponent("b.safetensors")
         let history = dir.appendingPathComponent("history.csv"), plot = dir.appendingPathComponent("plot.svg")
         let options = ["--head-epochs", "2", "--finetune-epochs", "1"]
@@ -67,7 +59,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
     /// bit-for-bit the pretrained one; in train mode the running statistics move but the weights do not.
     func testFrozenBackboneStaysUnchanged() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir)
+        let labels = try writeAlternatingLabels(dir)
         let source = try Checkpoint.load(path: Self.model)
         for mode in ["eval", "train"] {
             let out = dir.appendingPathComponent("\(mode).safetensors")
@@ -88,7 +80,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
     /// A separate validation folder and sizes: --train-size caps the seeded sample, --valid-size the validation set.
     func testSeparateValidationFolderAndSizes() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir)
+        let labels = try writeAlternatingLabels(dir)
         let out = dir.appendingPathComponent("out.safetensors")
         let result = try CLI.run(["fine-tune", Self.images.path, "--labels", labels, "--from", Self.model, "--out", out.path,
                                   "--valid-dir", Self.images.path, "--valid-labels", labels, "--train-size", "8",
@@ -120,7 +112,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
     /// A run killed after a few epochs of `phase` and resumed ends bit-for-bit where an uninterrupted run ends.
     func checkKillAndResume(options: [String], killAfter marker: String) throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir)
+        let labels = try writeAlternatingLabels(dir)
         let whole = dir.appendingPathComponent("whole.safetensors"), killed = dir.appendingPathComponent("killed.safetensors")
         XCTAssertEqual(try CLI.run(fineTuneArguments(labels, out: whole, extra: options)).status, 0)
 
@@ -179,7 +171,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
             XCTAssertTrue(result.stderr.contains(message), "expected \(message), got \(result.stderr)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: out.path), "nothing written")
         }
-        let labels = try writeLabels(dir)
+        let labels = try writeAlternatingLabels(dir)
         let missing = try CLI.run(["fine-tune", Self.images.path, "--labels", labels, "--from", dir.appendingPathComponent("none.safetensors").path])
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.stderr.contains("none.safetensors"), missing.stderr)
@@ -199,7 +191,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
     /// with loss, accuracy, confusion matrix and ROC AUC (pair counting) computed here from those logits.
     func testEvaluateMatchesFiguresComputedFromONNXRuntimeLogits() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir)
+        let labels = try writeAlternatingLabels(dir)
         let report = dir.appendingPathComponent("report.json"), plots = dir.appendingPathComponent("plots")
         let result = try CLI.run(["evaluate", Self.images.path, "--labels", labels, "--model", Self.model,
                                   "--report", report.path, "--plots", plots.path])
@@ -239,7 +231,7 @@ final class FineTuneTests: XCTestCase, UsesDefaultFixtures {
 
     func testEvaluateRefusesLabelsOutsideTheModelsClasses() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try writeLabels(dir, names: ["0", "cat"])
+        let labels = try writeAlternatingLabels(dir, names: ["0", "cat"])
         let result = try CLI.run(["evaluate", Self.images.path, "--labels", labels, "--model", Self.model])
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.stderr.contains("labels.csv: record 3: label cat is not one of the classes 0, 1"), result.stderr)

@@ -13,13 +13,6 @@ final class OutputSafetyTests: XCTestCase, UsesDefaultFixtures {
         return url
     }
 
-    func labelsFile(_ dir: URL) throws -> URL {
-        let url = dir.appendingPathComponent("labels.csv")
-        let rows = Self.imageIDs.enumerated().map { "\($0.element),\($0.offset % 2)" }
-        try (["id,label"] + rows).joined(separator: "\n").appending("\n").write(to: url, atomically: true, encoding: .utf8)
-        return url
-    }
-
     /// Runs `arguments`, expects status 1 with `message` on stderr, and every file in `unchanged` as it was.
     func assertRefused(_ arguments: [String], _ message: String, unchanged: [URL], file: StaticString = #filePath, line: UInt = #line) throws {
         let before = try unchanged.map { try Data(contentsOf: $0) }
@@ -34,7 +27,7 @@ final class OutputSafetyTests: XCTestCase, UsesDefaultFixtures {
 
     func testAnOutputThatIsAnInputIsRefusedBeforeAnyWork() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let model = try modelCopy(dir), labels = try labelsFile(dir)
+        let model = try modelCopy(dir), labels = URL(fileURLWithPath: try writeAlternatingLabels(dir))
         let link = dir.appendingPathComponent("link.safetensors")
         try FileManager.default.createSymbolicLink(at: link, withDestinationURL: model)
         let images = Self.images.path
@@ -61,7 +54,7 @@ final class OutputSafetyTests: XCTestCase, UsesDefaultFixtures {
 
     func testExistingOutputsAreReplacedOnlyWithForce() throws {
         let dir = try CLI.temporaryDirectory(self)
-        let labels = try labelsFile(dir)
+        let labels = URL(fileURLWithPath: try writeAlternatingLabels(dir))
         let onnx = dir.appendingPathComponent("m.onnx"), report = dir.appendingPathComponent("r.json"), preds = dir.appendingPathComponent("p.csv")
         for url in [onnx, report, preds] { try Data("keep me\n".utf8).write(to: url) }
         try assertRefused(["export-onnx", Self.model, "--out", onnx.path], "\(onnx.path): already exists (use --force to replace it)", unchanged: [onnx])
