@@ -164,32 +164,38 @@ public final class DNNLPlan: InferenceEngine {
         let ranges = lanes(count)
         let networks = try laneNetworks(count, height: height, width: width)
         let imageFloats = height * width * 3
-        // Each lane writes only its own slot of `outputs` (its layer4 output, or the error it met).
-        var outputs = [Result<UnsafeBufferPointer<Float>, Error>?](repeating: nil, count: ranges.count)
-        outputs.withUnsafeMutableBufferPointer { results in
-            let results = results
+        // Global average pool of layer4's NHWC fp32 output, then the folded linear layers: in each lane on its own
+        // rows, OpenBLAS single-threaded meanwhile (a head run on OpenBLAS's threads leaves its worker spinning in
+        // sched_yield for a while after, taking a sixth of the cores from the next batch's convolutions).
+        let channels = featureWidth
+        let pooledFeatures = withHead ? pooled.reserve(count * channels) : output
+        let scratch = hidden.reserve(count * max(1, head.scratchWidth))
+        let threads = ranges.count == 1 ? Parallelism.threads : 1
+        // Each lane writes only its own slot of `failures` and its own rows of the outputs.
+        var failures = [Error?](repeating: nil, count: ranges.count)
+        failures.withUnsafeMutableBufferPointer { failures in
+            let failures = failures
+            let blasThreads = openblas_get_num_threads(), wanted = Int32(threads)
+            if blasThreads != wanted { openblas_set_num_threads(wanted) }
+            defer { if blasThreads != wanted { openblas_set_num_threads(blasThreads) } }
             laneThreads.run(ranges.count) { lane in
-                DNNLRuntime.setThreads(ranges.count == 1 ? Parallelism.threads : 1)
-                results[lane] = Result { try networks[lane].forward(images + ranges[lane].lowerBound * imageFloats) }
+                let range = ranges[lane]
+                DNNLRuntime.setThreads(threads)
+                do {
+                    let pixels = try networks[lane].forward(images + range.lowerBound * imageFloats)
+                    let area = pixels.count / (range.count * channels)
+                    let features = pooledFeatures + range.lowerBound * channels
+                    globalAveragePool(pixels.baseAddress!, Geometry(batch: range.count, height: area, width: 1),
+                                      channels: channels, features)
+                    guard withHead else { return }
+                    head.run(features, count: range.count, logits: output + range.lowerBound * numClasses,
+                             scratch: scratch + range.lowerBound * head.scratchWidth, threads: threads)
+                } catch {
+                    failures[lane] = error
+                }
             }
         }
-        let laneOutputs = try outputs.map { try $0!.get() }
-        // Global average pool of layer4's NHWC fp32 output, then the folded linear layers.
-        let channels = featureWidth
-        let target: UnsafeMutablePointer<Float>
-        if withHead {
-            target = pooled.reserve(count * channels)
-        } else {
-            target = output
-        }
-        for (range, pixels) in zip(ranges, laneOutputs) {
-            let area = pixels.count / (range.count * channels)
-            globalAveragePool(pixels.baseAddress!, Geometry(batch: range.count, height: area, width: 1), channels: channels,
-                              target + range.lowerBound * channels)
-        }
-        guard withHead else { return }
-        head.run(target, count: count, logits: output, scratch: hidden.reserve(count * head.scratchWidth),
-                 threads: Parallelism.threads)
+        if let failure = failures.lazy.compactMap({ $0 }).first { throw failure }
     }
 
     /// Convenience for tests: NHWC images in, logits out.
