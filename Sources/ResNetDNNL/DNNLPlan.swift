@@ -101,19 +101,60 @@ public final class DNNLPlan: InferenceEngine {
     }
 
     /// `layer`'s weights in the layout `desc` (quantised per output channel for int8), reordered on first request.
-    func packedWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t) throws -> Memory {
+    /// With `denseAt`, the weights of the layer as a dense one on inputs of that size (`denseWeight`).
+    func packedWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t, denseAt side: (Int, Int)? = nil) throws -> Memory {
         var wanted = desc
         for var known in packedWeights[layer.name, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
             return known.memory
         }
         let packed = try Memory(desc)
-        var weight = layer.weight
+        var weight: [Float], userDesc: dnnl_memory_desc_t, rows: Int
+        if let side {
+            // Stored [outputs, inputs]; a matmul's weights are [inputs, outputs], hence `ba`.
+            (weight, rows) = (Self.denseWeight(layer, side), layer.shape.outputs(side))
+            userDesc = try memoryDesc([layer.shape.inputs(side), rows], dnnl_f32, dnnl_ba)
+        } else {
+            (weight, rows) = (layer.weight, layer.shape.outChannels)
+            userDesc = try memoryDesc(layer.shape.weightShape, dnnl_f32, dnnl_oihw)
+        }
+        // Rows are output channels, or (pixel, output channel) in the dense form.
+        let scales = layer.weightScales.map { perChannel in (0..<rows).map { perChannel[$0 % perChannel.count] } }
         try weight.withUnsafeMutableBytes { raw in
-            let user = try Memory(try memoryDesc(layer.shape.weightShape, dnnl_f32, dnnl_oihw), buffer: raw.baseAddress!)
-            try Primitive.reorder(user, packed, attributes: try layer.weightScales.map { try Attributes(outputScales: $0, mask: 1) })
+            let user = try Memory(userDesc, buffer: raw.baseAddress!)
+            try Primitive.reorder(user, packed, attributes: try scales.map { try Attributes(outputScales: $0, mask: side == nil ? 1 : 1 << 1) })
         }
         packedWeights[layer.name, default: []].append((desc, packed))
         return packed
+    }
+
+    /// Whether every output pixel's window covers the whole input (a 3x3/1 convolution on 2x2 or smaller, as
+    /// layer4 sees at 49x49): the convolution is then a dense layer from an image's NHWC (pixel, channel) vector to
+    /// the output's, and no multiply-add is spent on padding, where a convolution kernel spends over half of them.
+    static func windowsCoverInput(_ s: ConvShape, _ side: (Int, Int)) -> Bool {
+        [side.0, side.1].allSatisfy { n in
+            let before = s.pads(n).before
+            return (s.outputSide(n) - 1) * s.stride - before <= 0 && s.kernel - 1 - before >= n - 1
+        }
+    }
+
+    /// The dense form of a convolution whose windows cover its input of size `side`: [outputs, inputs] with
+    /// rows (oy, ox, o) and columns (iy, ix, i): w[o, i, iy − oy·stride + padTop, ix − ox·stride + padLeft].
+    static func denseWeight(_ layer: Layer, _ side: (Int, Int)) -> [Float] {
+        let s = layer.shape, k = s.kernel
+        let (top, left) = (s.pads(side.0).before, s.pads(side.1).before)
+        let out = (s.outputSide(side.0), s.outputSide(side.1))
+        let columns = s.inputs(side)
+        var dense = [Float](repeating: 0, count: s.outputs(side) * columns)
+        for oy in 0..<out.0 { for ox in 0..<out.1 { for o in 0..<s.outChannels {
+            let row = ((oy * out.1 + ox) * s.outChannels + o) * columns
+            for iy in 0..<side.0 { for ix in 0..<side.1 {
+                let ky = iy - oy * s.stride + top, kx = ix - ox * s.stride + left
+                for i in 0..<s.inChannels {
+                    dense[row + (iy * side.1 + ix) * s.inChannels + i] = layer.weight[((o * s.inChannels + i) * k + ky) * k + kx]
+                }
+            } }
+        } } }
+        return dense
     }
 
     private func network(_ shape: Shape) throws -> Network {
@@ -211,6 +252,12 @@ public final class DNNLPlan: InferenceEngine {
     }
 }
 
+extension ConvShape {
+    /// Length of an image's NHWC vector at input size `side`, and at the output size it gives.
+    func inputs(_ side: (Int, Int)) -> Int { side.0 * side.1 * inChannels }
+    func outputs(_ side: (Int, Int)) -> Int { outputSide(side.0) * outputSide(side.1) * outChannels }
+}
+
 /// The primitives and memories for one input shape.
 final class Network {
     struct Step { var primitive: Primitive; var args: [(Int32, Memory)] }
@@ -248,55 +295,98 @@ final class Network {
             return (signed ? 127 : 255) / maximum
         }
 
+        /// Whether `desc` is plain NHWC (the layout brgconv picks for activations; a blocked one does not read as
+        /// an image's (pixel, channel) vector).
+        func isNHWC(_ desc: dnnl_memory_desc_t, channels: Int, side: (Int, Int)) throws -> Bool {
+            var given = desc, plain = try memoryDesc([n, channels, side.0, side.1], desc.data_type, dnnl_nhwc)
+            return dnnl_memory_desc_equal(&given, &plain) != 0
+        }
+
         // One convolution: returns its destination memory. `src` carries the input's layout and scale;
         // with `into`, the output is written over that memory (the residual) through a sum post-op.
+        // Where its windows cover the whole input, it runs as a dense layer (a matmul) on the NHWC vectors, unless
+        // oneDNN has only a reference implementation of that here.
         func convolution(_ layer: DNNLPlan.Layer, _ src: Memory, srcScale: Float, inSide: (Int, Int),
                          into residual: (memory: Memory, scale: Float)? = nil, relu: Bool, signedOutput: Bool = false) throws
             -> (Memory, Float, (Int, Int)) {
             let s = layer.shape
             let out = (s.outputSide(inSide.0), s.outputSide(inSide.1))
             let outType: dnnl_data_type_t = signedOutput && int8 ? dnnl_s8 : activation
-            let weightsAny = try memoryDesc([s.outChannels, s.inChannels, s.kernel, s.kernel], int8 ? dnnl_s8 : dnnl_bf16, dnnl_format_tag_any)
-            let biasMD = try memoryDesc([s.outChannels], dnnl_f32, dnnl_x)
-            var dstMD: dnnl_memory_desc_t
-            if let residual {
-                dstMD = residual.memory.desc
-                dstMD.data_type = outType
-            } else {
-                dstMD = try memoryDesc([n, s.outChannels, out.0, out.1], outType, dnnl_format_tag_any)
-            }
-            var srcMD = src.desc
-            let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
-            let (padBefore, padAfter) = Self.padding(s, inSide)
-            var desc = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &srcMD, [weightsAny],
-                                                         [biasMD], [dstMD], strides, padBefore, padAfter), "describing \(layer.name)'s convolution")
+            let weightType: dnnl_data_type_t = int8 ? dnnl_s8 : dnnl_bf16
             let dstScale = scale(layer.name, signed: signedOutput)
             // int8: weights quantised per output channel; the int32 accumulator (bias included) is
             // scaled to the output's levels.
             let weightScales = layer.weightScales ?? [Float](repeating: 1, count: s.outChannels)
-            let attributes = try Attributes(
-                outputScales: int8 ? weightScales.map { dstScale / (srcScale * $0) } : nil,
-                sum: residual.map { (int8 ? dstScale / $0.scale : 1, $0.memory.desc.data_type) },
-                relu: relu, userScratchpad: true)
-            let conv = try Primitive(&desc, attributes: attributes, what: "\(layer.name)'s convolution")
-            implementations.append(("\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)", conv.implementation))
 
-            let weights = try plan.packedWeight(layer, conv.md(dnnl_query_weights_md))
-            let bias = try Memory(biasMD)
+            struct Described { var primitive: Primitive, src: dnnl_memory_desc_t, dst: dnnl_memory_desc_t, bias: dnnl_memory_desc_t
+                               var outputs: Int, dense: Bool }
+            func describe(dense: Bool) throws -> Described {
+                // Outputs per image that a bias and scale belong to: each channel's, or each (pixel, channel)'s if dense.
+                let outputs = dense ? s.outputs(inSide) : s.outChannels
+                let attributes = try Attributes(
+                    outputScales: int8 ? (0..<outputs).map { dstScale / (srcScale * weightScales[$0 % s.outChannels]) } : nil,
+                    sum: residual.map { (int8 ? dstScale / $0.scale : 1, $0.memory.desc.data_type) },
+                    relu: relu, userScratchpad: true)
+                if dense {
+                    var srcMD = try memoryDesc([n, s.inputs(inSide)], src.desc.data_type, dnnl_ab)
+                    var weightsAny = try memoryDesc([s.inputs(inSide), outputs], weightType, dnnl_format_tag_any)
+                    var biasMD = try memoryDesc([1, outputs], dnnl_f32, dnnl_ab)
+                    var dstMD = try memoryDesc([n, outputs], outType, dnnl_ab)
+                    var desc = dnnl_matmul_desc_t()
+                    try check(dnnl_matmul_desc_init(&desc, &srcMD, &weightsAny, &biasMD, &dstMD), "describing \(layer.name) as a dense layer")
+                    let primitive = try Primitive(&desc, attributes: attributes, what: "\(layer.name) as a dense layer")
+                    return Described(primitive: primitive, src: srcMD, dst: dstMD, bias: biasMD, outputs: outputs, dense: true)
+                }
+                var srcMD = src.desc
+                var dstMD: dnnl_memory_desc_t
+                if let residual {
+                    dstMD = residual.memory.desc
+                    dstMD.data_type = outType
+                } else {
+                    dstMD = try memoryDesc([n, s.outChannels, out.0, out.1], outType, dnnl_format_tag_any)
+                }
+                let weightsAny = try memoryDesc(s.weightShape, weightType, dnnl_format_tag_any)
+                let biasMD = try memoryDesc([outputs], dnnl_f32, dnnl_x)
+                let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
+                let (padBefore, padAfter) = Self.padding(s, inSide)
+                var desc = dnnl_convolution_desc_t()
+                try check(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &srcMD, [weightsAny],
+                                                             [biasMD], [dstMD], strides, padBefore, padAfter),
+                          "describing \(layer.name)'s convolution")
+                let primitive = try Primitive(&desc, attributes: attributes, what: "\(layer.name)'s convolution")
+                return Described(primitive: primitive, src: srcMD, dst: primitive.md(dnnl_query_dst_md), bias: biasMD,
+                                 outputs: outputs, dense: false)
+            }
+            let denseFits = try DNNLPlan.windowsCoverInput(s, inSide) && isNHWC(src.desc, channels: s.inChannels, side: inSide)
+                && (residual.map { try isNHWC($0.memory.desc, channels: s.outChannels, side: out) } ?? true)
+            let dense = denseFits ? (try? describe(dense: true)).flatMap { $0.primitive.implementation.hasPrefix("ref") ? nil : $0 } : nil
+            let made = try dense ?? describe(dense: false)
+
+            let kind = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)"
+            implementations.append((made.dense ? "\(kind) on \(inSide.0)x\(inSide.1) as dense" : kind, made.primitive.implementation))
+            let weights = try plan.packedWeight(layer, made.primitive.md(dnnl_query_weights_md), denseAt: made.dense ? inSide : nil)
+            let bias = try Memory(made.bias)
             let b = bias.data.assumingMemoryBound(to: Float.self)
-            for o in 0..<s.outChannels { b[o] = layer.bias[o] * (int8 ? srcScale * weightScales[o] : 1) }
+            for j in 0..<made.outputs {
+                let o = j % s.outChannels
+                b[j] = layer.bias[o] * (int8 ? srcScale * weightScales[o] : 1)
+            }
             constants += [weights, bias]
 
+            let source = made.dense ? try Memory(made.src, buffer: src.data) : src
             let dst: Memory
             if let residual {
-                dst = try Memory(dstMD, buffer: residual.memory.data)
+                dst = try Memory(made.dst, buffer: residual.memory.data)
                 constants.append(residual.memory)
             } else {
-                dst = try Memory(conv.md(dnnl_query_dst_md))
+                dst = try Memory(made.dst)
             }
-            steps.append(Step(primitive: conv, args: [(DNNL_ARG_SRC, src), (DNNL_ARG_WEIGHTS, weights), (DNNL_ARG_BIAS, bias), (DNNL_ARG_DST, dst)]))
-            return (dst, dstScale, out)
+            steps.append(Step(primitive: made.primitive, args: [(DNNL_ARG_SRC, source), (DNNL_ARG_WEIGHTS, weights),
+                                                                (DNNL_ARG_BIAS, bias), (DNNL_ARG_DST, dst)]))
+            guard made.dense else { return (dst, dstScale, out) }
+            // The next layer reads the dense layer's [n, pixels · channels] output as the NHWC tensor it is.
+            constants += [source, dst]
+            return (try Memory(try memoryDesc([n, s.outChannels, out.0, out.1], outType, dnnl_nhwc), buffer: dst.data), dstScale, out)
         }
 
         // Stem source: the stem's own choice of layout; images arrive as fp32 NHWC and are reordered (and for int8

@@ -62,6 +62,72 @@ final class DNNLPlanTests: XCTestCase {
         }
     }
 
+    /// At 32x32 layer3 sees 2x2 and layer4 1x1: convolutions whose windows cover their input run as dense layers
+    /// (layer4's 3x3/2 on 2x2 among them); bf16 and int8 against the fp32 engine (itself checked against PyTorch).
+    func testDenseLayersMatchTheFP32Engine() throws {
+        let checkpoint = try Self.checkpoint()
+        let fp32 = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        // The reference images' top-left 32x32.
+        let full = try Self.input(49)
+        var images: [Float] = []
+        for n in 0..<4 {
+            for y in 0..<32 {
+                let row = (n * 49 + y) * 49 * 3
+                images += full[row..<row + 32 * 3]
+            }
+        }
+        let expected = fp32.run(images: images, count: 4, height: 32, width: 32)
+        let collector = RangeCollector(method: .max)
+        images.withUnsafeBufferPointer { collector.add(fp32, images: $0, count: 4, height: 32, width: 32) }
+        for (precision, tolerance) in [(Precision.bf16, Float(2e-2)), (.int8, 5e-2)] {
+            let plan = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: precision,
+                                    scales: collector.scales(images: 4))
+            let lines = try plan.implementations(batch: 4, height: 32, width: 32)
+            XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/1 256→256 on 2x2 as dense: ") }, "\(lines)")
+            XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/2 256→512 on 2x2 as dense: ") }, "\(lines)")
+            XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/1 512→512 on 1x1 as dense: ") }, "\(lines)")
+            let got = try plan.run(images: images, count: 4, height: 32, width: 32)
+            XCTAssertLessThan(relativeError(got, expected), tolerance, "\(precision)")
+            XCTAssertEqual(Self.argmaxes(got, classes: 1000), Self.argmaxes(expected, classes: 1000), "\(precision)")
+        }
+    }
+
+    /// Which convolutions' windows cover their whole input, and the dense weights against a direct convolution.
+    func testDenseFormOfAConvolution() {
+        let same3x3s2 = ConvShape(3, 5, kernel: 3, stride: 2, padding: 0, samePadding: true)
+        XCTAssertTrue(DNNLPlan.windowsCoverInput(ConvShape(4, 5, kernel: 3, stride: 1, padding: 1), (2, 2)))
+        XCTAssertTrue(DNNLPlan.windowsCoverInput(ConvShape(4, 5, kernel: 3, stride: 1, padding: 1), (1, 2)))
+        XCTAssertFalse(DNNLPlan.windowsCoverInput(ConvShape(4, 5, kernel: 3, stride: 1, padding: 1), (3, 3)))
+        XCTAssertTrue(DNNLPlan.windowsCoverInput(ConvShape(4, 5, kernel: 3, stride: 2, padding: 1), (2, 2)))
+        XCTAssertFalse(DNNLPlan.windowsCoverInput(ConvShape(4, 5, kernel: 3, stride: 2, padding: 1), (4, 4)))
+        XCTAssertFalse(DNNLPlan.windowsCoverInput(ConvShape(4, 5, kernel: 1, stride: 2, padding: 0), (2, 2)))
+        XCTAssertTrue(DNNLPlan.windowsCoverInput(same3x3s2, (2, 1)))
+        XCTAssertFalse(DNNLPlan.windowsCoverInput(same3x3s2, (2, 3)))
+        var random = SplitMix64(seed: 3)
+        for (shape, side) in [(ConvShape(4, 5, kernel: 3, stride: 1, padding: 1), (2, 2)), (same3x3s2, (2, 1))] {
+            let weight = (0..<shape.outChannels * shape.patchSize).map { _ in Float.random(in: -1...1, using: &random) }
+            let layer = DNNLPlan.Layer(name: "c", shape: shape, weight: weight, bias: [], weightScales: nil)
+            let dense = DNNLPlan.denseWeight(layer, side)
+            let x = (0..<shape.inputs(side)).map { _ in Float.random(in: -1...1, using: &random) }  // NHWC, one image
+            let out = (shape.outputSide(side.0), shape.outputSide(side.1))
+            let (top, left) = (shape.pads(side.0).before, shape.pads(side.1).before)
+            for oy in 0..<out.0 { for ox in 0..<out.1 { for o in 0..<shape.outChannels {
+                var direct: Float = 0
+                for ky in 0..<shape.kernel { for kx in 0..<shape.kernel {
+                    let iy = oy * shape.stride - top + ky, ix = ox * shape.stride - left + kx
+                    guard (0..<side.0).contains(iy), (0..<side.1).contains(ix) else { continue }
+                    for i in 0..<shape.inChannels {
+                        direct += weight[((o * shape.inChannels + i) * shape.kernel + ky) * shape.kernel + kx]
+                            * x[(iy * side.1 + ix) * shape.inChannels + i]
+                    }
+                } }
+                let row = ((oy * out.1 + ox) * shape.outChannels + o) * x.count
+                let viaDense = (0..<x.count).reduce(Float(0)) { $0 + dense[row + $1] * x[$1] }
+                XCTAssertEqual(viaDense, direct, accuracy: 1e-5, "\(shape) at \(side): (\(oy), \(ox), \(o))")
+            } } }
+        }
+    }
+
     func testInt8WithoutScalesIsRefusedNamingQuantize() throws {
         let checkpoint = try Self.checkpoint()
         XCTAssertThrowsError(try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: .int8)) { error in
