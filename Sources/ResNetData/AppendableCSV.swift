@@ -53,11 +53,13 @@ public final class AppendableCSV {
     deinit { close(fd) }
 
     /// Appends records (already encoded, each ending in "\n") with a single write.
-    public func write(_ text: String) throws {
-        var bytes = Array(text.utf8)
+    public func write(_ text: String) throws { try write(Array(text.utf8)) }
+
+    /// Appends UTF-8 lines (each ending in "\n").
+    public func write(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
-            let written = bytes.withUnsafeMutableBytes { Foundation.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            let written = bytes.withUnsafeBytes { Foundation.write(fd, $0.baseAddress! + offset, $0.count - offset) }
             if written < 0 {
                 if errno == EINTR { continue }
                 throw FileError(path, "write failed: \(systemErrorMessage())")

@@ -156,6 +156,9 @@ struct BatchInfer: ParsableCommand {
                                        preprocessing: preprocessing, batchSize: batchSize, workers: threadCount, accept: accept)
         let progress = ProgressBar(label: "batch-infer")
         if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
+        if preprocessing.crop > 0 && tta == .one {
+            try plan.checkedPrepare(batch: batchSize, height: preprocessing.crop, width: preprocessing.crop)
+        }
 
         let classifier = BatchClassifier(engine: plan, classes: classes, views: tta, batchSize: batchSize)
         var processed = 0, failed = errorLog.existingRecords.count
@@ -185,19 +188,20 @@ struct BatchInfer: ParsableCommand {
     }
 
     /// CSV rows for a batch: id, logits, optional probabilities, label; or id and P(class 1) for Kaggle.
-    func rows(_ ids: [String], _ logits: [Float], classes: Int) -> String {
-        PredictionRows.format(count: ids.count) { n, text in
+    func rows(_ ids: [String], _ logits: [Float], classes: Int) -> [UInt8] {
+        PredictionRows.format(count: ids.count) { n, line in
             let row = logits[(n * classes)..<((n + 1) * classes)]
-            text += CSV.encodeField(ids[n])
+            line.append(CSV.encodeField(ids[n]))
             if format == .kaggle {
-                text += ","
-                Float(softmax(row)[1]).write(to: &text)
+                line.append(",")
+                line.append(Float(softmax(row)[1]))
             } else {
-                PredictionRows.append(row, to: &text)
-                if probs { PredictionRows.append(ArraySlice(softmax(row).map { Float($0) }), to: &text) }
-                text += ",\(argmax(row))"
+                line.appendFields(row)
+                if probs { line.appendFields(ArraySlice(softmax(row).map { Float($0) })) }
+                line.append(",")
+                line.append(argmax(row))
             }
-            text += "\n"
+            line.append("\n")
         }
     }
 

@@ -201,12 +201,12 @@ struct InferSlide: ParsableCommand {
         var processed = 0, failed = 0
         try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {
-                try output.write(PredictionRows.format(count: batch.count) { n, text in
+                try output.write(PredictionRows.format(count: batch.count) { n, line in
                     let (x, y) = grid.levelZeroOrigin(batch.cells[n])
                     let row = logits[(n * classes)..<((n + 1) * classes)]
-                    text += "\(x),\(y)"
-                    PredictionRows.append(row, to: &text)
-                    text += ",\(argmax(row))\n"
+                    line.append("\(x),\(y)")
+                    line.appendFields(row)
+                    line.append(",\(argmax(row))\n")
                 })
                 for (n, cell) in batch.cells.enumerated() {
                     scores[grid.index(cell)] = Self.score(logits[(n * classes)..<((n + 1) * classes)])

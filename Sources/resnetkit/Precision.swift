@@ -42,13 +42,31 @@ extension InferenceEngine {
     /// implementations it chose, listed the first time.
     func checkedRun(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, logits: UnsafeMutablePointer<Float>) throws {
         do {
-            if let dnnl = self as? DNNLPlan, !dnnl.hasPrepared, Console.debugEnabled {
-                for line in try dnnl.implementations(batch: count, height: height, width: width) { Console.debug("oneDNN \(line)") }
+            if let dnnl = self as? DNNLPlan, !dnnl.hasPrepared {
+                try Self.logImplementations(dnnl, batch: count, height: height, width: width)
             }
             try run(images: images, count: count, height: height, width: width, logits: logits)
         } catch let error as DNNLError {
             throw UsageError(error.description)
         }
+    }
+
+    /// Builds what a oneDNN engine needs for batches of this shape (primitives, packed weights: a tenth of a second)
+    /// before the first arrives, e.g. while the decoders read the first images. Nothing to do for fp32.
+    func checkedPrepare(batch: Int, height: Int, width: Int) throws {
+        guard let dnnl = self as? DNNLPlan else { return }
+        do {
+            try dnnl.prepare(batch: batch, height: height, width: width)
+            try Self.logImplementations(dnnl, batch: batch, height: height, width: width)
+        } catch let error as DNNLError {
+            throw UsageError(error.description)
+        }
+    }
+
+    /// With `RESNETKIT_LOG=debug`, the implementation oneDNN chose for each kind of layer.
+    private static func logImplementations(_ dnnl: DNNLPlan, batch: Int, height: Int, width: Int) throws {
+        guard Console.debugEnabled else { return }
+        for line in try dnnl.implementations(batch: batch, height: height, width: width) { Console.debug("oneDNN \(line)") }
     }
 }
 

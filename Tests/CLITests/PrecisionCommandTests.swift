@@ -61,6 +61,24 @@ final class PrecisionCommandTests: XCTestCase {
         XCTAssertTrue(agree)
     }
 
+    /// With a crop the engine is built for full batches before the first (while the decoders start);
+    /// `RESNETKIT_LOG=debug` lists oneDNN's choices once either way (layer4's 3x3 on 2x2 as a dense layer), and the
+    /// logits are those of the run without a crop (a 49 crop of 49x49 images is the whole image).
+    func testDebugLogListsOneDNNChoicesOnce() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let cropped = dir.appendingPathComponent("cropped.csv"), whole = dir.appendingPathComponent("whole.csv")
+        let result = try CLI.run(["batch-infer", Self.images.path, "--out", cropped.path, "--model", Self.model,
+                                  "--precision", "bf16", "--batch-size", "16", "--crop", "49"],
+                                 environment: ["RESNETKIT_LOG": "debug"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertEqual(result.stderr.components(separatedBy: "oneDNN 7x7/2 3→16: ").count - 1, 1, result.stderr)
+        XCTAssertTrue(result.stderr.contains("oneDNN 3x3/1 128→128 on 2x2 as dense: "), result.stderr)
+        let plain = try CLI.run(["batch-infer", Self.images.path, "--out", whole.path, "--model", Self.model,
+                                 "--precision", "bf16", "--batch-size", "16", "--quiet"])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        XCTAssertEqual(try logits(cropped, dropLast: true), try logits(whole, dropLast: true))
+    }
+
     func assertOneLineError(_ result: CLI.Result, contains text: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(result.status, 1, result.stderr, file: file, line: line)
         let lines = result.stderr.split(separator: "\n")
