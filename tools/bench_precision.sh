@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ResNetKit per precision (fp32 OpenBLAS, bf16 and int8 oneDNN: `resnetkit-bench precision`) and OpenVINO (engine
 # alone, its default precision; tools/bench_openvino.py) side by side, 2 threads, batch 64, at 49x49 and 96x96;
-# then `batch-infer --precision bf16` end to end (TIFF decoding included) against the bf16 engine alone.
+# then `batch-infer --precision bf16` end to end (TIFF decoding included) against the bf16 engine alone, with a
+# 2-class head (tools/two_class_head.py: a pathology model) and with the 1000-class reference model.
 # The engines alternate for ROUNDS rounds in one run (other load on a shared machine hits them alike); the
 # tables give each one's median img/s. Every table is headed by the machine (CPU model, ISA, OpenBLAS core).
 #
@@ -29,16 +30,23 @@ for round in $(seq "$ROUNDS"); do
 done
 
 if [ "${SKIP_E2E:-0}" != 1 ]; then
-    # batch-infer end to end on N PCam-like 96x96 TIFFs (crop 96 and 49), each run followed by the engine alone.
+    # batch-infer end to end on N PCam-like 96x96 TIFFs (crop 96 and 49), each run followed by the engine alone;
+    # with a 2-class head (a pathology model: the CSV rows are short) and the 1000-class reference model (every row
+    # holds 1000 logits, formatted as text).
     "$PYTHON" tools/python_pipeline.py generate "$WORK/images" "$N" >/dev/null
-    for crop in 96 49; do
-        for round in $(seq "$ROUNDS"); do
-            rm -f "$WORK/out.csv"
-            rate=$("$RESNETKIT" batch-infer "$WORK/images" --model "$MODEL" --out "$WORK/out.csv" --precision bf16 \
-                    --crop "$crop" --batch-size 64 --threads 2 2>&1 | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
-            echo "e2e $crop $rate" | tee -a "$WORK/log" >&2
-            "$BENCH" precision --model "$MODEL" --precision bf16 --sides "$crop" --batches 64 --threads 2 \
-                --seconds "$SECONDS_PER" | tee -a "$WORK/log" >&2
+    "$PYTHON" tools/two_class_head.py "$MODEL" "$WORK/two-class.safetensors"
+    for classes in 2 1000; do
+        model=$MODEL
+        [ "$classes" = 2 ] && model=$WORK/two-class.safetensors
+        for crop in 96 49; do
+            for round in $(seq "$ROUNDS"); do
+                rm -f "$WORK/out.csv"
+                rate=$("$RESNETKIT" batch-infer "$WORK/images" --model "$model" --out "$WORK/out.csv" --precision bf16 \
+                        --crop "$crop" --batch-size 64 --threads 2 2>&1 | sed -n 's/.*, \([0-9.]*\) images\/s.*/\1/p')
+                echo "e2e $classes $crop $rate" | tee -a "$WORK/log" >&2
+                "$BENCH" precision --model "$model" --precision bf16 --sides "$crop" --batches 64 --threads 2 \
+                    --seconds "$SECONDS_PER" | tee -a "$WORK/log" >&2
+            done
         done
     done
 fi
@@ -60,7 +68,7 @@ for l in lines:
     m = re.match(r"\s*(\d+)\s+64\s+(fp32|bf16|int8)\s+([\d.]+)\s+[\d.]+\s+([\d.]+)", l)
     if m:
         key = (m.group(2), int(m.group(1)))
-        if last_e2e is not None: bf16_after_e2e.setdefault(key[1], []).append(float(m.group(3))); last_e2e = None
+        if last_e2e is not None: bf16_after_e2e.setdefault(last_e2e, []).append(float(m.group(3))); last_e2e = None
         else:
             rates.setdefault(key, []).append(float(m.group(3)))
             cpu_rates.setdefault(key, []).append(float(m.group(4)))
@@ -69,8 +77,10 @@ for l in lines:
         key = (f"OpenVINO ({m.group(3)})", int(m.group(1)))
         rates.setdefault(key, []).append(float(m.group(2)))
         cpu_rates.setdefault(key, []).append(float(m.group(4)))
-    m = re.match(r"e2e (\d+) ([\d.]+)", l)
-    if m: e2e.setdefault(int(m.group(1)), []).append(float(m.group(2))); last_e2e = True
+    m = re.match(r"e2e (\d+) (\d+) ([\d.]+)", l)
+    if m:
+        last_e2e = (int(m.group(1)), int(m.group(2)))
+        e2e.setdefault(last_e2e, []).append(float(m.group(3)))
 med = {k: statistics.median(v) for k, v in rates.items()}
 cpu_med = {k: statistics.median(v) for k, v in cpu_rates.items()}
 print(machine)
@@ -97,8 +107,8 @@ for s in (49, 96):
     print(f"  {s}x{s}: " + ", ".join(parts))
 if e2e:
     print(f"\n{machine}\nbatch-infer --precision bf16 end to end (decode included) vs the bf16 engine alone (target: within 20 %)")
-    print("| crop | batch-infer img/s | engine img/s | ratio |\n| ---: | ---: | ---: | ---: |")
-    for s in sorted(e2e):
-        a, b = statistics.median(e2e[s]), statistics.median(bf16_after_e2e.get(s, [float('nan')]))
-        print(f"| {s} | {a:.0f} | {b:.0f} | {a / b:.2f} |")
+    print("| classes | crop | batch-infer img/s | engine img/s | ratio |\n| ---: | ---: | ---: | ---: | ---: |")
+    for key in sorted(e2e):
+        a, b = statistics.median(e2e[key]), statistics.median(bf16_after_e2e.get(key, [float('nan')]))
+        print(f"| {key[0]} | {key[1]} | {a:.0f} | {b:.0f} | {a / b:.2f} |")
 PY

@@ -28,6 +28,13 @@ public enum BF16Training {
     }
 }
 
+/// A bf16 convolution's passes for one input geometry: `weight` and the gradients fp32 OHWI, activations fp32 NHWC.
+/// `generation` changes when the weight has.
+protocol BF16Plan: AnyObject {
+    func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>)
+    func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?)
+}
+
 /// One convolution's forward, backward-data and backward-weights primitives in bf16 with fp32 accumulation,
 /// built per input geometry. fp32 NHWC activations and patch-major (OHWI) weights are reordered into bf16 in the
 /// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts.
@@ -49,8 +56,8 @@ public enum BF16Training {
 /// lanes' summed while they are reordered into the caller's gradient.
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
-    private var plans: [Int: Plan] = [:]
-    private var current: Plan?
+    private var plans: [Int: any BF16Plan] = [:]
+    private var current: (any BF16Plan)?
     /// Counts weight changes (a `forward` whose weight is not unchanged); each plan's copies record the count
     /// they were converted at.
     private var weightGeneration = 0
@@ -62,12 +69,16 @@ final class BF16TrainingConvolution: TrainingConvolution {
         _ = try plan(g)
     }
 
-    private func plan(_ g: Geometry) throws -> Plan {
+    private func plan(_ g: Geometry) throws -> any BF16Plan {
         let key = (g.batch << 40) | (g.height << 20) | g.width
         if let plan = plans[key] { return plan }
         if plans.count >= 4 { plans.removeAll() }
-        // Each lane runs its primitives on one OpenMP thread, so they are created for one.
-        let plan = try DNNLRuntime.withThreads(1) { try Plan(shape, g) }
+        // Each lane runs its primitives on one OpenMP thread, so they are created for one. A single output pixel
+        // that sees the whole input, as a dense layer (`BF16DensePlan`).
+        let plan: any BF16Plan = try DNNLRuntime.withThreads(1) { () throws -> any BF16Plan in
+            if let dense = try BF16DensePlan(shape, g) { return dense }
+            return try Plan(shape, g)
+        }
         plans[key] = plan
         return plan
     }
@@ -167,7 +178,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
     }
 
     /// The lanes of one input geometry and the weight copies and gradients they share.
-    final class Plan {
+    final class Plan: BF16Plan {
         let lanes: [Lane]
         let ranges: [Range<Int>]
         let inFloats: Int, outFloats: Int

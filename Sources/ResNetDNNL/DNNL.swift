@@ -228,11 +228,11 @@ public enum DNNLRuntime {
 
     private typealias SetThreads = @convention(c) (Int32) -> Void
     private typealias GetThreads = @convention(c) () -> Int32
-    nonisolated(unsafe) private static let setNumThreads: SetThreads? = {
+    private static let setNumThreads: SetThreads? = {
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_set_num_threads") else { return nil }
         return unsafeBitCast(symbol, to: SetThreads.self)
     }()
-    nonisolated(unsafe) private static let getMaxThreads: GetThreads? = {
+    private static let getMaxThreads: GetThreads? = {
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "omp_get_max_threads") else { return nil }
         return unsafeBitCast(symbol, to: GetThreads.self)
     }()

@@ -24,6 +24,17 @@ final class BF16TrainingTests: XCTestCase {
             (ConvShape(32, 16, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 10, width: 9)),
             // Deep layers (weight larger than the output): the backward split by output channels, odd batch.
             (ConvShape(128, 128, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 4, width: 4)),
+            // Windows covering the whole input: layer4 at 2x2 from 49x49 crops (convolutions), and single output
+            // pixels (dense layers; oneDNN's own bf16 backward-weights returns garbage on a 2x1 input at stride 2):
+            // odd batches, uneven channel splits, symmetric and 'same' padding.
+            (ConvShape(64, 32, kernel: 3, stride: 1, padding: 1), Geometry(batch: 5, height: 2, width: 2)),
+            (ConvShape(32, 64, kernel: 3, stride: 2, padding: 1), Geometry(batch: 3, height: 2, width: 2)),
+            (ConvShape(16, 33, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 1, width: 2)),
+            (ConvShape(16, 24, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 2, width: 1)),
+            (ConvShape(16, 24, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 1, height: 2, width: 1)),
+            (ConvShape(16, 24, kernel: 3, stride: 2, padding: 1), Geometry(batch: 2, height: 2, width: 1)),
+            (ConvShape(16, 32, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 2, width: 1)),
+            (ConvShape(16, 24, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 2, width: 2)),
         ]
         for (shape, g) in cases {
             let out = g.output(of: shape)
@@ -46,7 +57,7 @@ final class BF16TrainingTests: XCTestCase {
             }
             let got = run(try BF16Training.convolutions(shape)), emulated = run(EmulatedBF16Convolution(shape))
             let fp32 = run(EmulatedBF16Convolution(shape, rounding: false))
-            let what = "\(shape.kernel)x\(shape.kernel)/\(shape.stride) \(shape.inChannels)→\(shape.outChannels)"
+            let what = "\(shape.kernel)x\(shape.kernel)/\(shape.stride) \(shape.inChannels)→\(shape.outChannels) on \(g.batch)x\(g.height)x\(g.width)"
             for (name, a, b, c) in [("y", got.y, emulated.y, fp32.y), ("dx", got.dx, emulated.dx, fp32.dx), ("dW", got.dw, emulated.dw, fp32.dw)] {
                 XCTAssertLessThan(relativeError(a, b), 1e-5, "\(what) \(name) against emulated bf16")
                 XCTAssertGreaterThan(relativeError(a, c), 5e-4, "\(what) \(name): as exact as fp32, bf16 did not run")
