@@ -1,3 +1,4 @@
+import CDNNL
 @testable import ResNetDNNL
 import ResNetFormats
 import ResNetModel
@@ -82,13 +83,24 @@ final class DNNLPlanTests: XCTestCase {
         for (precision, tolerance) in [(Precision.bf16, Float(2e-2)), (.int8, 5e-2)] {
             let plan = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: precision,
                                     scales: collector.scales(images: 4))
-            let lines = try plan.implementations(batch: 4, height: 32, width: 32)
-            XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/1 256→256 on 2x2 as dense: ") }, "\(lines)")
-            XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/2 256→512 on 2x2 as dense: ") }, "\(lines)")
-            XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/1 512→512 on 1x1 as dense: ") }, "\(lines)")
+            // Where bf16 is native, oneDNN keeps activations NHWC and the dense layers run; elsewhere (AVX-512
+            // without AVX512_BF16) it picks blocked layouts and the plan keeps the convolutions.
+            if DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_bf16) {
+                let lines = try plan.implementations(batch: 4, height: 32, width: 32)
+                XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/1 256→256 on 2x2 as dense: ") }, "\(lines)")
+                XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/2 256→512 on 2x2 as dense: ") }, "\(lines)")
+                XCTAssertTrue(lines.contains { $0.hasPrefix("3x3/1 512→512 on 1x1 as dense: ") }, "\(lines)")
+            }
             let got = try plan.run(images: images, count: 4, height: 32, width: 32)
             XCTAssertLessThan(relativeError(got, expected), tolerance, "\(precision)")
-            XCTAssertEqual(Self.argmaxes(got, classes: 1000), Self.argmaxes(expected, classes: 1000), "\(precision)")
+            // The same label wherever the top two logits are further apart than the tolerance allows to move
+            // (image 0's two best classes are 1 % apart here).
+            let scale = expected.map(abs).max()!
+            for (n, (a, b)) in zip(Self.argmaxes(got, classes: 1000), Self.argmaxes(expected, classes: 1000)).enumerated() {
+                let row = expected[(n * 1000)..<((n + 1) * 1000)].sorted(by: >)
+                guard row[0] - row[1] > 2 * tolerance * scale else { continue }
+                XCTAssertEqual(a, b, "\(precision), image \(n)")
+            }
         }
     }
 
