@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ResNetData
+import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
@@ -76,6 +77,9 @@ struct FindLR: ParsableCommand {
     @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("Frozen backbone's BatchNorm in the head phase (as fine-tune's).", valueName: "train|eval"))
     var frozenBN = FrozenBatchNormMode.train
 
+    @Option(help: ArgumentHelp("The arithmetic to test in, as fine-tune's: fp32 or bf16 (convolutions on oneDNN).", valueName: "fp32|bf16"))
+    var precision = Precision.fp32
+
     @Option(name: .customLong("class-weights"), help: ArgumentHelp("Per-class weights of the loss, as fine-tune's.", valueName: "none|balanced|W0,W1,…"))
     var classWeights = ClassWeighting.none
 
@@ -100,7 +104,7 @@ struct FindLR: ParsableCommand {
     /// fine-tune with the same recipe options: its data loading, new head and checks.
     func recipe() throws -> FineTune {
         var arguments = [dir, "--labels", labels, "--from", from, "--batch-size", String(batchSize), "--head", head.rawValue,
-                         "--dropout", String(dropout), "--frozen-bn", frozenBN.rawValue,
+                         "--dropout", String(dropout), "--frozen-bn", frozenBN.rawValue, "--precision", precision.rawValue,
                          "--valid-fraction", String(validFraction), "--seed", String(seed)]
         if let crop = preprocessingOptions.crop { arguments += ["--crop", String(crop)] }
         if let normalize = preprocessingOptions.normalize { arguments += ["--normalize", normalize.rawValue] }
@@ -113,7 +117,7 @@ struct FindLR: ParsableCommand {
     func run() throws {
         Console.quiet = quiet
         let recipe = try recipe()
-        let (headKind, frozenMode, crop) = (recipe.head, recipe.frozenBN, recipe.crop)
+        let (headKind, crop) = (recipe.head, recipe.crop)
 
         // The model: --from as it is when it has this head for the labels' classes, else fine-tune's new head.
         let table = try LabelTable.load(path: labels)
@@ -131,18 +135,19 @@ struct FindLR: ParsableCommand {
         if crop > 0 && (train.width < crop || train.height < crop) {
             throw UsageError("--crop \(crop) is larger than the \(train.width)x\(train.height) images")
         }
-        let model = try TrainableResNet(architecture: checkpoint.architecture, state: checkpoint.state)
-        model.frozenBatchNorm = frozenMode
-        model.classWeights = try classWeights.weights(trainingLabels: train.labels, classNames: classNames)
+        // fine-tune's model: its frozen BatchNorm mode and precision (bf16: convolutions built for this batch now).
+        let side = crop > 0 ? crop : min(train.width, train.height)
+        let model = try FineTuneSession.makeModel(
+            recipe, architecture: checkpoint.architecture, state: checkpoint.state,
+            lossWeights: try classWeights.weights(trainingLabels: train.labels, classNames: classNames), batch: batchSize, side: side)
         model.setBackboneFrozen(phase == .head)
         let decay = weightDecay ?? (phase == .head ? 0.01 : 0.05)
         let optimizer = AdamW(parameters: model.parameters, lr: startLR, weightDecay: decay)
-        Console.info("find-lr: \(train.count) training images, \(phase.rawValue) phase, lr \(Self.short(startLR)) to \(Self.short(endLR)) over at most \(steps) steps of \(batchSize) images")
+        Console.info("find-lr: \(train.count) training images, \(phase.rawValue) phase, \(precision.rawValue), lr \(Self.short(startLR)) to \(Self.short(endLR)) over at most \(steps) steps of \(batchSize) images")
 
         var test = LearningRateRangeTest(startLR: startLR, endLR: endLR, steps: steps)
         var rng = SplitMix64(seed: seed &* 0x9E37_79B9 &+ 0xF1D)
         model.rng = SplitMix64(seed: rng.next())
-        let side = crop > 0 ? crop : min(train.width, train.height)
         var buffer = [Float](repeating: 0, count: batchSize * side * side * 3)
         var order: [Int] = [], next = 0
         let progress = ProgressBar(label: "find-lr", unit: "steps")
