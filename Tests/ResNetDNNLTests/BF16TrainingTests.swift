@@ -24,6 +24,10 @@ final class BF16TrainingTests: XCTestCase {
             (ConvShape(32, 16, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 10, width: 9)),
             // Deep layers (weight larger than the output): the backward split by output channels, odd batch.
             (ConvShape(128, 128, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 4, width: 4)),
+            // Deep layers on at most 4 output pixels: backward-weights as one matmul per (pixel, tap) pair.
+            (ConvShape(64, 64, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 2, width: 2)),
+            (ConvShape(64, 64, kernel: 3, stride: 2, padding: 1), Geometry(batch: 4, height: 3, width: 3)),
+            (ConvShape(64, 128, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 4, width: 3)),
             // Windows covering the whole input: layer4 at 2x2 from 49x49 crops (convolutions), and single output
             // pixels (dense layers; oneDNN's own bf16 backward-weights returns garbage on a 2x1 input at stride 2):
             // odd batches, uneven channel splits, symmetric and 'same' padding.
