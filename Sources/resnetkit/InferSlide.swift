@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ResNetData
+import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
@@ -81,6 +82,9 @@ struct InferSlide: ParsableCommand {
     @Option(help: "Threads: lanes for the network and tile decoders (default: all cores).")
     var threads: Int?
 
+    @Option(help: EngineChoice.help)
+    var precision = Precision.fp32
+
     @OptionGroup(title: "Preprocessing")
     var preprocessingOptions: PreprocessingOptions
 
@@ -140,6 +144,12 @@ struct InferSlide: ParsableCommand {
             throw UsageError("--tile must be at least \(ModelConfig.minimumInputSide) (the network's smallest input) without a crop")
         }
         let classes = checkpoint.config.numClasses
+        // The engine before any output: a refused precision (int8 without ranges, a CPU oneDNN cannot serve)
+        // leaves nothing behind.
+        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        BLASRuntime.setThreads(threadCount)
+        Parallelism.threads = threadCount
+        let engine = try EngineChoice.make(precision, checkpoint: checkpoint, modelPath: modelPath, threads: threadCount)
 
         let header = ["x", "y"] + (0..<classes).map { "logit_\($0)" } + ["label"]
         let output = try AppendableCSV(path: out, header: header, existing: resume ? .resume : .refuse)
@@ -163,7 +173,6 @@ struct InferSlide: ParsableCommand {
         }
         var scores = [Float](repeating: .nan, count: grid.count)
         var tissueCells = 0
-        let threadCount = threads ?? ProcessInfo.processInfo.activeProcessorCount
         let cells = grid.order(bandColumns: grid.bandColumns(for: chosen, workers: threadCount)) { cell in
             if let mask {
                 let (x, y) = grid.origin(cell)
@@ -187,14 +196,14 @@ struct InferSlide: ParsableCommand {
             Console.info("infer-slide: resuming \(out): \(output.existingRecords.count) rows already there\(torn); \(cells.count) tiles to do")
         }
 
-        BLASRuntime.setThreads(threadCount)
-        Parallelism.threads = threadCount
-        let engine: any InferenceEngine = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
         // Decoders: as many as the network's threads, each with its own libtiff handle.
         let readers = try [reader] + (1..<threadCount).map { _ in try SlideReader(path: slide) }
         let loader = SlideTileLoader(readers: readers, level: level, grid: grid, cells: cells, preprocessing: preprocessing,
                                      batchSize: batchSize)
         defer { loader.cancel() }
+        // Every tile has the same size: the engine is built for full batches while the first tiles are read.
+        let side = preprocessing.crop > 0 ? preprocessing.crop : tile
+        if !cells.isEmpty { try engine.checkedPrepare(batch: min(batchSize, cells.count), height: side, width: side) }
         let progress = ProgressBar(label: "infer-slide", unit: "tiles")
         progress.setTotal(cells.count)
         let classifier = BatchClassifier(engine: engine, classes: classes, batchSize: batchSize)

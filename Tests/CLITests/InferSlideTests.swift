@@ -61,6 +61,40 @@ final class InferSlideTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertLessThan(worst, 1e-4)
     }
 
+    /// `--precision bf16` on a trained model (the 10-class digits fixture; the random-weight default model's logits
+    /// move 12 % under bf16 in batch-infer too): the same tiles as fp32, logits within bf16's 2e-2 (and not
+    /// fp32's); int8 without activation ranges is refused in one line that names `resnetkit quantize`, before
+    /// anything is written.
+    func testPrecisionBF16MatchesFP32AndInt8NeedsQuantize() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let (slide, _) = try makeSlide(dir)
+        let digits = CLI.repository.appendingPathComponent("fixtures/digits/model.safetensors").path
+        let header = "x,y," + (0..<10).map { "logit_\($0)" }.joined(separator: ",") + ",label"
+        var tables: [String: [String: [Float]]] = [:]
+        for precision in ["fp32", "bf16"] {
+            let out = dir.appendingPathComponent("\(precision).csv")
+            let result = try CLI.run(["infer-slide", slide, "--out", out.path, "--model", digits, "--tile", "64", "--tissue", "none",
+                                      "--precision", precision, "--quiet"])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            tables[precision] = Dictionary(uniqueKeysWithValues: try rows(out, header: header).map {
+                ("\($0[0]),\($0[1])", $0[2..<12].map { Float($0)! })
+            })
+        }
+        let fp32 = try XCTUnwrap(tables["fp32"]), bf16 = try XCTUnwrap(tables["bf16"])
+        XCTAssertEqual(Set(fp32.keys), Set(bf16.keys))
+        XCTAssertEqual(fp32.count, 35)
+        let keys = fp32.keys.sorted()
+        let error = relativeError(keys.flatMap { bf16[$0]! }, keys.flatMap { fp32[$0]! })
+        XCTAssertLessThan(error, 2e-2)
+        XCTAssertGreaterThan(error, 1e-6, "bf16 gave fp32's logits")
+        let refused = dir.appendingPathComponent("int8.csv")
+        let int8 = try CLI.run(["infer-slide", slide, "--out", refused.path, "--model", digits, "--precision", "int8"])
+        XCTAssertEqual(int8.status, 1, int8.stderr)
+        XCTAssertTrue(int8.stderr.contains("error: ") && int8.stderr.contains("resnetkit quantize"), int8.stderr)
+        XCTAssertEqual(int8.stderr.split(separator: "\n").filter { $0.hasPrefix("error: ") }.count, 1, int8.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: refused.path), "nothing written")
+    }
+
     /// Level 1: the grid is on level 1's pixels, the CSV's corners are level 0's.
     func testLevelOneReportsLevelZeroCoordinates() throws {
         let dir = try CLI.temporaryDirectory(self)
