@@ -73,10 +73,10 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let key = (g.batch << 40) | (g.height << 20) | g.width
         if let plan = plans[key] { return plan }
         if plans.count >= 4 { plans.removeAll() }
-        // Each lane runs its primitives on one OpenMP thread, so they are created for one. A single output pixel
-        // that sees the whole input, as a dense layer (`BF16DensePlan`).
+        // Each lane runs its primitives on one OpenMP thread, so they are created for one. Maps of at most 4 output
+        // pixels by (output pixel, tap) pairs (`BF16PairwisePlan`).
         let plan: any BF16Plan = try DNNLRuntime.withThreads(1) { () throws -> any BF16Plan in
-            if let dense = try BF16DensePlan(shape, g) { return dense }
+            if let pairwise = try BF16PairwisePlan(shape, g) { return pairwise }
             return try Plan(shape, g)
         }
         plans[key] = plan
@@ -269,12 +269,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
         }
 
-        /// The last forward's input (the caller keeps it valid until backward): pairwise backward-weights reads it.
-        private var input: UnsafePointer<Float>?
-
         func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>) {
             self.generation = generation
-            input = x
             if let channelParts, channelParts.allSatisfy({ $0.forward != nil }) {
                 // Split by output channels: the lanes convert the weight (each its channels) and their images of x
                 // into the whole batch's bf16 input, then each computes its channels of y from all of it.
@@ -306,7 +302,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
             if let channelParts {
                 let stale = dx != nil && dataGeneration != generation
                 onLanes { lane in
-                    try channelParts[lane].run(dy, dw, x: input, dx: dx != nil, dataWeightStale: stale, lanes[lane].stream, scratchpads[lane])
+                    try channelParts[lane].run(dy, dw, dx: dx != nil, dataWeightStale: stale, lanes[lane].stream, scratchpads[lane])
                 }
                 if stale { dataGeneration = generation }
                 if let dx, let partialSum {
@@ -355,8 +351,6 @@ final class BF16TrainingConvolution: TrainingConvolution {
         /// These channels of the weight in backward-data's layout, converted from forward's bf16 copy.
         let dataWeight: Memory, toDataWeight: Primitive, forwardWeight: Memory
         let partialDX: Memory
-        /// Backward-weights as matmuls, one per (output pixel, tap) pair, where the output has at most 4 pixels.
-        let pairwise: PairwiseWeights?
         let scratchpadSize: Int
 
         init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, input: Memory?, forwardWeight whole: Memory) throws {
@@ -429,9 +423,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
             } else {
                 forward = nil
             }
-            pairwise = try PairwiseWeights(s, g, channels: channels, userDY: userDYDesc)
-            scratchpadSize = ([weights, data, dyReorder, dwReorder, toDataWeight] + [forward?.primitive, forward?.yReorder].compactMap { $0 }
-                              + (pairwise?.primitives ?? [])).map(\.scratchpadSize).max() ?? 0
+            scratchpadSize = ([weights, data, dyReorder, dwReorder, toDataWeight] + [forward?.primitive, forward?.yReorder].compactMap { $0 })
+                .map(\.scratchpadSize).max() ?? 0
         }
 
         /// These channels of y from the whole batch's bf16 input (converted by the lanes beforehand).
@@ -487,16 +480,13 @@ final class BF16TrainingConvolution: TrainingConvolution {
             return parts
         }
 
-        /// dy's channels to bf16, then dW's (when `dwp`; pairwise from the caller's `xp` where it can) and dx's part
-        /// (when `dx`). `dataWeightStale`: the
+        /// dy's channels to bf16, then dW's (when `dwp`) and dx's part (when `dx`). `dataWeightStale`: the
         /// forward weight changed since this part's backward-data copy was made.
-        func run(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>?, x xp: UnsafePointer<Float>?, dx: Bool,
-                 dataWeightStale: Bool, _ stream: Stream, _ scratchpad: Memory) throws {
+        func run(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>?, dx: Bool, dataWeightStale: Bool,
+                 _ stream: Stream, _ scratchpad: Memory) throws {
             userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
             try dyReorder.execute([(DNNL_ARG_FROM, userDY), (DNNL_ARG_TO, dy), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
-            if let dwp, let pairwise, let xp {
-                try pairwise.run(x: xp, dy: userDY, into: dwp, stream, scratchpad)
-            } else if let dwp {
+            if let dwp {
                 userDW.setData(UnsafeMutableRawPointer(dwp))
                 try weights.execute([(DNNL_ARG_SRC, x), (DNNL_ARG_DIFF_DST, dy), (DNNL_ARG_DIFF_WEIGHTS, dw),
                                      (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
@@ -511,84 +501,6 @@ final class BF16TrainingConvolution: TrainingConvolution {
                                   (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             }
             try stream.wait()
-        }
-    }
-
-    /// A deep layer's backward-weights on a map of at most 4 output pixels (layer4's 2x2 from 49x49 crops), for one
-    /// lane's output channels C, as matmuls: for every pair of an output pixel p and a tap t that lands on an input
-    /// pixel q, dW[C, t, :] += dy[:, p, C]ᵀ · x[:, q, :] over the batch (bf16 in, fp32 sums, straight into the
-    /// caller's OHWI gradient). oneDNN's backward-weights convolution runs at a third of a matmul's rate on such maps
-    /// (5.2 ms against 1.5 ms per lane at batch 64); with more output pixels the pairs multiply and the convolution
-    /// wins.
-    final class PairwiseWeights {
-        /// (output pixel, input pixel, tap), in floats' offsets: dy's pixel, x's pixel, dW's tap.
-        let pairs: [(dy: Int, x: Int, dw: Int)]
-        let matmul: Primitive
-        /// x and this lane's channels of dy as plain bf16, converted from the caller's fp32, and views into them
-        /// (and the caller's gradient) whose handles are set per pair.
-        let x: Memory, dy: Memory, toX: Primitive, toDY: Primitive
-        let userX: Memory, a: Memory, b: Memory, d: Memory
-        let zeroOffset: Int, zeroCount: Int
-        var primitives: [Primitive] { [matmul, toX, toDY] }
-
-        init?(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, userDY: dnnl_memory_desc_t) throws {
-            let out = g.output(of: s)
-            guard out.height * out.width <= 4 else { return nil }
-            let k = s.kernel, i = s.inChannels, c = channels.count, n = g.batch
-            let pixelsIn = g.height * g.width, pixelsOut = out.height * out.width
-            let (top, left) = (s.pads(g.height).before, s.pads(g.width).before)
-            var pairs: [(dy: Int, x: Int, dw: Int)] = []
-            for oy in 0..<out.height { for ox in 0..<out.width { for ky in 0..<k { for kx in 0..<k {
-                let iy = oy * s.stride - top + ky, ix = ox * s.stride - left + kx
-                guard (0..<g.height).contains(iy), (0..<g.width).contains(ix) else { continue }
-                pairs.append(((oy * out.width + ox) * c, (iy * g.width + ix) * i, ((channels.lowerBound * k + ky) * k + kx) * i))
-            } } } }
-            self.pairs = pairs
-            zeroOffset = channels.lowerBound * k * k * i
-            zeroCount = c * k * k * i
-            func strided(_ dims: [Int], _ strides: [Int], _ type: dnnl_data_type_t) throws -> dnnl_memory_desc_t {
-                var desc = dnnl_memory_desc_t()
-                try check(dnnl_memory_desc_init_by_strides(&desc, Int32(dims.count), dims.map { dnnl_dim_t($0) }, type,
-                                                           strides.map { dnnl_dim_t($0) }), "describing a backward-weights pair")
-                return desc
-            }
-            // dy[:, p, C]ᵀ [C, n], x[:, q, :] [n, Cin], dW[C, t, :] [C, Cin] in the OHWI gradient.
-            let aDesc = try strided([c, n], [1, pixelsOut * c], dnnl_bf16), bDesc = try strided([n, i], [pixelsIn * i, 1], dnnl_bf16)
-            let dDesc = try strided([c, i], [k * k * i, 1], dnnl_f32)
-            var (aa, bb, dd) = (aDesc, bDesc, dDesc)
-            var desc = dnnl_matmul_desc_t()
-            try check(dnnl_matmul_desc_init(&desc, &aa, &bb, nil, &dd), "describing a backward-weights pair")
-            matmul = try Primitive(&desc, attributes: try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true),
-                                   what: "a bf16 backward-weights pair")
-            let attributes = try Attributes(userScratchpad: true)
-            let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
-            let xDesc = try memoryDesc([n, pixelsIn * i], dnnl_bf16, dnnl_ab)
-            x = try Memory(xDesc)
-            userX = try Memory(try memoryDesc([n, pixelsIn * i], dnnl_f32, dnnl_ab), buffer: dangling)
-            toX = try Primitive(reorderFrom: userX.desc, to: xDesc, attributes: attributes)
-            // This lane's channels of dy, [n, C, Ho, Wo] NHWC-ordered, plain.
-            let dyDesc = try memoryDesc([n, c, out.height, out.width], dnnl_bf16, dnnl_nhwc)
-            dy = try Memory(dyDesc)
-            toDY = try Primitive(reorderFrom: userDY, to: dyDesc, attributes: attributes)
-            a = try Memory(aDesc, buffer: dangling)
-            b = try Memory(bDesc, buffer: dangling)
-            d = try Memory(dDesc, buffer: dangling)
-        }
-
-        func run(x xp: UnsafePointer<Float>, dy userDY: Memory, into dwp: UnsafeMutablePointer<Float>, _ stream: Stream,
-                 _ scratchpad: Memory) throws {
-            userX.setData(UnsafeMutableRawPointer(mutating: xp))
-            try toX.execute([(DNNL_ARG_FROM, userX), (DNNL_ARG_TO, x), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
-            try toDY.execute([(DNNL_ARG_FROM, userDY), (DNNL_ARG_TO, dy), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
-            try stream.wait()
-            (dwp + zeroOffset).update(repeating: 0, count: zeroCount)
-            for pair in pairs {
-                a.setData(dy.data + pair.dy * 2)
-                b.setData(x.data + pair.x * 2)
-                d.setData(UnsafeMutableRawPointer(dwp + pair.dw))
-                try matmul.execute([(DNNL_ARG_SRC, a), (DNNL_ARG_WEIGHTS, b), (DNNL_ARG_DST, d), (DNNL_ARG_SCRATCHPAD, scratchpad)],
-                                   on: stream)
-            }
         }
     }
 
