@@ -3,19 +3,19 @@ import Foundation
 import ResNetDNNL
 import ResNetModel
 
-/// `resnetkit-bench train`: training steps/s and images/s at 49x49, batch 16 and 64, for the head phase
+/// `resnetkit-bench train`: training steps/s and images/s at 49x49 (or `--sides`), batch 16 and 64, for the head phase
 /// (frozen backbone; its BatchNorm in train mode as the seed, or in eval mode, which runs the fused inference
 /// plan) and the whole model, in fp32 and/or bf16 (`fine-tune --precision bf16`: oneDNN convolutions, the
 /// frozen eval-mode backbone as bf16 inference); random weights and images.
 /// Compare with `tools/bench_train_pytorch.py` run on the same machine.
-func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10, phases: [TrainingPhase] = TrainingPhase.allCases,
+func runTrainingBenchmark(batches: [Int] = [16, 64], side: Int = 49, steps: Int = 10, phases: [TrainingPhase] = TrainingPhase.allCases,
                           precisions: [Precision] = [.fp32]) {
     let architecture = Architecture(ModelConfig(numClasses: 2, head: .mlp, dropout: 0.5))
     var rng = SplitMix64(seed: 1)
     let state = ParameterInitialization.model(architecture, rng: &rng)
-    print("training benchmark: ResNet-18 + MLP head, 49x49, \(steps) timed steps after 2 warm-up steps")
+    print("training benchmark: ResNet-18 + MLP head, \(side)x\(side), \(steps) timed steps after 2 warm-up steps")
     for batch in batches {
-        let images = (0..<(batch * 49 * 49 * 3)).map { _ in rng.nextUnitFloat() }
+        let images = (0..<(batch * side * side * 3)).map { _ in rng.nextUnitFloat() }
         let labels = (0..<batch).map { $0 % 2 }
         for phase in phases {
           for precision in precisions {
@@ -25,7 +25,7 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10, phases: [T
             if precision == .bf16 {
                 do {
                     try model.setConvolutions(BF16Training.convolutions)
-                    try model.prepareConvolutions(count: batch, height: 49, width: 49)
+                    try model.prepareConvolutions(count: batch, height: side, width: side)
                 } catch {
                     print("bf16: \(error)")
                     continue
@@ -35,7 +35,7 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], steps: Int = 10, phases: [T
             let optimizer = AdamW(parameters: model.parameters, lr: 1e-3, weightDecay: 0.05)
             func step() {
                 images.withUnsafeBufferPointer {
-                    _ = model.forward(images: $0.baseAddress!, count: batch, height: 49, width: 49, training: true)
+                    _ = model.forward(images: $0.baseAddress!, count: batch, height: side, width: side, training: true)
                 }
                 model.backward(labels: labels)
                 optimizer.step()

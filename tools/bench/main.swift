@@ -23,6 +23,8 @@ struct Options {
     var model = "../shared/reference/resnet18.safetensors"
     var batches = [16, 64]
     var sides = [49, 96]
+    /// Whether `--sides` was given (training's default is 49 alone).
+    var sidesGiven = false
     var seconds = 3.0
     var threads = 2
     var steps = 10
@@ -38,7 +40,7 @@ struct Options {
             switch flag {
             case "--model": model = value
             case "--batches": batches = value.split(separator: ",").compactMap { Int($0) }
-            case "--sides": sides = value.split(separator: ",").compactMap { Int($0) }
+            case "--sides": sides = value.split(separator: ",").compactMap { Int($0) }; sidesGiven = true
             case "--seconds": seconds = Double(value) ?? seconds
             case "--threads": threads = Int(value) ?? threads
             case "--steps": steps = Int(value) ?? steps
@@ -160,7 +162,9 @@ do {
     case "train":
         // Training runs fp32 or bf16; without --precision, fp32 alone.
         let precisions = options.precisions == Precision.allCases ? [.fp32] : options.precisions.filter { $0 != .int8 }
-        runTrainingBenchmark(batches: options.batches, steps: options.steps, phases: options.phases, precisions: precisions)
+        for side in options.sidesGiven ? options.sides : [49] {
+            runTrainingBenchmark(batches: options.batches, side: side, steps: options.steps, phases: options.phases, precisions: precisions)
+        }
     default:
         FileHandle.standardError.write(Data("unknown mode \(options.mode) (infer, compare, precision, train)\n".utf8))
         exit(2)
