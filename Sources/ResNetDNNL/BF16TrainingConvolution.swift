@@ -37,7 +37,8 @@ protocol BF16Plan: AnyObject {
 
 /// One convolution's forward, backward-data and backward-weights primitives in bf16 with fp32 accumulation,
 /// built per input geometry. fp32 NHWC activations and patch-major (OHWI) weights are reordered into bf16 in the
-/// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts.
+/// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts. (Maps of at most 4 output
+/// pixels skip the convolutions: `BF16PairwisePlan`.)
 ///
 /// The batch is split across the training lanes (`TrainingLanes`, the threads the rest of the step runs on),
 /// each lane with its own primitives and stream on one OpenMP thread (as `DNNLPlan` does): OpenMP's barriers
