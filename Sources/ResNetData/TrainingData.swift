@@ -92,6 +92,9 @@ public final class ImageSet: @unchecked Sendable {
 
     public var count: Int { ids.count }
 
+    /// The side of the square the network sees: the crop, or without one (crop 0) the images' shorter side.
+    public func inputSide(crop: Int) -> Int { crop > 0 ? crop : min(width, height) }
+
     init(ids: [String], labels: [Int], width: Int, height: Int, pixels: [[UInt8]], failures: [ImageFailure]) {
         self.ids = ids; self.labels = labels; self.width = width; self.height = height
         self.pixels = pixels; self.failures = failures
@@ -173,7 +176,7 @@ public final class ImageSet: @unchecked Sendable {
     /// normalised per `preprocessing`, each with its own random augmentation when `augment`.
     public func fillBatch(_ indices: ArraySlice<Int>, preprocessing: Preprocessing, augment: Bool,
                           rng: inout SplitMix64, into output: UnsafeMutablePointer<Float>) {
-        let crop = preprocessing.crop > 0 ? preprocessing.crop : min(width, height)
+        let crop = inputSide(crop: preprocessing.crop)
         let (scale, offset) = preprocessing.affine(maxValue: 255)
         let plan = indices.map { _ in augment ? Augmentation.random(&rng) : .identity }
         for (slot, (index, augmentation)) in zip(indices, plan).enumerated() {

@@ -136,7 +136,7 @@ struct FindLR: ParsableCommand {
             throw UsageError("--crop \(crop) is larger than the \(train.width)x\(train.height) images")
         }
         // fine-tune's model: its frozen BatchNorm mode and precision (bf16: convolutions built for this batch now).
-        let side = crop > 0 ? crop : min(train.width, train.height)
+        let side = train.inputSide(crop: crop)
         let model = try FineTuneSession.makeModel(
             recipe, architecture: checkpoint.architecture, state: checkpoint.state,
             lossWeights: try classWeights.weights(trainingLabels: train.labels, classNames: classNames), batch: batchSize, side: side)

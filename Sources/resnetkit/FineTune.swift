@@ -320,7 +320,7 @@ struct FineTune: ParsableCommand {
                          preprocessing: Preprocessing) throws -> ValidationFigures {
         let classifier = BatchClassifier(engine: try InferencePlan(architecture: architecture, state: state),
                                          classes: architecture.config.numClasses, batchSize: 64)
-        let side = preprocessing.crop > 0 ? preprocessing.crop : min(set.width, set.height)
+        let side = set.inputSide(crop: preprocessing.crop)
         let batch = 64, classes = architecture.config.numClasses
         var images = [Float](repeating: 0, count: batch * side * side * 3)
         var logits = [Float](repeating: 0, count: set.count * classes)

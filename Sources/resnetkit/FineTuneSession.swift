@@ -53,7 +53,7 @@ final class FineTuneSession {
         self.train = train
         self.valid = valid
         stepsPerEpoch = max(1, train.count / options.batchSize)
-        side = crop > 0 ? crop : min(train.width, train.height)
+        side = train.inputSide(crop: crop)
 
         let resumed = options.resume && start.epoch > 0 ? checkpoint : nil
         tracker = try options.startMonitor(resumed: resumed, classNames: classNames)
