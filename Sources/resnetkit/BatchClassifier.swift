@@ -29,6 +29,14 @@ struct BatchClassifier {
         maxBatch = max(batchSize, 64)
     }
 
+    /// Builds the engine for batches of `batch` images of `side` x `side` before the first arrives (oneDNN's
+    /// primitives and packed weights, while the decoders read the first images; nothing to do for fp32). Not with
+    /// test-time augmentation, whose views change the engine's batch sizes; not when the side is unknown (0).
+    func prepare(batch: Int, side: Int) throws {
+        guard side > 0, batch > 0, augmentation.views.count == 1 else { return }
+        try engine.checkedPrepare(batch: batch, height: side, width: side)
+    }
+
     /// Logits [count, classes] of images [count, height, width, 3] into `logits`.
     func classify(images: UnsafePointer<Float>, count: Int, height: Int, width: Int, into logits: UnsafeMutablePointer<Float>) throws {
         try augmentation.meanLogits(images: images, count: count, height: height, width: width, classes: classes,

@@ -156,11 +156,9 @@ struct BatchInfer: ParsableCommand {
                                        preprocessing: preprocessing, batchSize: batchSize, workers: threadCount, accept: accept)
         let progress = ProgressBar(label: "batch-infer")
         if progress.enabled { Self.countInBackground(paths: paths, recursive: recursive, accept: accept, into: progress) }
-        if preprocessing.crop > 0 && tta == .one {
-            try plan.checkedPrepare(batch: batchSize, height: preprocessing.crop, width: preprocessing.crop)
-        }
 
         let classifier = BatchClassifier(engine: plan, classes: classes, views: tta, batchSize: batchSize)
+        try classifier.prepare(batch: batchSize, side: preprocessing.crop)
         var processed = 0, failed = errorLog.existingRecords.count
         try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {

@@ -89,9 +89,8 @@ struct Evaluate: ParsableCommand {
                                        workers: max(1, ProcessInfo.processInfo.activeProcessorCount),
                                        accept: { labelOf[$0.id] != nil })
         let progress = ProgressBar(label: "evaluate")
-        let crop = checkpoint.preprocessing.crop
-        if crop > 0 && tta == .one { try plan.checkedPrepare(batch: batchSize, height: crop, width: crop) }
         let classifier = BatchClassifier(engine: plan, classes: classes, views: tta, batchSize: batchSize)
+        try classifier.prepare(batch: batchSize, side: checkpoint.preprocessing.crop)
         var logits: [Float] = [], truth: [Int] = [], failures: [ImageFailure] = []
         try classifier.forEachBatch(loader.next) { batch, batchLogits in
             failures += batch.failures

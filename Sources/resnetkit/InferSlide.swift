@@ -201,12 +201,11 @@ struct InferSlide: ParsableCommand {
         let loader = SlideTileLoader(readers: readers, level: level, grid: grid, cells: cells, preprocessing: preprocessing,
                                      batchSize: batchSize)
         defer { loader.cancel() }
-        // Every tile has the same size: the engine is built for full batches while the first tiles are read.
-        let side = preprocessing.crop > 0 ? preprocessing.crop : tile
-        if !cells.isEmpty { try engine.checkedPrepare(batch: min(batchSize, cells.count), height: side, width: side) }
         let progress = ProgressBar(label: "infer-slide", unit: "tiles")
         progress.setTotal(cells.count)
         let classifier = BatchClassifier(engine: engine, classes: classes, batchSize: batchSize)
+        // Every tile has the same size.
+        try classifier.prepare(batch: min(batchSize, cells.count), side: preprocessing.crop > 0 ? preprocessing.crop : tile)
         var processed = 0, failed = 0
         try classifier.forEachBatch(loader.next) { batch, logits in
             if batch.count > 0 {
