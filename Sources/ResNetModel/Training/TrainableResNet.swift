@@ -47,8 +47,7 @@ public final class TrainableResNet {
     /// Builds the external convolutions' work for batches of `count` images of height x width (see
     /// `TrainingConvolution.prepare`); nothing to do without them.
     public func prepareConvolutions(count: Int, height: Int, width: Int) throws {
-        let ordered = [stemConv] + blocks.flatMap { [$0.conv1] + ($0.downsample.map { [$0.conv] } ?? []) + [$0.conv2] }
-        for (layer, g) in zip(ordered, architecture.convolutionInputs(Geometry(batch: count, height: height, width: width))) {
+        for (layer, g) in zip(convolutionLayers, architecture.convolutionInputs(Geometry(batch: count, height: height, width: width))) {
             try layer.external?.prepare(g)
         }
     }
@@ -59,8 +58,10 @@ public final class TrainableResNet {
         didSet { fusedBackbone = nil }
     }
 
+    /// Every convolution in forward order (the stem, then per block conv1, the downsample, conv2), as
+    /// `Architecture.convolutionInputs` lists their inputs.
     private var convolutionLayers: [Conv2dLayer] {
-        [stemConv] + blocks.flatMap { b in [b.conv1, b.conv2] + (b.downsample.map { [$0.conv] } ?? []) }
+        [stemConv] + blocks.flatMap { b in [b.conv1] + (b.downsample.map { [$0.conv] } ?? []) + [b.conv2] }
     }
     let stemConv: Conv2dLayer, stemBN: BatchNormLayer, maxPool: MaxPoolLayer
     let blocks: [BasicBlockLayer]
