@@ -31,15 +31,8 @@ final class BF16PairwisePlan: BF16Plan {
     init?(_ s: ConvShape, _ g: Geometry) throws {
         let out = g.output(of: s)
         guard out.height * out.width <= 4 else { return nil }
-        let k = s.kernel, (top, left) = (s.pads(g.height).before, s.pads(g.width).before)
-        var pairs: [(p: Int, q: Int, t: Int)] = []
-        for oy in 0..<out.height { for ox in 0..<out.width { for ky in 0..<k { for kx in 0..<k {
-            let iy = oy * s.stride - top + ky, ix = ox * s.stride - left + kx
-            guard (0..<g.height).contains(iy), (0..<g.width).contains(ix) else { continue }
-            pairs.append((oy * out.width + ox, iy * g.width + ix, ky * k + kx))
-        } } } }
-        self.pairs = pairs
-        let inputs = g.height * g.width * s.inChannels
+        pairs = s.taps((g.height, g.width))
+        let inputs = s.inputs((g.height, g.width))
         self.inputs = inputs
         let laneCount = max(1, min(Parallelism.threads, s.outChannels))
         let imageLanes = max(1, min(laneCount, g.batch))
@@ -58,19 +51,10 @@ final class BF16PairwisePlan: BF16Plan {
         }
     }
 
-    /// Runs `body(lane)` on every lane, each on one OpenMP thread.
-    private func onLanes(_ count: Int, _ body: (Int) throws -> Void) {
-        TrainingLanes.run(count) { lane in
-            DNNLRuntime.setThreads(1)
-            // Shapes and layouts were fixed when the plan was built; an execution failing here is a defect.
-            try! body(lane)
-        }
-    }
-
     func forward(_ xp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ yp: UnsafeMutablePointer<Float>) {
         let stale = convertedGeneration != generation
         // There are no more image ranges than lanes.
-        onLanes(lanes.count) { lane in
+        onTrainingLanes(lanes.count) { lane in
             if stale { try lanes[lane].convertWeight(weight) }
             guard lane < toX.count else { return }
             let part = toX[lane]
@@ -78,14 +62,14 @@ final class BF16PairwisePlan: BF16Plan {
             try lanes[lane].run(part.reorder, [(DNNL_ARG_FROM, part.from), (DNNL_ARG_TO, part.to)])
         }
         convertedGeneration = generation
-        onLanes(lanes.count) { lane in try lanes[lane].forward(yp, pairs) }
+        onTrainingLanes(lanes.count) { lane in try lanes[lane].forward(yp, pairs) }
     }
 
     func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?) {
-        onLanes(lanes.count) { lane in try lanes[lane].backward(dy, dw, dx: dx != nil, pairs) }
+        onTrainingLanes(lanes.count) { lane in try lanes[lane].backward(dy, dw, dx: dx != nil, pairs) }
         guard let dx else { return }
         // dx = Σ_l dx_l, each lane its images.
-        onLanes(imageRanges.count) { lane in
+        onTrainingLanes(imageRanges.count) { lane in
             let range = imageRanges[lane]
             let start = range.lowerBound * inputs, count = range.count * inputs
             (dx + start).update(from: lanes[0].dx.data.assumingMemoryBound(to: Float.self) + start, count: count)

@@ -28,6 +28,15 @@ public enum BF16Training {
     }
 }
 
+/// Runs `body(lane)` on `count` training lanes, each on one OpenMP thread (the count the primitives were created
+/// for). Shapes and layouts are fixed when a plan is built: an execution failing here is a defect.
+func onTrainingLanes(_ count: Int, _ body: (Int) throws -> Void) {
+    TrainingLanes.run(count) { lane in
+        DNNLRuntime.setThreads(1)
+        try! body(lane)
+    }
+}
+
 /// A bf16 convolution's passes for one input geometry: `weight` and the gradients fp32 OHWI, activations fp32 NHWC.
 /// `generation` changes when the weight has.
 protocol BF16Plan: AnyObject {
@@ -99,6 +108,57 @@ final class BF16TrainingConvolution: TrainingConvolution {
     func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?, inputGradient: UnsafeMutablePointer<Float>?) {
         guard let plan = current else { preconditionFailure("backward before forward") }
         plan.backward(dy, weightGradient, inputGradient)
+    }
+
+    /// One convolution's three bf16 passes for a batch geometry and `outChannels` of its output channels: the dims,
+    /// strides and padding they share. Inputs and weights are bf16; the results (output, input gradient, weight
+    /// gradient) fp32: oneDNN's bf16 kernels accumulate in fp32 and can write fp32, so nothing is rounded to bf16 on
+    /// the way out. A layout not given is oneDNN's choice.
+    struct Passes {
+        let srcDims: [Int], dstDims: [Int], weightDims: [Int]
+        let strides: [dnnl_dim_t], padBefore: [dnnl_dim_t], padAfter: [dnnl_dim_t]
+        let what: String
+
+        init(_ s: ConvShape, _ g: Geometry, outChannels: Int, what: String) {
+            let out = g.output(of: s)
+            srcDims = [g.batch, s.inChannels, g.height, g.width]
+            dstDims = [g.batch, outChannels, out.height, out.width]
+            weightDims = [outChannels, s.inChannels, s.kernel, s.kernel]
+            strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
+            (padBefore, padAfter) = Network.padding(s, (g.height, g.width))
+            self.what = what
+        }
+
+        private func any(_ dims: [Int], _ type: dnnl_data_type_t) throws -> dnnl_memory_desc_t {
+            try memoryDesc(dims, type, dnnl_format_tag_any)
+        }
+
+        /// y (fp32) from x (bf16, `src` or oneDNN's layout).
+        func forward(src: dnnl_memory_desc_t? = nil, attributes: Attributes) throws -> Primitive {
+            var (x, w, y) = (try src ?? any(srcDims, dnnl_bf16), try any(weightDims, dnnl_bf16), try any(dstDims, dnnl_f32))
+            var desc = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_training, dnnl_convolution_direct, &x, &w, nil, &y,
+                                                         strides, padBefore, padAfter), "describing \(what)")
+            return try Primitive(&desc, attributes: attributes, what: "the bf16 \(what) convolution")
+        }
+
+        /// dx (fp32) from dy (bf16, `diffDst` or oneDNN's layout).
+        func backwardData(diffDst: dnnl_memory_desc_t? = nil, hint: Primitive, attributes: Attributes) throws -> Primitive {
+            var (dx, w, dy) = (try any(srcDims, dnnl_f32), try any(weightDims, dnnl_bf16), try diffDst ?? any(dstDims, dnnl_bf16))
+            var desc = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &dx, &w, &dy, strides, padBefore, padAfter),
+                      "describing \(what)'s backward data")
+            return try Primitive(&desc, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-data convolution")
+        }
+
+        /// dW (fp32) from x (bf16, `src` or oneDNN's layout) and dy (bf16).
+        func backwardWeights(src: dnnl_memory_desc_t? = nil, hint: Primitive, attributes: Attributes) throws -> Primitive {
+            var (x, dw, dy) = (try src ?? any(srcDims, dnnl_bf16), try any(weightDims, dnnl_f32), try any(dstDims, dnnl_bf16))
+            var desc = dnnl_convolution_desc_t()
+            try check(dnnl_convolution_backward_weights_desc_init(&desc, dnnl_convolution_direct, &x, &dw, nil, &dy,
+                                                                  strides, padBefore, padAfter), "describing \(what)'s backward weights")
+            return try Primitive(&desc, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-weights convolution")
+        }
     }
 
     /// A conversion into `target` from `source`, or nothing when the layouts and types already agree.
@@ -262,13 +322,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
             scratchpads = try lanes.map { try Memory(try memoryDesc([max(1, $0.scratchpadSize, shared, split)], dnnl_u8, dnnl_x)) }
         }
 
-        /// Runs `body(lane)` on every lane, each on one OpenMP thread.
-        private func onLanes(_ body: (Int) throws -> Void) {
-            TrainingLanes.run(lanes.count) { lane in
-                DNNLRuntime.setThreads(1)
-                try! body(lane)
-            }
-        }
+        private func onLanes(_ body: (Int) throws -> Void) { onTrainingLanes(lanes.count, body) }
 
         func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>) {
             self.generation = generation
@@ -357,34 +411,16 @@ final class BF16TrainingConvolution: TrainingConvolution {
         init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, input: Memory?, forwardWeight whole: Memory) throws {
             let attributes = try Attributes(userScratchpad: true)
             let out = g.output(of: s)
-            let srcDims = [g.batch, s.inChannels, g.height, g.width]
-            let dstDims = [g.batch, channels.count, out.height, out.width]
-            let weightDims = [channels.count, s.inChannels, s.kernel, s.kernel]
-            let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
-            let (padBefore, padAfter) = Network.padding(s, (g.height, g.width))
-            let what = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)'s channels \(channels)"
-            var src = try input?.desc ?? memoryDesc(srcDims, dnnl_bf16, dnnl_format_tag_any)
-            var weightsAny = try memoryDesc(weightDims, dnnl_bf16, dnnl_format_tag_any)
-            var dstAny = try memoryDesc(dstDims, dnnl_bf16, dnnl_format_tag_any)
-            var dstF32 = try memoryDesc(dstDims, dnnl_f32, dnnl_format_tag_any)
-            var diffSrcF32 = try memoryDesc(srcDims, dnnl_f32, dnnl_format_tag_any)
-            var diffWeightsF32 = try memoryDesc(weightDims, dnnl_f32, dnnl_format_tag_any)
+            let passes = Passes(s, g, outChannels: channels.count,
+                                what: "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)'s channels \(channels)")
+            let (dstDims, weightDims) = (passes.dstDims, passes.weightDims)
             // The backward primitives need a forward one as a hint; this one only describes.
-            var fd = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &src, &weightsAny,
-                                                         nil, &dstF32, strides, padBefore, padAfter), "describing \(what)")
-            let hint = try Primitive(&fd, attributes: attributes, what: "the bf16 \(what) convolution")
-            var wd = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &src, &diffWeightsF32, nil, &dstAny,
-                                                                  strides, padBefore, padAfter), "describing \(what)'s backward weights")
-            weights = try Primitive(&wd, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-weights convolution")
+            let hint = try passes.forward(src: input?.desc, attributes: attributes)
+            weights = try passes.backwardWeights(src: input?.desc, hint: hint, attributes: attributes)
             x = try input.map { try Memory($0.desc, buffer: $0.data) } ?? Memory(weights.md(dnnl_query_src_md))
             // Backward-data takes dy in the layout backward-weights chose, so that one conversion serves both.
-            var dyDesc = weights.md(dnnl_query_diff_dst_md)
-            var bd = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &diffSrcF32, &weightsAny, &dyDesc,
-                                                               strides, padBefore, padAfter), "describing \(what)'s backward data")
-            data = try Primitive(&bd, attributes: attributes, hint: hint, what: "the bf16 \(what) backward-data convolution")
+            let dyDesc = weights.md(dnnl_query_diff_dst_md)
+            data = try passes.backwardData(diffDst: dyDesc, hint: hint, attributes: attributes)
 
             let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
             func slice(_ parent: dnnl_memory_desc_t, _ dims: [Int], _ offsets: [Int]) throws -> dnnl_memory_desc_t {
@@ -565,33 +601,11 @@ final class BF16TrainingConvolution: TrainingConvolution {
         init(_ s: ConvShape, _ g: Geometry) throws {
             stream = try Stream()
             let attributes = try Attributes(userScratchpad: true)
-            let out = g.output(of: s)
-            let srcDims = [g.batch, s.inChannels, g.height, g.width], dstDims = [g.batch, s.outChannels, out.height, out.width]
-            let weightDims = [s.outChannels, s.inChannels, s.kernel, s.kernel]
-            let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
-            let (padBefore, padAfter) = Network.padding(s, (g.height, g.width))
-            let what = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)"
-            var srcAny = try memoryDesc(srcDims, dnnl_bf16, dnnl_format_tag_any)
-            var weightsAny = try memoryDesc(weightDims, dnnl_bf16, dnnl_format_tag_any)
-            var dstAny = try memoryDesc(dstDims, dnnl_bf16, dnnl_format_tag_any)
-            // fp32 results (output, input gradient, weight gradient): oneDNN's bf16 kernels accumulate in fp32
-            // and can write fp32, so nothing is rounded to bf16 on the way out.
-            var dstF32 = try memoryDesc(dstDims, dnnl_f32, dnnl_format_tag_any)
-            var diffSrcF32 = try memoryDesc(srcDims, dnnl_f32, dnnl_format_tag_any)
-            var diffWeightsF32 = try memoryDesc(weightDims, dnnl_f32, dnnl_format_tag_any)
-
-            var fd = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &srcAny, &weightsAny,
-                                                         nil, &dstF32, strides, padBefore, padAfter), "describing \(what)")
-            forwardConv = try Primitive(&fd, attributes: attributes, what: "the bf16 \(what) convolution")
-            var bd = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &diffSrcF32, &weightsAny, &dstAny,
-                                                               strides, padBefore, padAfter), "describing \(what)'s backward data")
-            backwardData = try Primitive(&bd, attributes: attributes, hint: forwardConv, what: "the bf16 \(what) backward-data convolution")
-            var wd = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &srcAny, &diffWeightsF32, nil, &dstAny,
-                                                                  strides, padBefore, padAfter), "describing \(what)'s backward weights")
-            backwardWeights = try Primitive(&wd, attributes: attributes, hint: forwardConv, what: "the bf16 \(what) backward-weights convolution")
+            let passes = Passes(s, g, outChannels: s.outChannels, what: "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)")
+            let (srcDims, dstDims) = (passes.srcDims, passes.dstDims)
+            forwardConv = try passes.forward(attributes: attributes)
+            backwardData = try passes.backwardData(hint: forwardConv, attributes: attributes)
+            backwardWeights = try passes.backwardWeights(hint: forwardConv, attributes: attributes)
 
             let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
             userX = try Memory(try memoryDesc(srcDims, dnnl_f32, dnnl_nhwc), buffer: dangling)

@@ -131,29 +131,21 @@ public final class DNNLPlan: InferenceEngine {
     /// layer4 sees at 49x49): the convolution is then a dense layer from an image's NHWC (pixel, channel) vector to
     /// the output's, and no multiply-add is spent on padding, where a convolution kernel spends over half of them.
     static func windowsCoverInput(_ s: ConvShape, _ side: (Int, Int)) -> Bool {
-        [side.0, side.1].allSatisfy { n in
-            let before = s.pads(n).before
-            return (s.outputSide(n) - 1) * s.stride - before <= 0 && s.kernel - 1 - before >= n - 1
-        }
+        // A tap joins one output pixel to one input pixel: every pair has one when the windows cover the input.
+        s.taps(side).count == s.outputSide(side.0) * s.outputSide(side.1) * side.0 * side.1
     }
 
     /// The dense form of a convolution whose windows cover its input of size `side`: [outputs, inputs] with
     /// rows (oy, ox, o) and columns (iy, ix, i): w[o, i, iy − oy·stride + padTop, ix − ox·stride + padLeft].
     static func denseWeight(_ layer: Layer, _ side: (Int, Int)) -> [Float] {
-        let s = layer.shape, k = s.kernel
-        let (top, left) = (s.pads(side.0).before, s.pads(side.1).before)
-        let out = (s.outputSide(side.0), s.outputSide(side.1))
-        let columns = s.inputs(side)
+        let s = layer.shape, taps = s.kernel * s.kernel, columns = s.inputs(side)
         var dense = [Float](repeating: 0, count: s.outputs(side) * columns)
-        for oy in 0..<out.0 { for ox in 0..<out.1 { for o in 0..<s.outChannels {
-            let row = ((oy * out.1 + ox) * s.outChannels + o) * columns
-            for iy in 0..<side.0 { for ix in 0..<side.1 {
-                let ky = iy - oy * s.stride + top, kx = ix - ox * s.stride + left
-                for i in 0..<s.inChannels {
-                    dense[row + (iy * side.1 + ix) * s.inChannels + i] = layer.weight[((o * s.inChannels + i) * k + ky) * k + kx]
-                }
-            } }
-        } } }
+        for (p, q, t) in s.taps(side) {
+            for o in 0..<s.outChannels {
+                let row = (p * s.outChannels + o) * columns + q * s.inChannels
+                for i in 0..<s.inChannels { dense[row + i] = layer.weight[(o * s.inChannels + i) * taps + t] }
+            }
+        }
         return dense
     }
 
@@ -256,6 +248,19 @@ extension ConvShape {
     /// Length of an image's NHWC vector at input size `side`, and at the output size it gives.
     func inputs(_ side: (Int, Int)) -> Int { side.0 * side.1 * inChannels }
     func outputs(_ side: (Int, Int)) -> Int { outputSide(side.0) * outputSide(side.1) * outChannels }
+
+    /// Every (output pixel p, input pixel q, tap t = ky·k + kx) where tap t of output p's window lands on input q
+    /// (inside the input, not on padding), for an input of `side`; pixels row-major.
+    func taps(_ side: (Int, Int)) -> [(p: Int, q: Int, t: Int)] {
+        let out = (outputSide(side.0), outputSide(side.1)), (top, left) = (pads(side.0).before, pads(side.1).before)
+        var list: [(p: Int, q: Int, t: Int)] = []
+        for oy in 0..<out.0 { for ox in 0..<out.1 { for ky in 0..<kernel { for kx in 0..<kernel {
+            let iy = oy * stride - top + ky, ix = ox * stride - left + kx
+            guard (0..<side.0).contains(iy), (0..<side.1).contains(ix) else { continue }
+            list.append((oy * out.1 + ox, iy * side.1 + ix, ky * kernel + kx))
+        } } } }
+        return list
+    }
 }
 
 /// The primitives and memories for one input shape.
