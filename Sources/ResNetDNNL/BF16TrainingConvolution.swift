@@ -324,6 +324,14 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
         private func onLanes(_ body: (Int) throws -> Void) { onTrainingLanes(lanes.count, body) }
 
+        /// A weight-shaped conversion split across the lanes, each its part.
+        private func convertOnLanes(_ reorder: SplitReorder) {
+            onLanes { lane in
+                try reorder.run(lane: lane, lanes[lane].stream, scratchpads[lane])
+                try lanes[lane].stream.wait()
+            }
+        }
+
         func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>) {
             self.generation = generation
             if let channelParts, channelParts.allSatisfy({ $0.forward != nil }) {
@@ -341,10 +349,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
             if forwardGeneration != generation {
                 toForwardWeight.setSource(weight)
-                onLanes { lane in
-                    try toForwardWeight.run(lane: lane, lanes[lane].stream, scratchpads[lane])
-                    try lanes[lane].stream.wait()
-                }
+                convertOnLanes(toForwardWeight)
                 forwardGeneration = generation
             }
             onLanes { lane in
@@ -367,10 +372,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
             guard let dataWeight else { preconditionFailure("no backward-data weight") }
             if dx != nil, let toDataWeight, dataGeneration != generation {
-                onLanes { lane in
-                    try toDataWeight.run(lane: lane, lanes[lane].stream, scratchpads[lane])
-                    try lanes[lane].stream.wait()
-                }
+                convertOnLanes(toDataWeight)
                 dataGeneration = generation
             }
             onLanes { lane in
