@@ -28,6 +28,8 @@ final class BF16TrainingTests: XCTestCase {
             (ConvShape(64, 64, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 2, width: 2)),
             (ConvShape(64, 64, kernel: 3, stride: 2, padding: 1), Geometry(batch: 4, height: 3, width: 3)),
             (ConvShape(64, 128, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 4, width: 3)),
+            // layer4's downsampling: a 1x1 at stride 2 reads 4 of 16 input pixels, the others' dx is zero.
+            (ConvShape(32, 48, kernel: 1, stride: 2, padding: 0), Geometry(batch: 3, height: 4, width: 4)),
             // Windows covering the whole input: layer4 at 2x2 from 49x49 crops (convolutions), and single output
             // pixels (dense layers; oneDNN's own bf16 backward-weights returns garbage on a 2x1 input at stride 2):
             // odd batches, uneven channel splits, symmetric and 'same' padding.
@@ -45,8 +47,9 @@ final class BF16TrainingTests: XCTestCase {
             let x = random(g.pixels * shape.inChannels), w = random(shape.outChannels * shape.patchSize)
             let dy = random(out.pixels * shape.outChannels)
             func run(_ conv: any TrainingConvolution) -> (y: [Float], dx: [Float], dw: [Float]) {
-                var y = [Float](repeating: 0, count: dy.count), dx = [Float](repeating: 0, count: x.count)
-                var dw = [Float](repeating: 0, count: w.count)
+                // NaN-filled: every output must be written, not added to (nor left alone, as an unread input's dx).
+                var y = [Float](repeating: .nan, count: dy.count), dx = [Float](repeating: .nan, count: x.count)
+                var dw = [Float](repeating: .nan, count: w.count)
                 x.withUnsafeBufferPointer { xp in
                     w.withUnsafeBufferPointer { wp in
                         y.withUnsafeMutableBufferPointer { conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: false, $0.baseAddress!) }
