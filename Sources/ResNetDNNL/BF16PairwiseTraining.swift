@@ -2,28 +2,40 @@ import CDNNL
 import ResNetModel
 
 /// A bf16 training convolution on a map of at most 4 output pixels (layer4's 2x2 from 49x49 crops, 1x1 from 32x32)
-/// with every pass as matmuls, one per (output pixel p, tap t) pair whose tap lands on an input pixel q:
-///   forward        y[:, p, C]   += x[:, q, :] · W[C, t, :]ᵀ
-///   backward data  dx_l[:, q, :] += dy[:, p, C] · W[C, t, :]        dx = Σ_l dx_l
-///   backward wts   dW[C, t, :]  += dy[:, p, C]ᵀ · x[:, q, :]
-/// over the batch, bf16 in, fp32 sums, where C is a lane's share of the output channels. The weight is read in the
-/// caller's OHWI layout (converted to bf16 once per weight change, no blocked copies for forward and backward-data),
-/// outputs and gradients are written straight into the caller's buffers, and no multiply-add is spent on padding.
+/// as matmuls over its pairs (output pixel p, input pixel q) joined by a tap t of p's window, grouped by tap: for
+/// tap t with pairs j = 1…k, X_t stacks the rows x[:, q_j, :] and DY_t the rows dy[:, p_j, C] (k·n rows each), and
+///   forward        Y_t = X_t · W[C, t, :]ᵀ,     then y[:, p_j, C]   += Y_t's block j
+///   backward data  D_t = DY_t · W[C, t, :],      then dx_l[:, q_j, :] += D_t's block j     dx = Σ_l dx_l
+///   backward wts   dW[C, t, :] = DY_tᵀ · X_t
+/// bf16 in, fp32 sums, where C is a lane's share of the output channels. One matmul per tap reads that tap's
+/// weights once over k·n rows and writes its weight gradient once (a matmul per pair read the weights k times
+/// over n rows, and read and wrote the gradient k times: whole-model bf16 training 8 % slower at batch 16, 49x49).
+/// No multiply-add is spent on padding; the weight is
+/// read in the caller's OHWI layout (converted to bf16 once per weight change, no blocked copies for forward
+/// and backward-data) and the weight gradient is written straight into the caller's buffer.
 /// Why: oneDNN 2.6.3's convolutions run such maps slowly (backward-weights at 52 GFLOPS of useful work, a third of
 /// a matmul's rate; the blocked weight copies cost more than the passes at batch 16) and its bf16 backward-weights
 /// reads outside a 2x1 input at stride 2, returning garbage gradients (`BF16TrainingTests` has both geometries).
 /// With more output pixels the pairs multiply and the convolutions win.
 final class BF16PairwisePlan: BF16Plan {
-    /// Output pixel, input pixel and tap (ky·k + kx) of every pair whose tap lands inside the input.
-    let pairs: [(p: Int, q: Int, t: Int)]
+    /// One tap's pairs, and where the first of them sits in the tap-ordered stacks.
+    struct TapGroup {
+        let tap: Int
+        let pixels: [(p: Int, q: Int)]
+        let first: Int
+    }
+    let groups: [TapGroup]
+    /// Taps no pair uses: their weight gradient is zero.
+    let unusedTaps: [Int]
     let lanes: [Lane]
     let imageRanges: [Range<Int>]
-    /// Floats of an image's input vector (H·W·Cin).
-    let inputs: Int
-    /// The whole batch's input in bf16 [n, H·W·Cin], read by every lane's forward and backward-weights.
+    let batch: Int, inChannels: Int, pixelsIn: Int
+    /// The whole batch's input in bf16 [n, H·W·Cin], each image range converted by its lane.
     let x: Memory
     /// Each image range's part of the caller's x into `x`.
     let toX: [(reorder: Primitive, from: Memory, to: Memory)]
+    /// x's rows stacked per pair in tap order, bf16 [pairs, n, Cin]: forward's X_t, backward-weights' too.
+    let stackedX: Memory
     /// The weight generation the lanes' bf16 weights were converted at.
     private var convertedGeneration = -1
 
@@ -31,14 +43,24 @@ final class BF16PairwisePlan: BF16Plan {
     init?(_ s: ConvShape, _ g: Geometry) throws {
         let out = g.output(of: s)
         guard out.height * out.width <= 4 else { return nil }
-        pairs = s.taps((g.height, g.width))
+        let taps = s.kernel * s.kernel
+        var byTap = [[(p: Int, q: Int)]](repeating: [], count: taps)
+        for pair in s.taps((g.height, g.width)) { byTap[pair.t].append((pair.p, pair.q)) }
+        var groups: [TapGroup] = [], stacked = 0
+        for (tap, pixels) in byTap.enumerated() where !pixels.isEmpty {
+            groups.append(TapGroup(tap: tap, pixels: pixels, first: stacked))
+            stacked += pixels.count
+        }
+        self.groups = groups
+        unusedTaps = byTap.indices.filter { byTap[$0].isEmpty }
+        (batch, inChannels, pixelsIn) = (g.batch, s.inChannels, g.height * g.width)
         let inputs = s.inputs((g.height, g.width))
-        self.inputs = inputs
         let laneCount = max(1, min(Parallelism.threads, s.outChannels))
         let imageLanes = max(1, min(laneCount, g.batch))
         imageRanges = (0..<imageLanes).map { g.batch * $0 / imageLanes ..< g.batch * ($0 + 1) / imageLanes }
         let x = try Memory(try memoryDesc([g.batch, inputs], dnnl_bf16, dnnl_ab))
         self.x = x
+        stackedX = try Memory(try memoryDesc([stacked * g.batch, s.inChannels], dnnl_bf16, dnnl_ab))
         let attributes = try Attributes(userScratchpad: true)
         let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
         toX = try imageRanges.map { range in
@@ -47,7 +69,23 @@ final class BF16PairwisePlan: BF16Plan {
                     try Memory(to, buffer: x.data + range.lowerBound * inputs * 2))
         }
         lanes = try (0..<laneCount).map { lane in
-            try Lane(s, g, channels: s.outChannels * lane / laneCount ..< s.outChannels * (lane + 1) / laneCount, x: x)
+            try Lane(s, g, channels: s.outChannels * lane / laneCount ..< s.outChannels * (lane + 1) / laneCount,
+                     groupSizes: Set(groups.map(\.pixels.count)), stackedRows: stacked * g.batch)
+        }
+    }
+
+    /// Copies rows of `rowLength` bf16 values from `source` (pixel `pixel(j)` of each image, images of `pixels`
+    /// pixels) into `target`'s tap-ordered stack: block `first + j` of each group, `batch` rows a block.
+    func stack(_ source: UnsafeRawPointer, pixels: Int, rowLength: Int, images: Range<Int>, into target: UnsafeMutableRawPointer,
+               _ pixel: ((p: Int, q: Int)) -> Int) {
+        let bytes = rowLength * 2
+        for group in groups {
+            for (j, pair) in group.pixels.enumerated() {
+                for image in images {
+                    (target + ((group.first + j) * batch + image) * bytes)
+                        .copyMemory(from: source + (image * pixels + pixel(pair)) * bytes, byteCount: bytes)
+                }
+            }
         }
     }
 
@@ -58,29 +96,29 @@ final class BF16PairwisePlan: BF16Plan {
             if stale { try lanes[lane].convertWeight(weight) }
             guard lane < toX.count else { return }
             let part = toX[lane]
-            part.from.setData(UnsafeMutableRawPointer(mutating: xp + imageRanges[lane].lowerBound * inputs))
+            part.from.setData(UnsafeMutableRawPointer(mutating: xp + imageRanges[lane].lowerBound * pixelsIn * inChannels))
             try lanes[lane].run(part.reorder, [(DNNL_ARG_FROM, part.from), (DNNL_ARG_TO, part.to)])
+            stack(x.data, pixels: pixelsIn, rowLength: inChannels, images: imageRanges[lane], into: stackedX.data, \.q)
         }
         convertedGeneration = generation
-        onTrainingLanes(lanes.count) { lane in try lanes[lane].forward(yp, pairs) }
+        onTrainingLanes(lanes.count) { lane in try lanes[lane].forward(yp, self) }
     }
 
     func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?) {
-        onTrainingLanes(lanes.count) { lane in try lanes[lane].backward(dy, dw, dx: dx != nil, pairs) }
+        onTrainingLanes(lanes.count) { lane in try lanes[lane].backward(dy, dw, dx: dx != nil, self) }
         guard let dx else { return }
         // dx = Σ_l dx_l, each lane its images.
+        let inputs = pixelsIn * inChannels
         onTrainingLanes(imageRanges.count) { lane in
             let range = imageRanges[lane]
             let start = range.lowerBound * inputs, count = range.count * inputs
             (dx + start).update(from: lanes[0].dx.data.assumingMemoryBound(to: Float.self) + start, count: count)
-            for other in lanes.dropFirst() {
-                let part = other.dx.data.assumingMemoryBound(to: Float.self) + start
-                for i in 0..<count { dx[start + i] += part[i] }
-            }
+            for other in lanes.dropFirst() { add(other.dx.data.assumingMemoryBound(to: Float.self) + start, into: dx + start, count: count) }
         }
     }
 
-    /// One lane's output channels: their bf16 weight, dy and dx buffers and the three pair matmuls.
+    /// One lane's output channels: their bf16 weight and dy, its stack of dy, a tap's products before they are
+    /// added to their pixels, its share of dx, and the three passes' matmuls for each group size.
     final class Lane {
         let channels: Range<Int>
         let stream: Stream
@@ -89,11 +127,14 @@ final class BF16PairwisePlan: BF16Plan {
         let weight: Memory, toWeight: Primitive, userWeight: Memory
         /// This lane's channels of dy, bf16 [n, P, C], converted from the caller's fp32 [n, P, Cout].
         let dy: Memory, toDY: Primitive, userDY: Memory
+        /// dy's rows stacked per pair in tap order, bf16 [pairs, n, C].
+        let stackedDY: Memory
+        /// One tap's forward [k·n, C] or backward-data [k·n, Cin] products, fp32.
+        let products: Memory
         /// This lane's share of dx, fp32 [n, H·W·Cin].
         let dx: Memory
-        let x: Memory
-        /// Per pass, the matmul and the views it reads and writes (handles set per pair).
-        let forwardPass: Pass, dataPass: Pass, weightsPass: Pass
+        /// Per pass, the matmul for a tap of k pairs (key k) and the views it reads and writes (handles set per tap).
+        let forwardPasses: [Int: Pass], dataPasses: [Int: Pass], weightsPasses: [Int: Pass]
         let scratchpad: Memory
 
         struct Pass {
@@ -109,15 +150,14 @@ final class BF16PairwisePlan: BF16Plan {
             }
         }
 
-        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, x: Memory) throws {
+        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, groupSizes: Set<Int>, stackedRows: Int) throws {
             self.channels = channels
-            self.x = x
             stream = try Stream()
             let out = g.output(of: s)
             let n = g.batch, c = channels.count, i = s.inChannels
             (inChannels, outChannels, taps, batch) = (i, s.outChannels, s.kernel * s.kernel, n)
             (pixelsIn, pixelsOut) = (g.height * g.width, out.height * out.width)
-            let what = "\(s.kernel)x\(s.kernel)/\(s.stride) \(i)→\(s.outChannels)'s channels \(channels) by pairs"
+            let what = "\(s.kernel)x\(s.kernel)/\(s.stride) \(i)→\(s.outChannels)'s channels \(channels) by taps"
             let attributes = try Attributes(userScratchpad: true)
             let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
 
@@ -132,6 +172,9 @@ final class BF16PairwisePlan: BF16Plan {
             let dyDesc = try memoryDesc([n, pixelsOut, c], dnnl_bf16, dnnl_abc)
             dy = try Memory(dyDesc)
             toDY = try Primitive(reorderFrom: part, to: dyDesc, attributes: attributes)
+            stackedDY = try Memory(try memoryDesc([stackedRows, c], dnnl_bf16, dnnl_ab))
+            let widest = (groupSizes.max() ?? 1) * n
+            products = try Memory(try memoryDesc([widest * max(c, i)], dnnl_f32, dnnl_x))
             dx = try Memory(try memoryDesc([n, pixelsIn * i], dnnl_f32, dnnl_ab))
 
             func view(_ dims: [Int], _ strides: [Int], _ type: dnnl_data_type_t) throws -> dnnl_memory_desc_t {
@@ -140,25 +183,29 @@ final class BF16PairwisePlan: BF16Plan {
                           "describing \(what)")
                 return desc
             }
-            let accumulate = try Attributes(sum: (1, dnnl_data_type_undef), userScratchpad: true)
             func pass(_ a: dnnl_memory_desc_t, _ b: dnnl_memory_desc_t, _ d: dnnl_memory_desc_t, _ name: String) throws -> Pass {
                 var (aa, bb, dd) = (a, b, d)
                 var desc = dnnl_matmul_desc_t()
                 try check(dnnl_matmul_desc_init(&desc, &aa, &bb, nil, &dd), "describing \(what) (\(name))")
-                return Pass(matmul: try Primitive(&desc, attributes: accumulate, what: "the bf16 \(what) (\(name))"),
+                return Pass(matmul: try Primitive(&desc, attributes: attributes, what: "the bf16 \(what) (\(name))"),
                             a: try Memory(a, buffer: dangling), b: try Memory(b, buffer: dangling), d: try Memory(d, buffer: dangling))
             }
-            let xPixel = try view([n, i], [pixelsIn * i, 1], dnnl_bf16)  // x[:, q, :]
-            // y[:, p, C] += x[:, q, :] · W[C, t, :]ᵀ
-            forwardPass = try pass(xPixel, try view([i, c], [1, taps * i], dnnl_bf16), try view([n, c], [pixelsOut * s.outChannels, 1], dnnl_f32),
-                                   "forward")
-            // dx_l[:, q, :] += dy[:, p, C] · W[C, t, :]
-            dataPass = try pass(try view([n, c], [pixelsOut * c, 1], dnnl_bf16), try view([c, i], [taps * i, 1], dnnl_bf16),
-                                try view([n, i], [pixelsIn * i, 1], dnnl_f32), "backward data")
-            // dW[C, t, :] += dy[:, p, C]ᵀ · x[:, q, :]
-            weightsPass = try pass(try view([c, n], [1, pixelsOut * c], dnnl_bf16), xPixel, try view([c, i], [taps * i, 1], dnnl_f32),
-                                   "backward weights")
-            let size = [toWeight, toDY, forwardPass.matmul, dataPass.matmul, weightsPass.matmul].map(\.scratchpadSize).max() ?? 0
+            var forwardPasses: [Int: Pass] = [:], dataPasses: [Int: Pass] = [:], weightsPasses: [Int: Pass] = [:]
+            for k in groupSizes {
+                let rows = k * n
+                // Y_t [k·n, C] = X_t [k·n, Cin] · W[C, t, :]ᵀ
+                forwardPasses[k] = try pass(try view([rows, i], [i, 1], dnnl_bf16), try view([i, c], [1, taps * i], dnnl_bf16),
+                                            try view([rows, c], [c, 1], dnnl_f32), "forward")
+                // D_t [k·n, Cin] = DY_t [k·n, C] · W[C, t, :]
+                dataPasses[k] = try pass(try view([rows, c], [c, 1], dnnl_bf16), try view([c, i], [taps * i, 1], dnnl_bf16),
+                                         try view([rows, i], [i, 1], dnnl_f32), "backward data")
+                // dW[C, t, :] = DY_tᵀ · X_t
+                weightsPasses[k] = try pass(try view([c, rows], [1, c], dnnl_bf16), try view([rows, i], [i, 1], dnnl_bf16),
+                                            try view([c, i], [taps * i, 1], dnnl_f32), "backward weights")
+            }
+            (self.forwardPasses, self.dataPasses, self.weightsPasses) = (forwardPasses, dataPasses, weightsPasses)
+            let passes = [forwardPasses, dataPasses, weightsPasses].flatMap(\.values).map(\.matmul)
+            let size = ([toWeight, toDY] + passes).map(\.scratchpadSize).max() ?? 0
             scratchpad = try Memory(try memoryDesc([max(1, size)], dnnl_u8, dnnl_x))
         }
 
@@ -173,40 +220,61 @@ final class BF16PairwisePlan: BF16Plan {
             try run(toWeight, [(DNNL_ARG_FROM, userWeight), (DNNL_ARG_TO, weight)])
         }
 
-        func forward(_ yp: UnsafeMutablePointer<Float>, _ pairs: [(p: Int, q: Int, t: Int)]) throws {
-            // These channels of y, zeroed: every pair adds into them.
-            for row in 0..<(batch * pixelsOut) {
-                (yp + row * outChannels + channels.lowerBound).update(repeating: 0, count: channels.count)
+        /// Adds block j of `products` (rows of `length`) to pixel `pixel(j)` of each image of `target`, whose images
+        /// hold `pixels` pixels of `stride` floats.
+        private func scatterAdd(_ pixels: [(p: Int, q: Int)], _ pixel: ((p: Int, q: Int)) -> Int, length: Int,
+                                into target: UnsafeMutablePointer<Float>, pixelsPerImage: Int, stride: Int) {
+            let source = products.data.assumingMemoryBound(to: Float.self)
+            for (j, pair) in pixels.enumerated() {
+                for image in 0..<batch {
+                    add(source + (j * batch + image) * length, into: target + (image * pixelsPerImage + pixel(pair)) * stride, count: length)
+                }
             }
-            for pair in pairs {
-                try forwardPass.run(x.data + pair.q * inChannels * 2, weight.data + pair.t * inChannels * 2,
-                                    UnsafeMutableRawPointer(yp + pair.p * outChannels + channels.lowerBound), stream, scratchpad)
-            }
-            try stream.wait()
         }
 
-        func backward(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>?, dx wantDX: Bool,
-                      _ pairs: [(p: Int, q: Int, t: Int)]) throws {
+        func forward(_ yp: UnsafeMutablePointer<Float>, _ plan: BF16PairwisePlan) throws {
+            let c = channels.count, lane = yp + channels.lowerBound
+            for row in 0..<(batch * pixelsOut) { (lane + row * outChannels).update(repeating: 0, count: c) }
+            for group in plan.groups {
+                try forwardPasses[group.pixels.count]!.run(plan.stackedX.data + group.first * batch * inChannels * 2,
+                                                          weight.data + group.tap * inChannels * 2, products.data, stream, scratchpad)
+                try stream.wait()
+                scatterAdd(group.pixels, \.p, length: c, into: lane, pixelsPerImage: pixelsOut, stride: outChannels)
+            }
+        }
+
+        func backward(_ dyp: UnsafePointer<Float>, _ dwp: UnsafeMutablePointer<Float>?, dx wantDX: Bool, _ plan: BF16PairwisePlan) throws {
             userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
             try run(toDY, [(DNNL_ARG_FROM, userDY), (DNNL_ARG_TO, dy)])
             let c = channels.count
+            plan.stack(dy.data, pixels: pixelsOut, rowLength: c, images: 0..<batch, into: stackedDY.data, \.p)
             if let dwp {
-                let first = dwp + channels.lowerBound * taps * inChannels
-                first.update(repeating: 0, count: c * taps * inChannels)
-                for pair in pairs {
-                    try weightsPass.run(dy.data + pair.p * c * 2, x.data + pair.q * inChannels * 2,
-                                        UnsafeMutableRawPointer(first + pair.t * inChannels), stream, scratchpad)
+                let lane = dwp + channels.lowerBound * taps * inChannels
+                for t in plan.unusedTaps {
+                    for channel in 0..<c { (lane + (channel * taps + t) * inChannels).update(repeating: 0, count: inChannels) }
+                }
+                for group in plan.groups {
+                    try weightsPasses[group.pixels.count]!.run(stackedDY.data + group.first * batch * c * 2,
+                                                              plan.stackedX.data + group.first * batch * inChannels * 2,
+                                                              UnsafeMutableRawPointer(lane + group.tap * inChannels), stream, scratchpad)
                 }
             }
             if wantDX {
                 let target = dx.data.assumingMemoryBound(to: Float.self)
                 target.update(repeating: 0, count: batch * pixelsIn * inChannels)
-                for pair in pairs {
-                    try dataPass.run(dy.data + pair.p * c * 2, weight.data + pair.t * inChannels * 2,
-                                     UnsafeMutableRawPointer(target + pair.q * inChannels), stream, scratchpad)
+                for group in plan.groups {
+                    try dataPasses[group.pixels.count]!.run(stackedDY.data + group.first * batch * c * 2,
+                                                           weight.data + group.tap * inChannels * 2, products.data, stream, scratchpad)
+                    try stream.wait()
+                    scatterAdd(group.pixels, \.q, length: inChannels, into: target, pixelsPerImage: pixelsIn, stride: inChannels)
                 }
             }
             try stream.wait()
         }
     }
+}
+
+/// target[i] += source[i]. Not OpenBLAS's saxpy: inside a training lane its threads would join in (and then spin).
+private func add(_ source: UnsafePointer<Float>, into target: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { target[i] += source[i] }
 }
