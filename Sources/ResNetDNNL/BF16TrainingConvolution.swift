@@ -46,7 +46,7 @@ protocol BF16Plan: AnyObject {
 
 /// One convolution's forward, backward-data and backward-weights primitives in bf16 with fp32 accumulation,
 /// built per input geometry. fp32 NHWC activations and patch-major (OHWI) weights are reordered into bf16 in the
-/// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts. (Maps of at most 4 output
+/// layouts oneDNN chooses; outputs and gradients come back fp32 in the caller's layouts. (Maps of at most 9 output
 /// pixels skip the convolutions: `BF16PairwisePlan`.)
 ///
 /// The batch is split across the training lanes (`TrainingLanes`, the threads the rest of the step runs on),
@@ -83,8 +83,8 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let key = (g.batch << 40) | (g.height << 20) | g.width
         if let plan = plans[key] { return plan }
         if plans.count >= 4 { plans.removeAll() }
-        // Each lane runs its primitives on one OpenMP thread, so they are created for one. Maps of at most 4 output
-        // pixels by (output pixel, tap) pairs (`BF16PairwisePlan`).
+        // Each lane runs its primitives on one OpenMP thread, so they are created for one. Maps of at most 9 output
+        // pixels by taps over their pixel pairs (`BF16PairwisePlan`).
         let plan: any BF16Plan = try DNNLRuntime.withThreads(1) { () throws -> any BF16Plan in
             if let pairwise = try BF16PairwisePlan(shape, g) { return pairwise }
             return try Plan(shape, g)

@@ -28,6 +28,9 @@ final class BF16TrainingTests: XCTestCase {
             (ConvShape(64, 64, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 2, width: 2)),
             (ConvShape(64, 64, kernel: 3, stride: 2, padding: 1), Geometry(batch: 4, height: 3, width: 3)),
             (ConvShape(64, 128, kernel: 3, stride: 2, padding: 0, samePadding: true), Geometry(batch: 2, height: 4, width: 3)),
+            // layer4 at 96x96 (3x3 maps, by taps too) and a 3x2 output from a stride-2 layer.
+            (ConvShape(32, 48, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 3, width: 3)),
+            (ConvShape(32, 48, kernel: 3, stride: 2, padding: 1), Geometry(batch: 2, height: 6, width: 3)),
             // layer4's downsampling: a 1x1 at stride 2 reads 4 of 16 input pixels, the others' dx is zero.
             (ConvShape(32, 48, kernel: 1, stride: 2, padding: 0), Geometry(batch: 3, height: 4, width: 4)),
             // Windows covering the whole input: layer4 at 2x2 from 49x49 crops (convolutions), and single output
