@@ -39,7 +39,7 @@ let package = Package(
         // The network: layers, the fused inference plan, training. Pure computation, no I/O.
         .target(name: "ResNetModel", dependencies: ["COpenBLAS", "CKernels"]),
         // bf16 / int8 inference through oneDNN, behind the InferenceEngine seam. Computation only, no I/O.
-        .target(name: "ResNetDNNL", dependencies: ["ResNetModel", "CDNNL", "COpenBLAS"]),
+        .target(name: "ResNetDNNL", dependencies: ["ResNetModel", "CDNNL", "COpenBLAS", "CKernels"]),
         // Checkpoints (safetensors) and importers/exporters.
         .target(name: "ResNetFormats", dependencies: [
             "ResNetModel", "ResNetSupport", "CHDF5", "CProtobufC", "ONNXProto",

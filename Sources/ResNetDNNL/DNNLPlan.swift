@@ -16,6 +16,9 @@ public final class DNNLPlan: InferenceEngine {
     public let architecture: Architecture
     public let precision: Precision
     let scales: ActivationScales?
+    /// Where bf16's 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (`WinogradBF16`).
+    enum WinogradUse { case never, wherePays, wherever }
+    let winograd: WinogradUse
 
     struct Layer {
         var name: String
@@ -42,7 +45,10 @@ public final class DNNLPlan: InferenceEngine {
 
     /// Fails with a one-line error when the CPU cannot run this precision at a useful speed (oneDNN has no
     /// kernels below AVX-512 for bf16, below AVX2 for int8), or int8 lacks activation scales.
-    public init(architecture: Architecture, state: StateDict, precision: Precision, scales: ActivationScales? = nil) throws {
+    /// `winograd`: nil where it pays (bf16 on CPUs with native bf16 dot products and no AMX, lanes with tiles
+    /// enough: `WinogradBF16`), true wherever it applies, false nowhere.
+    public init(architecture: Architecture, state: StateDict, precision: Precision, scales: ActivationScales? = nil,
+                winograd: Bool? = nil) throws {
         guard precision != .fp32 else { throw DNNLError("DNNLPlan runs bf16 or int8; fp32 runs on InferencePlan") }
         try architecture.validate(state)
         let context = DNNLContext.shared
@@ -65,6 +71,11 @@ public final class DNNLPlan: InferenceEngine {
         self.architecture = architecture
         self.precision = precision
         self.scales = scales
+        if precision != .bf16 || winograd == false {
+            self.winograd = .never
+        } else {
+            self.winograd = winograd == true ? .wherever : Self.winogradPays ? .wherePays : .never
+        }
         let eps = architecture.config.batchNormEpsilon
         func fold(_ conv: String, _ bn: String, _ shape: ConvShape) -> Layer {
             let (weight, bias) = foldedConvolution(state, conv, batchNorm: bn, shape: shape, epsilon: eps)
@@ -124,6 +135,31 @@ public final class DNNLPlan: InferenceEngine {
             try Primitive.reorder(user, packed, attributes: try scales.map { try Attributes(outputScales: $0, mask: side == nil ? 1 : 1 << 1) })
         }
         packedWeights[layer.name, default: []].append((desc, packed))
+        return packed
+    }
+
+    /// Winograd pays where the CPU multiplies bf16 with AVX512_BF16's dot products; with AMX's tiles the multiplies
+    /// it saves are several times cheaper than its transforms.
+    static var winogradPays: Bool {
+        DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_bf16) && !DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_amx)
+    }
+
+    /// `layer`'s Winograd weights U = G g Gᵀ ([16, Cin, Cout]) in the layout `desc`, bf16, made on first request.
+    func winogradWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t) throws -> Memory {
+        let key = layer.name + " (Winograd)"
+        var wanted = desc
+        for var known in packedWeights[key, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
+            return known.memory
+        }
+        let s = layer.shape, packed = try Memory(desc)
+        // Stored [16, Cout, Cin]: dims [16, Cin, Cout] in `acb` order.
+        var u = WinogradConv.transformedWeight(patchMajor: patchMajorWeight(layer.weight, s), inChannels: s.inChannels,
+                                               outChannels: s.outChannels)
+        try u.withUnsafeMutableBytes { raw in
+            let user = try Memory(try memoryDesc([16, s.inChannels, s.outChannels], dnnl_f32, dnnl_acb), buffer: raw.baseAddress!)
+            try Primitive.reorder(user, packed)
+        }
+        packedWeights[key, default: []].append((desc, packed))
         return packed
     }
 
@@ -265,7 +301,11 @@ extension ConvShape {
 
 /// The primitives and memories for one input shape.
 final class Network {
-    struct Step { var primitive: Primitive; var args: [(Int32, Memory)] }
+    enum Step {
+        case primitive(Primitive, [(Int32, Memory)])
+        /// Transforms on the lane's thread around a matmul, after the stream has finished the steps before.
+        case winograd(WinogradBF16)
+    }
 
     /// A layer's padding for input of (height, width): [top, left] before, [bottom, right] after (TensorFlow's
     /// 'same' can put one more pixel after than before).
@@ -362,12 +402,28 @@ final class Network {
                 return Described(primitive: primitive, src: srcMD, dst: primitive.md(dnnl_query_dst_md), bias: biasMD,
                                  outputs: outputs, dense: false)
             }
+            let kind = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)"
+            // Winograd where it applies, covers the map well and the lane has tiles enough for the weights (the fp32
+            // engine's rule), unless one dense matmul does the layer (no padding, no transforms).
+            let laneInput = Geometry(batch: n, height: inSide.0, width: inSide.1)
+            if plan.winograd != .never, WinogradConv.supports(s), !DNNLPlan.windowsCoverInput(s, inSide),
+               plan.winograd == .wherever || WinogradConv.coversWell(laneInput)
+                   && WinogradConv.tiles(laneInput) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels,
+               try isNHWC(src.desc, channels: s.inChannels, side: inSide),
+               try residual.map({ try isNHWC($0.memory.desc, channels: s.outChannels, side: out) }) ?? true {
+                let dst = try residual?.memory ?? Memory(try memoryDesc([n, s.outChannels, out.0, out.1], dnnl_bf16, dnnl_nhwc))
+                let step = try WinogradBF16(layer: layer, batch: n, side: inSide, src: src, dst: dst, addResidual: residual != nil,
+                                            relu: relu, weights: { try plan.winogradWeight(layer, $0) })
+                steps.append(.winograd(step))
+                implementations.append(("\(kind) on \(inSide.0)x\(inSide.1) as Winograd", step.implementation))
+                constants += [src, dst]
+                return (dst, 1, out)
+            }
             let denseFits = try DNNLPlan.windowsCoverInput(s, inSide) && isNHWC(src.desc, channels: s.inChannels, side: inSide)
                 && (residual.map { try isNHWC($0.memory.desc, channels: s.outChannels, side: out) } ?? true)
             let dense = denseFits ? (try? describe(dense: true)).flatMap { $0.primitive.implementation.hasPrefix("ref") ? nil : $0 } : nil
             let made = try dense ?? describe(dense: false)
 
-            let kind = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)"
             implementations.append((made.dense ? "\(kind) on \(inSide.0)x\(inSide.1) as dense" : kind, made.primitive.implementation))
             let weights = try plan.packedWeight(layer, made.primitive.md(dnnl_query_weights_md), denseAt: made.dense ? inSide : nil)
             let bias = try Memory(made.bias)
@@ -386,8 +442,8 @@ final class Network {
             } else {
                 dst = try Memory(made.dst)
             }
-            steps.append(Step(primitive: made.primitive, args: [(DNNL_ARG_SRC, source), (DNNL_ARG_WEIGHTS, weights),
-                                                                (DNNL_ARG_BIAS, bias), (DNNL_ARG_DST, dst)]))
+            steps.append(.primitive(made.primitive, [(DNNL_ARG_SRC, source), (DNNL_ARG_WEIGHTS, weights),
+                                                     (DNNL_ARG_BIAS, bias), (DNNL_ARG_DST, dst)]))
             guard made.dense else { return (dst, dstScale, out) }
             // The next layer reads the dense layer's [n, pixels · channels] output as the NHWC tensor it is.
             constants += [source, dst]
@@ -414,7 +470,7 @@ final class Network {
         let stemSrc = try Memory(stemSrcMD)
         let toStem = try Primitive(reorderFrom: userInput, to: stemSrcMD,
                                    attributes: try Attributes(outputScales: int8 ? [inputScale] : nil, userScratchpad: true))
-        steps.append(Step(primitive: toStem, args: [(DNNL_ARG_FROM, input), (DNNL_ARG_TO, stemSrc)]))
+        steps.append(.primitive(toStem, [(DNNL_ARG_FROM, input), (DNNL_ARG_TO, stemSrc)]))
         var (x, xScale, side) = try convolution(plan.stem, stemSrc, srcScale: inputScale, inSide: (shape.height, shape.width), relu: true)
 
         // Max pool 3x3/2 pad 1 in the stem output's layout and type (the scale carries over).
@@ -432,7 +488,7 @@ final class Network {
             let pool = try Primitive(&desc, attributes: try Attributes(userScratchpad: true), what: "the max pool")
             implementations.append(("max pool", pool.implementation))
             let pooled = try Memory(pool.md(dnnl_query_dst_md))
-            steps.append(Step(primitive: pool, args: [(DNNL_ARG_SRC, x), (DNNL_ARG_DST, pooled)]))
+            steps.append(.primitive(pool, [(DNNL_ARG_SRC, x), (DNNL_ARG_DST, pooled)]))
             constants.append(x)
             x = pooled
             side = out
@@ -457,17 +513,32 @@ final class Network {
         outputCount = n * channels * side.0 * side.1
         let fromLast = try Primitive(reorderFrom: x.desc, to: outMD,
                                      attributes: try Attributes(outputScales: int8 ? [1 / xScale] : nil, userScratchpad: true))
-        steps.append(Step(primitive: fromLast, args: [(DNNL_ARG_FROM, x), (DNNL_ARG_TO, output)]))
+        steps.append(.primitive(fromLast, [(DNNL_ARG_FROM, x), (DNNL_ARG_TO, output)]))
         constants.append(x)
-        let scratchBytes = steps.map(\.primitive.scratchpadSize).max() ?? 0
+        let scratchBytes = steps.map { step in
+            switch step {
+            case .primitive(let primitive, _): primitive.scratchpadSize
+            case .winograd(let winograd): winograd.scratchpadSize
+            }
+        }.max() ?? 0
         scratchpad = try Memory(try memoryDesc([max(1, scratchBytes)], dnnl_u8, dnnl_x))
-        for index in steps.indices { steps[index].args.append((DNNL_ARG_SCRATCHPAD, scratchpad)) }
+        steps = steps.map { step in
+            guard case .primitive(let primitive, let args) = step else { return step }
+            return .primitive(primitive, args + [(DNNL_ARG_SCRATCHPAD, scratchpad)])
+        }
     }
 
     /// Runs the backbone on `images` (fp32 NHWC) and returns layer4's output, fp32 NHWC, valid until the next call.
     func forward(_ images: UnsafePointer<Float>) throws -> UnsafeBufferPointer<Float> {
         input.setData(UnsafeMutableRawPointer(mutating: images))
-        for step in steps { try step.primitive.execute(step.args, on: stream) }
+        for step in steps {
+            switch step {
+            case .primitive(let primitive, let args): try primitive.execute(args, on: stream)
+            case .winograd(let winograd):
+                try stream.wait()
+                try winograd.run(stream, scratchpad)
+            }
+        }
         try stream.wait()
         return UnsafeBufferPointer(start: output.data.assumingMemoryBound(to: Float.self), count: outputCount)
     }

@@ -2,6 +2,7 @@
 #define RESNETKIT_CKERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /// AdamW's update of `count` elements, with PyTorch's single-tensor operations in PyTorch's order:
 ///   w ← w·decay;  m ← m + (1−β1)(g − m);  v ← v·β2 + (1−β2)·g·g;
@@ -33,5 +34,21 @@ void resnetkit_batchnorm_input_gradient(const float *restrict dy, const float *r
 void resnetkit_batchnorm_apply(const float *restrict x, const float *restrict residual, const float *restrict scale,
                                const float *restrict shift, size_t rows, size_t channels, int relu,
                                float *restrict y);
+
+/// Winograd F(2x2, 3x3)'s input transform for bf16 inference: V_ξ = Bᵀ d B of tiles first_tile ..< first_tile +
+/// tile_count of the NHWC bf16 maps `src` ([n, height, width, channels], padding 1, tiles image by image, row by
+/// row) into v, bf16 [16, tile_count, channels] (ξ-major, as a batched matmul reads it). `zeros` holds `channels`
+/// zeros (the padding), `rows` 16·channels floats of scratch. Sums in fp32, rounded to bf16 once.
+void resnetkit_winograd_input_bf16(const uint16_t *restrict src, size_t height, size_t width, size_t channels,
+                                   size_t first_tile, size_t tile_count, const uint16_t *restrict zeros,
+                                   float *restrict rows, uint16_t *restrict v);
+
+/// Its output transform: Y = Aᵀ M A + bias (+ the residual that `dst` holds when add_residual), ReLU when `relu`,
+/// for m fp32 [16, tile_count, channels], into those tiles' pixels of the NHWC bf16 maps `dst`. `rows` holds
+/// 8·channels floats of scratch, `spare` `channels` values (pixels of a tile past the map's edge go there).
+void resnetkit_winograd_output_bf16(const float *restrict m, size_t height, size_t width, size_t channels,
+                                    size_t first_tile, size_t tile_count, const float *restrict bias,
+                                    int add_residual, int relu, float *restrict rows, uint16_t *dst,
+                                    uint16_t *spare);
 
 #endif

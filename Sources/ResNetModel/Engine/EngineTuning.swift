@@ -27,9 +27,17 @@ public enum EngineTuning {
     /// GEMMs streams its slice of V once, so a chunk need not fit L2; it must amortise packing 16 weight blocks.
     static var winogradChunkFloats: Int { 2 * level2Floats }
 
+    /// Tiles per chunk of oneDNN's bf16 Winograd (ResNetDNNL), at most: a chunk's V (16·tiles·Cin bf16) half of L2,
+    /// at least 64 tiles so that each matmul has rows enough. Measured on a 1 MB L2 (Zen 4), one lane: within a
+    /// few percent of the best chunk for every layer of ResNet-18 at 49x49 and 96x96; with fewer rows the matmul's
+    /// efficiency drops (32 tiles: 10–20 % slower), with more V and M leave L2.
+    public static func bf16WinogradTiles(inChannels: Int) -> Int {
+        max(64, level2Bytes / (2 * 16 * 2 * inChannels))
+    }
+
     /// Winograd pays when a lane has at least Cout / this many 2x2 tiles: with fewer, packing the 16 transformed
     /// weight matrices for so few rows costs more than the multiplies saved.
-    static let winogradOutputChannelsPerTile = 16
+    public static let winogradOutputChannelsPerTile = 16
 
     /// Taps are used when at most this share of im2col's (pixel, tap) products reads inside the image: im2col's
     /// one long GEMM (K = k²·Cin) runs closer to peak than k² short ones, so taps pay only where padding is a

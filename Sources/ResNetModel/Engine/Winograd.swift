@@ -8,7 +8,7 @@
 ///
 /// V and M are tile-major ([tiles, 16, C]) so that each tile's transform touches one contiguous block; the
 /// GEMMs read V_ξ and write M_ξ with a leading dimension of 16·C. Tiles go in chunks sized from L2.
-struct WinogradConv {
+public struct WinogradConv {
     let inChannels: Int, outChannels: Int
     /// U_ξ for ξ = 4·i + j: 16 matrices [Cout, Cin], rows in the GEMM's Bᵀ orientation.
     let weight: [Float]
@@ -19,6 +19,12 @@ struct WinogradConv {
         self.inChannels = inChannels
         self.outChannels = outChannels
         self.bias = bias
+        weight = Self.transformedWeight(patchMajor: w, inChannels: inChannels, outChannels: outChannels)
+    }
+
+    /// U_ξ = G g Gᵀ for ξ = 4i + j, [16, Cout, Cin], from a patch-major weight [out, 3, 3, in] (also oneDNN's
+    /// bf16 Winograd in ResNetDNNL).
+    public static func transformedWeight(patchMajor w: [Float], inChannels: Int, outChannels: Int) -> [Float] {
         // G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1] applied to a column (a, b, c).
         func g(_ a: Float, _ b: Float, _ c: Float) -> SIMD4<Float> { SIMD4(a, (a + b + c) / 2, (a - b + c) / 2, c) }
         var u = [Float](repeating: 0, count: 16 * outChannels * inChannels)
@@ -33,11 +39,11 @@ struct WinogradConv {
                 }
             }
         }
-        weight = u
+        return u
     }
 
     /// 2x2 output tiles of a layer with this input geometry (same size as the output).
-    static func tiles(_ g: Geometry) -> Int { g.batch * ((g.height + 1) / 2) * ((g.width + 1) / 2) }
+    public static func tiles(_ g: Geometry) -> Int { g.batch * ((g.height + 1) / 2) * ((g.width + 1) / 2) }
 
     /// Tiles per chunk, so that V and M (16 · tiles · (Cin + Cout) floats) stay within the engine's chunk size.
     private var tilesPerChunk: Int { max(16, EngineTuning.winogradChunkFloats / (16 * (inChannels + outChannels))) }
@@ -132,7 +138,7 @@ struct WinogradConv {
 
     /// Whether 2x2 tiles cover a layer of this size well enough to pay: at most 1.4 times its pixels (an odd
     /// 3x3 layer takes four tiles, 16 outputs for 9, which is not worth it).
-    static func coversWell(_ g: Geometry) -> Bool {
+    public static func coversWell(_ g: Geometry) -> Bool {
         ((g.height + 1) / 2 * 2) * ((g.width + 1) / 2 * 2) * 5 <= 7 * g.height * g.width
     }
 
@@ -144,7 +150,7 @@ struct WinogradConv {
 
     /// Whether F(2x2, 3x3) as implemented here applies: 3x3, stride 1, padding 1 (which 'same' is at stride 1),
     /// channels in fours.
-    static func supports(_ s: ConvShape) -> Bool {
+    public static func supports(_ s: ConvShape) -> Bool {
         s.kernel == 3 && s.stride == 1 && (s.padding == 1 || s.samePadding) && s.inChannels % 4 == 0 && s.outChannels % 4 == 0
     }
 

@@ -1,0 +1,136 @@
+// Winograd F(2x2, 3x3)'s input and output transforms for bf16 inference (the products in between are oneDNN
+// matmuls): bf16 NHWC activations in and out, the transforms in fp32. Compiled per instruction set; each
+// transform is split into loops over the channels that read two or three rows and write one, which vectorise
+// (16 floats at a time with AVX-512) where one loop over all 16 rows of a tile did not.
+#include <stdint.h>
+#include <string.h>
+#include "ckernels.h"
+#include "clones.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float from_bf16(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// Round to nearest even, as oneDNN's conversions do (activations are finite: no NaN to keep).
+INLINE uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFF + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+// Tile t of a batch of h x w maps (tiles numbered image by image, row by row): its image and top-left pixel.
+INLINE void tile_origin(size_t t, size_t h, size_t w, size_t *n, size_t *y, size_t *x) {
+    size_t tiles_wide = (w + 1) / 2, tiles_high = (h + 1) / 2;
+    *x = 2 * (t % tiles_wide);
+    *y = 2 * ((t / tiles_wide) % tiles_high);
+    *n = t / (tiles_wide * tiles_high);
+}
+
+// o = a·sa + b·sb for bf16 rows a and b (sa, sb = ±1).
+INLINE void combine_bf16(const uint16_t *restrict a, const uint16_t *restrict b, float sa, float sb,
+                         float *restrict o, size_t count) {
+    for (size_t c = 0; c < count; c++) o[c] = sa * from_bf16(a[c]) + sb * from_bf16(b[c]);
+}
+
+// o = bf16(a·sa + b·sb).
+INLINE void combine_to_bf16(const float *restrict a, const float *restrict b, float sa, float sb,
+                            uint16_t *restrict o, size_t count) {
+    for (size_t c = 0; c < count; c++) o[c] = to_bf16(sa * a[c] + sb * b[c]);
+}
+
+RESNETKIT_CLONES
+void resnetkit_winograd_input_bf16(const uint16_t *restrict src, size_t height, size_t width, size_t channels,
+                                   size_t first_tile, size_t tile_count, const uint16_t *restrict zeros,
+                                   float *restrict rows, uint16_t *restrict v) {
+    size_t plane = tile_count * channels;  // V_ξ is [tile_count, channels], ξ-major
+    for (size_t t = 0; t < tile_count; t++) {
+        size_t n, y0, x0;
+        tile_origin(first_tile + t, height, width, &n, &y0, &x0);
+        // The 4x4 patch around the 2x2 tile (one pixel of padding on each side): zeros outside the map.
+        const uint16_t *d[16];
+        for (size_t i = 0; i < 4; i++) {
+            for (size_t j = 0; j < 4; j++) {
+                long y = (long)y0 - 1 + (long)i, x = (long)x0 - 1 + (long)j;
+                d[i * 4 + j] = y >= 0 && y < (long)height && x >= 0 && x < (long)width
+                    ? src + ((n * height + (size_t)y) * width + (size_t)x) * channels : zeros;
+            }
+        }
+        // Bᵀ d, column by column (Bᵀ = [1 0 −1 0; 0 1 1 0; 0 −1 1 0; 0 1 0 −1]), into rows[4i + j] ...
+        for (size_t j = 0; j < 4; j++) {
+            combine_bf16(d[j], d[8 + j], 1, -1, rows + (0 + j) * channels, channels);
+            combine_bf16(d[4 + j], d[8 + j], 1, 1, rows + (4 + j) * channels, channels);
+            combine_bf16(d[8 + j], d[4 + j], 1, -1, rows + (8 + j) * channels, channels);
+            combine_bf16(d[4 + j], d[12 + j], 1, -1, rows + (12 + j) * channels, channels);
+        }
+        // ... then each row of it times B, into V_ξ for ξ = 4i + j.
+        uint16_t *out = v + t * channels;
+        for (size_t i = 0; i < 4; i++) {
+            const float *r = rows + 4 * i * channels;
+            combine_to_bf16(r, r + 2 * channels, 1, -1, out + (4 * i + 0) * plane, channels);
+            combine_to_bf16(r + channels, r + 2 * channels, 1, 1, out + (4 * i + 1) * plane, channels);
+            combine_to_bf16(r + 2 * channels, r + channels, 1, -1, out + (4 * i + 2) * plane, channels);
+            combine_to_bf16(r + channels, r + 3 * channels, 1, -1, out + (4 * i + 3) * plane, channels);
+        }
+    }
+}
+
+// o = a + sb·b + sc·c (sb, sc = ±1).
+INLINE void sum3(const float *restrict a, const float *restrict b, const float *restrict c, float sb, float sc,
+                 float *restrict o, size_t count) {
+    for (size_t k = 0; k < count; k++) o[k] = a[k] + sb * b[k] + sc * c[k];
+}
+
+// One output pixel: bf16(ReLU?(a + sb·b + sc·c + bias (+ the residual already in q))).
+INLINE void finish(const float *restrict a, const float *restrict b, const float *restrict c, float sb, float sc,
+                   const float *restrict bias, int add_residual, int relu, uint16_t *restrict q, size_t count) {
+    if (add_residual) {
+        if (relu) {
+            for (size_t k = 0; k < count; k++) {
+                float y = a[k] + sb * b[k] + sc * c[k] + bias[k] + from_bf16(q[k]);
+                q[k] = to_bf16(y > 0 ? y : 0);
+            }
+        } else {
+            for (size_t k = 0; k < count; k++) q[k] = to_bf16(a[k] + sb * b[k] + sc * c[k] + bias[k] + from_bf16(q[k]));
+        }
+    } else if (relu) {
+        for (size_t k = 0; k < count; k++) {
+            float y = a[k] + sb * b[k] + sc * c[k] + bias[k];
+            q[k] = to_bf16(y > 0 ? y : 0);
+        }
+    } else {
+        for (size_t k = 0; k < count; k++) q[k] = to_bf16(a[k] + sb * b[k] + sc * c[k] + bias[k]);
+    }
+}
+
+RESNETKIT_CLONES
+void resnetkit_winograd_output_bf16(const float *restrict m, size_t height, size_t width, size_t channels,
+                                    size_t first_tile, size_t tile_count, const float *restrict bias,
+                                    int add_residual, int relu, float *restrict rows, uint16_t *dst,
+                                    uint16_t *spare) {
+    size_t plane = tile_count * channels;  // M_ξ is [tile_count, channels], ξ-major
+    for (size_t t = 0; t < tile_count; t++) {
+        size_t n, y0, x0;
+        tile_origin(first_tile + t, height, width, &n, &y0, &x0);
+        const float *s = m + t * channels;
+        // Aᵀ M, column by column (Aᵀ = [1 1 1 0; 0 1 −1 −1]), into rows[4i + j] for i = 0, 1 ...
+        for (size_t j = 0; j < 4; j++) {
+            sum3(s + j * plane, s + (4 + j) * plane, s + (8 + j) * plane, 1, 1, rows + j * channels, channels);
+            sum3(s + (4 + j) * plane, s + (8 + j) * plane, s + (12 + j) * plane, -1, -1, rows + (4 + j) * channels, channels);
+        }
+        // ... then each row times A: the tile's 2x2 pixels, those past the map's edge into `spare`.
+        uint16_t *q00 = dst + ((n * height + y0) * width + x0) * channels;
+        uint16_t *q[4] = {q00, x0 + 1 < width ? q00 + channels : spare, y0 + 1 < height ? q00 + width * channels : spare,
+                          x0 + 1 < width && y0 + 1 < height ? q00 + (width + 1) * channels : spare};
+        for (size_t i = 0; i < 2; i++) {
+            const float *r = rows + 4 * i * channels;
+            finish(r, r + channels, r + 2 * channels, 1, 1, bias, add_residual, relu, q[2 * i], channels);
+            finish(r + channels, r + 2 * channels, r + 3 * channels, -1, -1, bias, add_residual, relu, q[2 * i + 1], channels);
+        }
+    }
+}
