@@ -16,9 +16,10 @@ public final class DNNLPlan: InferenceEngine {
     public let architecture: Architecture
     public let precision: Precision
     let scales: ActivationScales?
-    /// Where bf16's 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (`WinogradBF16`).
-    enum WinogradUse { case never, wherePays, wherever }
-    let winograd: WinogradUse
+    /// Where bf16's convolutions skip multiply-adds oneDNN's kernels do: 3x3 stride-1 ones as Winograd F(2x2, 3x3)
+    /// (`WinogradBF16`), those on maps of a few pixels by taps, without the padding (`TapwiseBF16`).
+    enum WorkSaving { case never, wherePays, wherever }
+    let workSaving: WorkSaving
 
     struct Layer {
         var name: String
@@ -45,10 +46,10 @@ public final class DNNLPlan: InferenceEngine {
 
     /// Fails with a one-line error when the CPU cannot run this precision at a useful speed (oneDNN has no
     /// kernels below AVX-512 for bf16, below AVX2 for int8), or int8 lacks activation scales.
-    /// `winograd`: nil where it pays (bf16 on CPUs with native bf16 dot products and no AMX, lanes with tiles
-    /// enough: `WinogradBF16`), true wherever it applies, false nowhere.
+    /// `workSaving` (Winograd, taps): nil where it pays (bf16 on CPUs with native bf16 dot products and no AMX;
+    /// each layer by its rule), true wherever it applies, false nowhere.
     public init(architecture: Architecture, state: StateDict, precision: Precision, scales: ActivationScales? = nil,
-                winograd: Bool? = nil) throws {
+                workSaving: Bool? = nil) throws {
         guard precision != .fp32 else { throw DNNLError("DNNLPlan runs bf16 or int8; fp32 runs on InferencePlan") }
         try architecture.validate(state)
         let context = DNNLContext.shared
@@ -71,10 +72,10 @@ public final class DNNLPlan: InferenceEngine {
         self.architecture = architecture
         self.precision = precision
         self.scales = scales
-        if precision != .bf16 || winograd == false {
-            self.winograd = .never
+        if precision != .bf16 || workSaving == false {
+            self.workSaving = .never
         } else {
-            self.winograd = winograd == true ? .wherever : Self.winogradPays ? .wherePays : .never
+            self.workSaving = workSaving == true ? .wherever : Self.workSavingPays ? .wherePays : .never
         }
         let eps = architecture.config.batchNormEpsilon
         func fold(_ conv: String, _ bn: String, _ shape: ConvShape) -> Layer {
@@ -138,9 +139,9 @@ public final class DNNLPlan: InferenceEngine {
         return packed
     }
 
-    /// Winograd pays where the CPU multiplies bf16 with AVX512_BF16's dot products; with AMX's tiles the multiplies
-    /// it saves are several times cheaper than its transforms.
-    static var winogradPays: Bool {
+    /// Winograd and taps pay where the CPU multiplies bf16 with AVX512_BF16's dot products; with AMX's tiles the
+    /// multiplies they save are several times cheaper than their transforms, gathers and sums (not measured there).
+    static var workSavingPays: Bool {
         DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_bf16) && !DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_amx)
     }
 
@@ -157,6 +158,24 @@ public final class DNNLPlan: InferenceEngine {
                                                outChannels: s.outChannels)
         try u.withUnsafeMutableBytes { raw in
             let user = try Memory(try memoryDesc([16, s.inChannels, s.outChannels], dnnl_f32, dnnl_acb), buffer: raw.baseAddress!)
+            try Primitive.reorder(user, packed)
+        }
+        packedWeights[key, default: []].append((desc, packed))
+        return packed
+    }
+
+    /// Tap t's weight of `layer` ([Cin, Cout]) in the layout `desc`, bf16, made on first request.
+    func tapWeight(_ layer: Layer, _ tap: Int, _ desc: dnnl_memory_desc_t) throws -> Memory {
+        let key = layer.name + " (tap \(tap))"
+        var wanted = desc
+        for var known in packedWeights[key, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
+            return known.memory
+        }
+        let s = layer.shape, taps = s.kernel * s.kernel, packed = try Memory(desc)
+        // Stored [Cout, Cin] (OIHW's tap t): dims [Cin, Cout] in `ba` order.
+        var w = (0..<(s.outChannels * s.inChannels)).map { layer.weight[$0 * taps + tap] }
+        try w.withUnsafeMutableBytes { raw in
+            let user = try Memory(try memoryDesc([s.inChannels, s.outChannels], dnnl_f32, dnnl_ba), buffer: raw.baseAddress!)
             try Primitive.reorder(user, packed)
         }
         packedWeights[key, default: []].append((desc, packed))
@@ -305,6 +324,8 @@ final class Network {
         case primitive(Primitive, [(Int32, Memory)])
         /// Transforms on the lane's thread around a matmul, after the stream has finished the steps before.
         case winograd(WinogradBF16)
+        /// Gathers and sums on the lane's thread around a matmul per tap, likewise.
+        case taps(TapwiseBF16)
     }
 
     /// A layer's padding for input of (height, width): [top, left] before, [bottom, right] after (TensorFlow's
@@ -406,16 +427,26 @@ final class Network {
             // Winograd where it applies, covers the map well and the lane has tiles enough for the weights (the fp32
             // engine's rule), unless one dense matmul does the layer (no padding, no transforms).
             let laneInput = Geometry(batch: n, height: inSide.0, width: inSide.1)
-            if plan.winograd != .never, WinogradConv.supports(s), !DNNLPlan.windowsCoverInput(s, inSide),
-               plan.winograd == .wherever || WinogradConv.coversWell(laneInput)
-                   && WinogradConv.tiles(laneInput) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels,
-               try isNHWC(src.desc, channels: s.inChannels, side: inSide),
+            let everywhere = plan.workSaving == .wherever
+            let byTaps = s.kernel > 1 && out.0 * out.1 <= 9 && !DNNLPlan.windowsCoverInput(s, inSide)
+                && (everywhere || TapwiseBF16.pays(s, inSide))
+            let winograd = WinogradConv.supports(s) && !DNNLPlan.windowsCoverInput(s, inSide)
+                && (everywhere || WinogradConv.coversWell(laneInput)
+                        && WinogradConv.tiles(laneInput) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels)
+            if plan.workSaving != .never, byTaps || winograd, try isNHWC(src.desc, channels: s.inChannels, side: inSide),
                try residual.map({ try isNHWC($0.memory.desc, channels: s.outChannels, side: out) }) ?? true {
                 let dst = try residual?.memory ?? Memory(try memoryDesc([n, s.outChannels, out.0, out.1], dnnl_bf16, dnnl_nhwc))
-                let step = try WinogradBF16(layer: layer, batch: n, side: inSide, src: src, dst: dst, addResidual: residual != nil,
-                                            relu: relu, weights: { try plan.winogradWeight(layer, $0) })
-                steps.append(.winograd(step))
-                implementations.append(("\(kind) on \(inSide.0)x\(inSide.1) as Winograd", step.implementation))
+                if byTaps {
+                    let step = try TapwiseBF16(layer: layer, batch: n, side: inSide, src: src, dst: dst, addResidual: residual != nil,
+                                               relu: relu, weights: { try plan.tapWeight(layer, $0, $1) })
+                    steps.append(.taps(step))
+                    implementations.append(("\(kind) on \(inSide.0)x\(inSide.1) by taps", step.implementation))
+                } else {
+                    let step = try WinogradBF16(layer: layer, batch: n, side: inSide, src: src, dst: dst, addResidual: residual != nil,
+                                                relu: relu, weights: { try plan.winogradWeight(layer, $0) })
+                    steps.append(.winograd(step))
+                    implementations.append(("\(kind) on \(inSide.0)x\(inSide.1) as Winograd", step.implementation))
+                }
                 constants += [src, dst]
                 return (dst, 1, out)
             }
@@ -519,6 +550,7 @@ final class Network {
             switch step {
             case .primitive(let primitive, _): primitive.scratchpadSize
             case .winograd(let winograd): winograd.scratchpadSize
+            case .taps(let taps): taps.scratchpadSize
             }
         }.max() ?? 0
         scratchpad = try Memory(try memoryDesc([max(1, scratchBytes)], dnnl_u8, dnnl_x))
@@ -537,6 +569,9 @@ final class Network {
             case .winograd(let winograd):
                 try stream.wait()
                 try winograd.run(stream, scratchpad)
+            case .taps(let taps):
+                try stream.wait()
+                try taps.run(stream, scratchpad)
             }
         }
         try stream.wait()

@@ -5,7 +5,7 @@ import ResNetModel
 /// A bf16 inference convolution 3x3, stride 1, padding 1 as Winograd F(2x2, 3x3) (Lavin & Gray, 2015): per chunk
 /// of 2x2 output tiles, the input transform V = Bᵀ d B (fp32 sums, bf16 result), one batched oneDNN matmul
 ///   M_ξ [tiles, Cout] = V_ξ [tiles, Cin] · U_ξ [Cin, Cout]     for the 16 positions ξ, fp32 accumulation,
-/// and the output transform Y = Aᵀ M A with bias, residual and ReLU, to bf16 (`winograd_bf16.c`). 16 multiplies
+/// and the output transform Y = Aᵀ M A with bias, residual and ReLU, to bf16 (`bf16_layers.c`). 16 multiplies
 /// per tile and channel pair instead of 36: measured against oneDNN's brgconv on AVX512_BF16 (Zen 4), one lane
 /// of 32 images: layer1 at 96x96 1.37x, layer2 1.61x, layer3 1.39x; at 49x49 1.1x, 1.1x, 1.3–1.5x; on 3x3 maps
 /// (16 outputs for 9) 0.8x. Where AMX makes the multiplies several times cheaper, the transforms would dominate:

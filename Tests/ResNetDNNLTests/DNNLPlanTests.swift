@@ -35,33 +35,36 @@ final class DNNLPlanTests: XCTestCase {
         }
     }
 
-    /// bf16 Winograd wherever it applies (3x3 stride-1 convolutions: odd maps with tiles past the edge at 49x49,
-    /// layer4's 3x3 maps at 96x96, residual and ReLU in the output transform, chunks of tiles) against PyTorch and
-    /// the direct convolutions; and where it pays on this CPU, the same logits.
-    func testWinogradMatchesPyTorchAndTheDirectConvolutions() throws {
+    /// bf16 Winograd and taps wherever they apply (Winograd: 3x3 stride-1 convolutions, odd maps with tiles past the
+    /// edge at 49x49, residual and ReLU in the output transform, chunks of tiles; taps: maps of at most 9 output
+    /// pixels that no window covers whole, stride 1 and 2) against PyTorch and the direct convolutions; and where
+    /// they pay on this CPU, the same logits.
+    func testWorkSavingLayersMatchPyTorchAndTheDirectConvolutions() throws {
         let checkpoint = try Self.checkpoint()
-        let winograd = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: .bf16, winograd: true)
-        let direct = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: .bf16, winograd: false)
+        let winograd = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: .bf16, workSaving: true)
+        let direct = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: .bf16, workSaving: false)
         for side in [49, 96] {
             let lines = try winograd.implementations(batch: 4, height: side, width: side)
             // Winograd reads NHWC activations, which oneDNN keeps where it has native bf16 (elsewhere: blocked).
             if DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_bf16) {
-                XCTAssertEqual(lines.filter { $0.contains("as Winograd") }.count, side == 49 ? 3 : 4, "\(lines)")
+                XCTAssertEqual(lines.filter { $0.contains("as Winograd") }.count, 3, "\(lines)")
+                // 49: layer4's 3x3/2 (4x4 → 2x2; its 3x3/1 on 2x2 are dense); 96: that one and the 3x3/1 on 3x3.
+                XCTAssertEqual(lines.filter { $0.contains("by taps") }.count, side == 49 ? 1 : 2, "\(lines)")
             }
-            XCTAssertFalse(try direct.implementations(batch: 4, height: side, width: side).contains { $0.contains("Winograd") })
+            XCTAssertFalse(try direct.implementations(batch: 4, height: side, width: side).contains { $0.contains("Winograd") || $0.contains("taps") })
             let images = try Self.input(side), expected = try Self.reference("logits_4x1000_from_\(side).f32")
             let got = try winograd.run(images: images, count: 4, height: side, width: side)
             let plain = try direct.run(images: images, count: 4, height: side, width: side)
-            XCTAssertLessThan(relativeError(got, expected), 2e-2, "Winograd at \(side)x\(side)")
-            XCTAssertLessThan(relativeError(got, plain), 1.5e-2, "Winograd against direct at \(side)x\(side)")
+            XCTAssertLessThan(relativeError(got, expected), 2e-2, "Winograd and taps at \(side)x\(side)")
+            XCTAssertLessThan(relativeError(got, plain), 1.5e-2, "Winograd and taps against direct at \(side)x\(side)")
             XCTAssertEqual(Self.argmaxes(got, classes: 1000), Self.argmaxes(expected, classes: 1000))
             // One image alone (on one lane: other chunks) gives what it gave in the batch.
             let one = try winograd.run(images: Array(images[0..<side * side * 3]), count: 1, height: side, width: side)
             XCTAssertLessThan(relativeError(one, Array(got[0..<1000])), 1e-5)
-            print("bf16 at \(side)x\(side): Winograd \(relativeError(got, expected)), direct \(relativeError(plain, expected)) from PyTorch")
+            print("bf16 at \(side)x\(side): Winograd and taps \(relativeError(got, expected)), direct \(relativeError(plain, expected)) from PyTorch")
             let automatic = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: .bf16)
             let chosen = try automatic.run(images: images, count: 4, height: side, width: side)
-            XCTAssertLessThan(relativeError(chosen, expected), 2e-2, "bf16 at \(side)x\(side), Winograd where it pays")
+            XCTAssertLessThan(relativeError(chosen, expected), 2e-2, "bf16 at \(side)x\(side), Winograd and taps where they pay")
         }
     }
 

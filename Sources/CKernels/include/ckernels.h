@@ -51,4 +51,12 @@ void resnetkit_winograd_output_bf16(const float *restrict m, size_t height, size
                                     int add_residual, int relu, float *restrict rows, uint16_t *dst,
                                     uint16_t *spare);
 
+/// target[k] += source[k] for k < count.
+void resnetkit_add_rows_f32(const float *restrict source, size_t count, float *restrict target);
+
+/// dst = bf16(ReLU?(sums + bias (+ the residual that `dst` holds when add_residual))) for [rows, channels] sums
+/// and NHWC bf16 dst (the by-taps convolution's epilogue).
+void resnetkit_finish_bf16(const float *restrict sums, size_t rows, size_t channels, const float *restrict bias,
+                           int add_residual, int relu, uint16_t *dst);
+
 #endif

@@ -42,7 +42,7 @@ public enum EngineTuning {
     /// Taps are used when at most this share of im2col's (pixel, tap) products reads inside the image: im2col's
     /// one long GEMM (K = k²·Cin) runs closer to peak than k² short ones, so taps pay only where padding is a
     /// large part of the work.
-    static let maximumTapUsefulFraction = 0.75
+    public static let maximumTapUsefulFraction = 0.75
 
     /// Work below which a pass is not split across threads: a hand-off costs about as much as copying this
     /// many floats (im2col rows, gathers) or running this many through an elementwise pass.

@@ -1,7 +1,8 @@
-// Winograd F(2x2, 3x3)'s input and output transforms for bf16 inference (the products in between are oneDNN
-// matmuls): bf16 NHWC activations in and out, the transforms in fp32. Compiled per instruction set; each
-// transform is split into loops over the channels that read two or three rows and write one, which vectorise
-// (16 floats at a time with AVX-512) where one loop over all 16 rows of a tile did not.
+// The loops around oneDNN's matmuls in bf16 inference's own layers, bf16 NHWC activations in and out, fp32 inside:
+// Winograd F(2x2, 3x3)'s input and output transforms (WinogradBF16) and the by-taps layers' sums and epilogue
+// (TapwiseBF16). Compiled per instruction set; each transform is split into loops over the channels that read two
+// or three rows and write one, which vectorise (16 floats at a time with AVX-512) where one loop over all 16 rows
+// of a tile did not.
 #include <stdint.h>
 #include <string.h>
 #include "ckernels.h"
@@ -131,6 +132,37 @@ void resnetkit_winograd_output_bf16(const float *restrict m, size_t height, size
             const float *r = rows + 4 * i * channels;
             finish(r, r + channels, r + 2 * channels, 1, 1, bias, add_residual, relu, q[2 * i], channels);
             finish(r + channels, r + 2 * channels, r + 3 * channels, -1, -1, bias, add_residual, relu, q[2 * i + 1], channels);
+        }
+    }
+}
+
+RESNETKIT_CLONES
+void resnetkit_add_rows_f32(const float *restrict source, size_t count, float *restrict target) {
+    for (size_t k = 0; k < count; k++) target[k] += source[k];
+}
+
+RESNETKIT_CLONES
+void resnetkit_finish_bf16(const float *restrict sums, size_t rows, size_t channels, const float *restrict bias,
+                           int add_residual, int relu, uint16_t *dst) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *s = sums + r * channels;
+        uint16_t *q = dst + r * channels;
+        if (add_residual) {
+            if (relu) {
+                for (size_t k = 0; k < channels; k++) {
+                    float y = s[k] + bias[k] + from_bf16(q[k]);
+                    q[k] = to_bf16(y > 0 ? y : 0);
+                }
+            } else {
+                for (size_t k = 0; k < channels; k++) q[k] = to_bf16(s[k] + bias[k] + from_bf16(q[k]));
+            }
+        } else if (relu) {
+            for (size_t k = 0; k < channels; k++) {
+                float y = s[k] + bias[k];
+                q[k] = to_bf16(y > 0 ? y : 0);
+            }
+        } else {
+            for (size_t k = 0; k < channels; k++) q[k] = to_bf16(s[k] + bias[k]);
         }
     }
 }

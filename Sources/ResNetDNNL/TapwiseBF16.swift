@@ -1,0 +1,116 @@
+import CDNNL
+import CKernels
+import ResNetModel
+
+/// A bf16 inference convolution on a small map by taps, as `BF16PairwisePlan` trains one: for each tap t, the input
+/// rows of its (output pixel p, input pixel q) pairs are stacked [k·n, Cin] and multiplied by the tap's weight
+/// [Cin, Cout] (one oneDNN matmul, fp32 out), each block of products added to its output pixel's sums; then bias,
+/// residual and ReLU to bf16 (`resnetkit_finish_bf16`). No multiply-add on padding, where a convolution kernel
+/// spends 40 % of them on layer4's 3x3 maps (96x96 crops). Activations NHWC bf16; `dst` holds the residual on
+/// entry when there is one.
+final class TapwiseBF16 {
+    struct Tap {
+        let tap: Int
+        let pixels: [(p: Int, q: Int)]
+        /// Block of the stack its first pair's rows start at.
+        let first: Int
+        let weights: Memory
+    }
+    let taps: [Tap]
+    let batch: Int, inChannels: Int, outChannels: Int, pixelsIn: Int, pixelsOut: Int
+    let relu: Bool, addResidual: Bool
+    let src: Memory, dst: Memory
+    let bias: [Float]
+    /// The pairs' input rows, tap by tap, bf16 [pairs · n, Cin].
+    let stacked: Memory
+    /// One tap's products, fp32 [k · n, Cout] (a view per tap size).
+    let products: Memory
+    /// Each output pixel's sums, fp32 [n · P, Cout].
+    private var sums: [Float]
+    /// The matmul for taps of k pairs (key k), with its views of the stack and the products.
+    let matmuls: [Int: (primitive: Primitive, a: Memory, d: Memory)]
+
+    /// Whether by taps pays for convolution `s` on input of `side`: at most 9 output pixels (more make the stack an
+    /// im2col) and at most `EngineTuning.maximumTapUsefulFraction` of a convolution's (pixel, tap) products inside
+    /// the input (the fp32 engine's rule for taps).
+    static func pays(_ s: ConvShape, _ side: (Int, Int)) -> Bool {
+        let outputs = s.outputSide(side.0) * s.outputSide(side.1)
+        guard s.kernel > 1, outputs <= 9 else { return false }
+        return Double(s.taps(side).count) <= EngineTuning.maximumTapUsefulFraction * Double(outputs * s.kernel * s.kernel)
+    }
+
+    /// The layer (folded), its input `src` (NHWC bf16, `side` pixels) and output `dst`; `weights(t, desc)` gives
+    /// tap t's weight in the layout `desc` (`DNNLPlan.tapWeight`, shared by lanes and batch shapes).
+    init(layer: DNNLPlan.Layer, batch n: Int, side: (Int, Int), src: Memory, dst: Memory, addResidual: Bool, relu: Bool,
+         weights: (Int, dnnl_memory_desc_t) throws -> Memory) throws {
+        let s = layer.shape
+        (batch, inChannels, outChannels) = (n, s.inChannels, s.outChannels)
+        (pixelsIn, pixelsOut) = (side.0 * side.1, s.outputSide(side.0) * s.outputSide(side.1))
+        (self.relu, self.addResidual, self.src, self.dst, self.bias) = (relu, addResidual, src, dst, layer.bias)
+        var byTap = [[(p: Int, q: Int)]](repeating: [], count: s.kernel * s.kernel)
+        for pair in s.taps(side) { byTap[pair.t].append((pair.p, pair.q)) }
+        let sizes = Set(byTap.map(\.count).filter { $0 > 0 })
+        let what = "\(layer.name) by taps"
+        var matmuls: [Int: (primitive: Primitive, a: Memory, d: Memory)] = [:]
+        let widest = (sizes.max() ?? 1) * n
+        products = try Memory(try memoryDesc([widest, s.outChannels], dnnl_f32, dnnl_ab))
+        let pairs = byTap.reduce(0) { $0 + $1.count }
+        stacked = try Memory(try memoryDesc([pairs * n, s.inChannels], dnnl_bf16, dnnl_ab))
+        for k in sizes {
+            var a = try memoryDesc([k * n, s.inChannels], dnnl_bf16, dnnl_ab)
+            var b = try memoryDesc([s.inChannels, s.outChannels], dnnl_bf16, dnnl_format_tag_any)
+            var d = try memoryDesc([k * n, s.outChannels], dnnl_f32, dnnl_ab)
+            var desc = dnnl_matmul_desc_t()
+            try check(dnnl_matmul_desc_init(&desc, &a, &b, nil, &d), "describing \(what)")
+            let primitive = try Primitive(&desc, attributes: try Attributes(userScratchpad: true), what: what)
+            matmuls[k] = (primitive, try Memory(a, buffer: stacked.data), try Memory(d, buffer: products.data))
+        }
+        self.matmuls = matmuls
+        var first = 0, taps: [Tap] = []
+        for (tap, pixels) in byTap.enumerated() where !pixels.isEmpty {
+            let desc = matmuls[pixels.count]!.primitive.md(dnnl_query_weights_md)
+            taps.append(Tap(tap: tap, pixels: pixels, first: first, weights: try weights(tap, desc)))
+            first += pixels.count
+        }
+        self.taps = taps
+        sums = [Float](repeating: 0, count: n * pixelsOut * s.outChannels)
+    }
+
+    var scratchpadSize: Int { matmuls.values.map(\.primitive.scratchpadSize).max() ?? 0 }
+
+    /// The matmuls' implementation, e.g. `taps + brg:avx512_core_bf16`.
+    var implementation: String { "taps + " + (matmuls.values.first?.primitive.implementation ?? "?") }
+
+    /// Runs on the caller's lane (one OpenMP thread); `stream` must have finished what writes `src` and `dst`.
+    func run(_ stream: Stream, _ scratchpad: Memory) throws {
+        let rowBytes = inChannels * 2
+        for tap in taps {
+            for (j, pair) in tap.pixels.enumerated() {
+                for image in 0..<batch {
+                    (stacked.data + ((tap.first + j) * batch + image) * rowBytes)
+                        .copyMemory(from: src.data + (image * pixelsIn + pair.q) * rowBytes, byteCount: rowBytes)
+                }
+            }
+        }
+        try sums.withUnsafeMutableBufferPointer { sums in
+            let sums = sums.baseAddress!
+            sums.update(repeating: 0, count: batch * pixelsOut * outChannels)
+            let productRows = products.data.assumingMemoryBound(to: Float.self)
+            for tap in taps {
+                let (primitive, a, d) = matmuls[tap.pixels.count]!
+                a.setData(stacked.data + tap.first * batch * rowBytes)
+                try primitive.execute([(DNNL_ARG_SRC, a), (DNNL_ARG_WEIGHTS, tap.weights), (DNNL_ARG_DST, d),
+                                       (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+                try stream.wait()
+                for (j, pair) in tap.pixels.enumerated() {
+                    for image in 0..<batch {
+                        resnetkit_add_rows_f32(productRows + (j * batch + image) * outChannels, outChannels,
+                                               sums + (image * pixelsOut + pair.p) * outChannels)
+                    }
+                }
+            }
+            resnetkit_finish_bf16(sums, batch * pixelsOut, outChannels, bias, addResidual ? 1 : 0, relu ? 1 : 0,
+                                  dst.data.assumingMemoryBound(to: UInt16.self))
+        }
+    }
+}
