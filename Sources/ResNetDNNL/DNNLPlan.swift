@@ -115,27 +115,57 @@ public final class DNNLPlan: InferenceEngine {
     /// `layer`'s weights in the layout `desc` (quantised per output channel for int8), reordered on first request.
     /// With `denseAt`, the weights of the layer as a dense one on inputs of that size (`denseWeight`).
     func packedWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t, denseAt side: (Int, Int)? = nil) throws -> Memory {
+        try weights(layer.name, desc) {
+            var weight: [Float], userDesc: dnnl_memory_desc_t, rows: Int
+            if let side {
+                // Stored [outputs, inputs]; a matmul's weights are [inputs, outputs], hence `ba`.
+                (weight, rows) = (Self.denseWeight(layer, side), layer.shape.outputs(side))
+                userDesc = try memoryDesc([layer.shape.inputs(side), rows], dnnl_f32, dnnl_ba)
+            } else {
+                (weight, rows) = (layer.weight, layer.shape.outChannels)
+                userDesc = try memoryDesc(layer.shape.weightShape, dnnl_f32, dnnl_oihw)
+            }
+            // Rows are output channels, or (pixel, output channel) in the dense form.
+            let scales = layer.weightScales.map { perChannel in (0..<rows).map { perChannel[$0 % perChannel.count] } }
+            return (weight, userDesc, try scales.map { try Attributes(outputScales: $0, mask: side == nil ? 1 : 1 << 1) })
+        }
+    }
+
+    /// `layer`'s Winograd weights U = G g Gᵀ ([16, Cin, Cout]) in the layout `desc`, bf16, made on first request.
+    func winogradWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t) throws -> Memory {
+        try weights(layer.name + " (Winograd)", desc) {
+            let s = layer.shape
+            // Stored [16, Cout, Cin]: dims [16, Cin, Cout] in `acb` order.
+            let u = WinogradConv.transformedWeight(patchMajor: patchMajorWeight(layer.weight, s), inChannels: s.inChannels,
+                                                   outChannels: s.outChannels)
+            return (u, try memoryDesc([16, s.inChannels, s.outChannels], dnnl_f32, dnnl_acb), nil)
+        }
+    }
+
+    /// Tap t's weight of `layer` ([Cin, Cout]) in the layout `desc`, bf16, made on first request.
+    func tapWeight(_ layer: Layer, _ tap: Int, _ desc: dnnl_memory_desc_t) throws -> Memory {
+        try weights(layer.name + " (tap \(tap))", desc) {
+            let s = layer.shape, taps = s.kernel * s.kernel
+            // Stored [Cout, Cin] (OIHW's tap t): dims [Cin, Cout] in `ba` order.
+            let w = (0..<(s.outChannels * s.inChannels)).map { layer.weight[$0 * taps + tap] }
+            return (w, try memoryDesc([s.inChannels, s.outChannels], dnnl_f32, dnnl_ba), nil)
+        }
+    }
+
+    /// Weights kept under `key` in the layout `desc`, shared by every lane and batch shape that asks for it: made
+    /// on first request by one reorder of `make`'s fp32 values (in the layout it names, with its attributes).
+    private func weights(_ key: String, _ desc: dnnl_memory_desc_t,
+                         _ make: () throws -> (values: [Float], layout: dnnl_memory_desc_t, attributes: Attributes?)) throws -> Memory {
         var wanted = desc
-        for var known in packedWeights[layer.name, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
+        for var known in packedWeights[key, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
             return known.memory
         }
+        var (values, layout, attributes) = try make()
         let packed = try Memory(desc)
-        var weight: [Float], userDesc: dnnl_memory_desc_t, rows: Int
-        if let side {
-            // Stored [outputs, inputs]; a matmul's weights are [inputs, outputs], hence `ba`.
-            (weight, rows) = (Self.denseWeight(layer, side), layer.shape.outputs(side))
-            userDesc = try memoryDesc([layer.shape.inputs(side), rows], dnnl_f32, dnnl_ba)
-        } else {
-            (weight, rows) = (layer.weight, layer.shape.outChannels)
-            userDesc = try memoryDesc(layer.shape.weightShape, dnnl_f32, dnnl_oihw)
+        try values.withUnsafeMutableBytes { raw in
+            try Primitive.reorder(try Memory(layout, buffer: raw.baseAddress!), packed, attributes: attributes)
         }
-        // Rows are output channels, or (pixel, output channel) in the dense form.
-        let scales = layer.weightScales.map { perChannel in (0..<rows).map { perChannel[$0 % perChannel.count] } }
-        try weight.withUnsafeMutableBytes { raw in
-            let user = try Memory(userDesc, buffer: raw.baseAddress!)
-            try Primitive.reorder(user, packed, attributes: try scales.map { try Attributes(outputScales: $0, mask: side == nil ? 1 : 1 << 1) })
-        }
-        packedWeights[layer.name, default: []].append((desc, packed))
+        packedWeights[key, default: []].append((desc, packed))
         return packed
     }
 
@@ -143,43 +173,6 @@ public final class DNNLPlan: InferenceEngine {
     /// multiplies they save are several times cheaper than their transforms, gathers and sums (not measured there).
     static var workSavingPays: Bool {
         DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_bf16) && !DNNLRuntime.atLeast(dnnl_cpu_isa_avx512_core_amx)
-    }
-
-    /// `layer`'s Winograd weights U = G g Gᵀ ([16, Cin, Cout]) in the layout `desc`, bf16, made on first request.
-    func winogradWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t) throws -> Memory {
-        let key = layer.name + " (Winograd)"
-        var wanted = desc
-        for var known in packedWeights[key, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
-            return known.memory
-        }
-        let s = layer.shape, packed = try Memory(desc)
-        // Stored [16, Cout, Cin]: dims [16, Cin, Cout] in `acb` order.
-        var u = WinogradConv.transformedWeight(patchMajor: patchMajorWeight(layer.weight, s), inChannels: s.inChannels,
-                                               outChannels: s.outChannels)
-        try u.withUnsafeMutableBytes { raw in
-            let user = try Memory(try memoryDesc([16, s.inChannels, s.outChannels], dnnl_f32, dnnl_acb), buffer: raw.baseAddress!)
-            try Primitive.reorder(user, packed)
-        }
-        packedWeights[key, default: []].append((desc, packed))
-        return packed
-    }
-
-    /// Tap t's weight of `layer` ([Cin, Cout]) in the layout `desc`, bf16, made on first request.
-    func tapWeight(_ layer: Layer, _ tap: Int, _ desc: dnnl_memory_desc_t) throws -> Memory {
-        let key = layer.name + " (tap \(tap))"
-        var wanted = desc
-        for var known in packedWeights[key, default: []] where dnnl_memory_desc_equal(&known.desc, &wanted) != 0 {
-            return known.memory
-        }
-        let s = layer.shape, taps = s.kernel * s.kernel, packed = try Memory(desc)
-        // Stored [Cout, Cin] (OIHW's tap t): dims [Cin, Cout] in `ba` order.
-        var w = (0..<(s.outChannels * s.inChannels)).map { layer.weight[$0 * taps + tap] }
-        try w.withUnsafeMutableBytes { raw in
-            let user = try Memory(try memoryDesc([s.inChannels, s.outChannels], dnnl_f32, dnnl_ba), buffer: raw.baseAddress!)
-            try Primitive.reorder(user, packed)
-        }
-        packedWeights[key, default: []].append((desc, packed))
-        return packed
     }
 
     /// Whether every output pixel's window covers the whole input (a 3x3/1 convolution on 2x2 or smaller, as
