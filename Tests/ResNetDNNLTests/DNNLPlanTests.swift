@@ -137,6 +137,21 @@ final class DNNLPlanTests: XCTestCase {
         }
     }
 
+    /// Winograd and taps forced wherever they apply, on sizes whose maps are odd, non-square, 1x1 or 2x1 (tiles
+    /// and windows past every edge), a batch of 3 (lanes of 1 and 2 images), against the fp32 engine.
+    func testWorkSavingOnAwkwardSizesMatchesTheFP32Engine() throws {
+        let checkpoint = try Self.checkpoint()
+        let fp32 = try InferencePlan(architecture: checkpoint.architecture, state: checkpoint.state)
+        let plan = try DNNLPlan(architecture: checkpoint.architecture, state: checkpoint.state, precision: .bf16, workSaving: true)
+        var rng = SplitMix64(seed: 11)
+        for (height, width) in [(32, 32), (33, 47), (77, 50), (40, 64)] {
+            let images = (0..<(3 * height * width * 3)).map { _ in rng.nextUnitFloat() }
+            let expected = fp32.run(images: images, count: 3, height: height, width: width)
+            let got = try plan.run(images: images, count: 3, height: height, width: width)
+            XCTAssertLessThan(relativeError(got, expected), 2e-2, "\(height)x\(width)")
+        }
+    }
+
     /// Which convolutions' windows cover their whole input, and the dense weights against a direct convolution.
     func testDenseFormOfAConvolution() {
         let same3x3s2 = ConvShape(3, 5, kernel: 3, stride: 2, padding: 0, samePadding: true)
