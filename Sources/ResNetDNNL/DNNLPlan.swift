@@ -337,8 +337,10 @@ final class Network {
     /// (kind of convolution, implementation), in forward order.
     private(set) var implementations: [(String, String)] = []
     private let stream: Stream
-    /// One scratchpad for all steps (they run one after another), as large as the largest needs.
+    /// One scratchpad for all steps (they run one after another), as large as the largest needs; likewise one
+    /// workspace for the Winograd and by-taps layers' own buffers.
     private var scratchpad: Memory!
+    private let workspace = FloatBuffer()
 
     init(_ plan: DNNLPlan, _ shape: DNNLPlan.Shape) throws {
         stream = try Stream()
@@ -431,12 +433,12 @@ final class Network {
                 let dst = try residual?.memory ?? Memory(try memoryDesc([n, s.outChannels, out.0, out.1], dnnl_bf16, dnnl_nhwc))
                 if byTaps {
                     let step = try TapwiseBF16(layer: layer, batch: n, side: inSide, src: src, dst: dst, addResidual: residual != nil,
-                                               relu: relu, weights: { try plan.tapWeight(layer, $0, $1) })
+                                               relu: relu, workspace: workspace, weights: { try plan.tapWeight(layer, $0, $1) })
                     steps.append(.taps(step))
                     implementations.append(("\(kind) on \(inSide.0)x\(inSide.1) by taps", step.implementation))
                 } else {
                     let step = try WinogradBF16(layer: layer, batch: n, side: inSide, src: src, dst: dst, addResidual: residual != nil,
-                                                relu: relu, weights: { try plan.winogradWeight(layer, $0) })
+                                                relu: relu, workspace: workspace, weights: { try plan.winogradWeight(layer, $0) })
                     steps.append(.winograd(step))
                     implementations.append(("\(kind) on \(inSide.0)x\(inSide.1) as Winograd", step.implementation))
                 }

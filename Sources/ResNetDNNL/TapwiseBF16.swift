@@ -21,14 +21,13 @@ final class TapwiseBF16 {
     let relu: Bool, addResidual: Bool
     let src: Memory, dst: Memory
     let bias: [Float]
-    /// The pairs' input rows, tap by tap, bf16 [pairs · n, Cin].
-    let stacked: Memory
-    /// One tap's products, fp32 [k · n, Cout] (a view per tap size).
-    let products: Memory
-    /// Each output pixel's sums, fp32 [n · P, Cout].
-    private var sums: [Float]
     /// The matmul for taps of k pairs (key k), with its views of the stack and the products.
     let matmuls: [Int: (primitive: Primitive, a: Memory, d: Memory)]
+    /// In the network's workspace (shared by a lane's layers, which run one after another): the pairs' input rows
+    /// tap by tap, bf16 [pairs · n, Cin]; one tap's products, fp32 [k · n, Cout]; each output pixel's sums, fp32
+    /// [n · P, Cout]. Offsets in floats.
+    let workspace: FloatBuffer
+    let productsAt: Int, sumsAt: Int, workspaceFloats: Int
 
     /// Whether by taps pays for convolution `s` on input of `side`: at most 9 output pixels (more make the stack an
     /// im2col) and at most `EngineTuning.maximumTapUsefulFraction` of a convolution's (pixel, tap) products inside
@@ -42,7 +41,7 @@ final class TapwiseBF16 {
     /// The layer (folded), its input `src` (NHWC bf16, `side` pixels) and output `dst`; `weights(t, desc)` gives
     /// tap t's weight in the layout `desc` (`DNNLPlan.tapWeight`, shared by lanes and batch shapes).
     init(layer: DNNLPlan.Layer, batch n: Int, side: (Int, Int), src: Memory, dst: Memory, addResidual: Bool, relu: Bool,
-         weights: (Int, dnnl_memory_desc_t) throws -> Memory) throws {
+         workspace: FloatBuffer, weights: (Int, dnnl_memory_desc_t) throws -> Memory) throws {
         let s = layer.shape
         (batch, inChannels, outChannels) = (n, s.inChannels, s.outChannels)
         (pixelsIn, pixelsOut) = (side.0 * side.1, s.outputSide(side.0) * s.outputSide(side.1))
@@ -52,10 +51,13 @@ final class TapwiseBF16 {
         let sizes = Set(byTap.map(\.count).filter { $0 > 0 })
         let what = "\(layer.name) by taps"
         var matmuls: [Int: (primitive: Primitive, a: Memory, d: Memory)] = [:]
-        let widest = (sizes.max() ?? 1) * n
-        products = try Memory(try memoryDesc([widest, s.outChannels], dnnl_f32, dnnl_ab))
-        let pairs = byTap.reduce(0) { $0 + $1.count }
-        stacked = try Memory(try memoryDesc([pairs * n, s.inChannels], dnnl_bf16, dnnl_ab))
+        let widest = (sizes.max() ?? 1) * n, pairs = byTap.reduce(0) { $0 + $1.count }
+        productsAt = (pairs * n * s.inChannels + 1) / 2  // the stack is bf16, two to a float
+        sumsAt = productsAt + widest * s.outChannels
+        workspaceFloats = sumsAt + n * pixelsOut * s.outChannels
+        self.workspace = workspace
+        _ = workspace.reserve(workspaceFloats)
+        let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
         for k in sizes {
             var a = try memoryDesc([k * n, s.inChannels], dnnl_bf16, dnnl_ab)
             var b = try memoryDesc([s.inChannels, s.outChannels], dnnl_bf16, dnnl_format_tag_any)
@@ -63,7 +65,7 @@ final class TapwiseBF16 {
             var desc = dnnl_matmul_desc_t()
             try check(dnnl_matmul_desc_init(&desc, &a, &b, nil, &d), "describing \(what)")
             let primitive = try Primitive(&desc, attributes: try Attributes(userScratchpad: true), what: what)
-            matmuls[k] = (primitive, try Memory(a, buffer: stacked.data), try Memory(d, buffer: products.data))
+            matmuls[k] = (primitive, try Memory(a, buffer: dangling), try Memory(d, buffer: dangling))
         }
         self.matmuls = matmuls
         var first = 0, taps: [Tap] = []
@@ -73,7 +75,6 @@ final class TapwiseBF16 {
             first += pixels.count
         }
         self.taps = taps
-        sums = [Float](repeating: 0, count: n * pixelsOut * s.outChannels)
     }
 
     var scratchpadSize: Int { matmuls.values.map(\.primitive.scratchpadSize).max() ?? 0 }
@@ -83,34 +84,32 @@ final class TapwiseBF16 {
 
     /// Runs on the caller's lane (one OpenMP thread); `stream` must have finished what writes `src` and `dst`.
     func run(_ stream: Stream, _ scratchpad: Memory) throws {
-        let rowBytes = inChannels * 2
+        let rowBytes = inChannels * 2, space = workspace.reserve(workspaceFloats)
+        let stacked = UnsafeMutableRawPointer(space), productRows = space + productsAt, sums = space + sumsAt
         for tap in taps {
             for (j, pair) in tap.pixels.enumerated() {
                 for image in 0..<batch {
-                    (stacked.data + ((tap.first + j) * batch + image) * rowBytes)
+                    (stacked + ((tap.first + j) * batch + image) * rowBytes)
                         .copyMemory(from: src.data + (image * pixelsIn + pair.q) * rowBytes, byteCount: rowBytes)
                 }
             }
         }
-        try sums.withUnsafeMutableBufferPointer { sums in
-            let sums = sums.baseAddress!
-            sums.update(repeating: 0, count: batch * pixelsOut * outChannels)
-            let productRows = products.data.assumingMemoryBound(to: Float.self)
-            for tap in taps {
-                let (primitive, a, d) = matmuls[tap.pixels.count]!
-                a.setData(stacked.data + tap.first * batch * rowBytes)
-                try primitive.execute([(DNNL_ARG_SRC, a), (DNNL_ARG_WEIGHTS, tap.weights), (DNNL_ARG_DST, d),
-                                       (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
-                try stream.wait()
-                for (j, pair) in tap.pixels.enumerated() {
-                    for image in 0..<batch {
-                        resnetkit_add_rows_f32(productRows + (j * batch + image) * outChannels, outChannels,
-                                               sums + (image * pixelsOut + pair.p) * outChannels)
-                    }
+        sums.update(repeating: 0, count: batch * pixelsOut * outChannels)
+        for tap in taps {
+            let (primitive, a, d) = matmuls[tap.pixels.count]!
+            a.setData(stacked + tap.first * batch * rowBytes)
+            d.setData(UnsafeMutableRawPointer(productRows))
+            try primitive.execute([(DNNL_ARG_SRC, a), (DNNL_ARG_WEIGHTS, tap.weights), (DNNL_ARG_DST, d),
+                                   (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            try stream.wait()
+            for (j, pair) in tap.pixels.enumerated() {
+                for image in 0..<batch {
+                    resnetkit_add_rows_f32(productRows + (j * batch + image) * outChannels, outChannels,
+                                           sums + (image * pixelsOut + pair.p) * outChannels)
                 }
             }
-            resnetkit_finish_bf16(sums, batch * pixelsOut, outChannels, bias, addResidual ? 1 : 0, relu ? 1 : 0,
-                                  dst.data.assumingMemoryBound(to: UInt16.self))
         }
+        resnetkit_finish_bf16(sums, batch * pixelsOut, outChannels, bias, addResidual ? 1 : 0, relu ? 1 : 0,
+                              dst.data.assumingMemoryBound(to: UInt16.self))
     }
 }

@@ -24,8 +24,12 @@ final class WinogradBF16 {
     let tiles: Int, tilesPerChunk: Int
     /// The matmul for a full chunk and, when the tiles do not divide evenly, for the last one.
     let matmul: Primitive, lastMatmul: Primitive?
-    /// A chunk's V [16, tiles, Cin] bf16 and M [16, tiles, Cout] fp32 (the last chunk's views share them).
+    /// Views of a chunk's V [16, tiles, Cin] bf16 and M [16, tiles, Cout] fp32 (and of the last chunk's), placed in
+    /// the network's workspace when it runs: the layers of a lane run one after another and share it.
     let v: Memory, m: Memory, lastV: Memory?, lastM: Memory?
+    let workspace: FloatBuffer
+    /// V's floats in the workspace (M follows), and both.
+    let vFloats: Int, workspaceFloats: Int
     /// Scratch of the transforms: padding zeros, 16 rows of floats, one spare output pixel.
     private var zeros: [UInt16], rows: [Float], spare: [UInt16]
 
@@ -33,7 +37,7 @@ final class WinogradBF16 {
     /// layout the matmul asks for (`DNNLPlan.winogradWeight`, shared by lanes and batch shapes). Fails where oneDNN
     /// has no matmul for it.
     init(layer: DNNLPlan.Layer, batch: Int, side: (Int, Int), src: Memory, dst: Memory, addResidual: Bool, relu: Bool,
-         weights: (dnnl_memory_desc_t) throws -> Memory) throws {
+         workspace: FloatBuffer, weights: (dnnl_memory_desc_t) throws -> Memory) throws {
         let s = layer.shape
         precondition(WinogradConv.supports(s), "Winograd F(2x2, 3x3) needs a 3x3 stride-1 'same' convolution")
         (self.batch, height, width, inChannels, outChannels) = (batch, side.0, side.1, s.inChannels, s.outChannels)
@@ -43,6 +47,11 @@ final class WinogradBF16 {
         let chunks = (tiles + EngineTuning.bf16WinogradTiles(inChannels: s.inChannels) - 1) / EngineTuning.bf16WinogradTiles(inChannels: s.inChannels)
         tilesPerChunk = (tiles + chunks - 1) / chunks
         let what = "the Winograd 3x3 \(s.inChannels)→\(s.outChannels) on \(side.0)x\(side.1)"
+        let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
+        self.workspace = workspace
+        vFloats = (16 * tilesPerChunk * s.inChannels + 1) / 2  // bf16, two to a float
+        workspaceFloats = vFloats + 16 * tilesPerChunk * s.outChannels
+        _ = workspace.reserve(workspaceFloats)
         func make(_ rows: Int) throws -> (Primitive, Memory, Memory) {
             var a = try memoryDesc([16, rows, s.inChannels], dnnl_bf16, dnnl_abc)
             var b = try memoryDesc([16, s.inChannels, s.outChannels], dnnl_bf16, dnnl_format_tag_any)
@@ -50,13 +59,13 @@ final class WinogradBF16 {
             var desc = dnnl_matmul_desc_t()
             try check(dnnl_matmul_desc_init(&desc, &a, &b, nil, &d), "describing \(what)")
             let primitive = try Primitive(&desc, attributes: try Attributes(userScratchpad: true), what: what)
-            return (primitive, try Memory(a), try Memory(d))
+            return (primitive, try Memory(a, buffer: dangling), try Memory(d, buffer: dangling))
         }
         (matmul, v, m) = try make(tilesPerChunk)
         let last = tiles % tilesPerChunk
         if last > 0 {
             let (primitive, a, d) = try make(last)
-            (lastMatmul, lastV, lastM) = (primitive, try Memory(a.desc, buffer: v.data), try Memory(d.desc, buffer: m.data))
+            (lastMatmul, lastV, lastM) = (primitive, a, d)
         } else {
             (lastMatmul, lastV, lastM) = (nil, nil, nil)
         }
@@ -74,7 +83,10 @@ final class WinogradBF16 {
     /// Runs on the caller's lane (one OpenMP thread); `stream` must have finished what writes `src` and `dst`.
     func run(_ stream: Stream, _ scratchpad: Memory) throws {
         let source = src.data.assumingMemoryBound(to: UInt16.self), target = dst.data.assumingMemoryBound(to: UInt16.self)
-        let vp = v.data.assumingMemoryBound(to: UInt16.self), mp = m.data.assumingMemoryBound(to: Float.self)
+        let space = workspace.reserve(workspaceFloats)
+        let vp = UnsafeMutableRawPointer(space).assumingMemoryBound(to: UInt16.self), mp = space + vFloats
+        for view in [v, lastV].compactMap({ $0 }) { view.setData(UnsafeMutableRawPointer(vp)) }
+        for view in [m, lastM].compactMap({ $0 }) { view.setData(UnsafeMutableRawPointer(mp)) }
         var first = 0
         while first < tiles {
             let count = min(tilesPerChunk, tiles - first)
