@@ -419,8 +419,10 @@ final class Network {
                                  outputs: outputs, dense: false)
             }
             let kind = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)"
-            // Winograd where it applies, covers the map well and the lane has tiles enough for the weights (the fp32
-            // engine's rule), unless one dense matmul does the layer (no padding, no transforms).
+            // bf16 layers that skip work (NHWC activations only): by taps on maps of at most 9 output pixels where the
+            // padding is a large share (`TapwiseBF16.pays`), else Winograd where it applies, covers the map well and
+            // the lane has tiles enough for the weights (the fp32 engine's rules); neither where one dense matmul
+            // does the layer (no padding, no transforms).
             let laneInput = Geometry(batch: n, height: inSide.0, width: inSide.1)
             let everywhere = plan.workSaving == .wherever
             let byTaps = s.kernel > 1 && out.0 * out.1 <= 9 && !DNNLPlan.windowsCoverInput(s, inSide)
