@@ -7,7 +7,7 @@ import ResNetModel
 ///   M_ξ [tiles, Cout] = V_ξ [tiles, Cin] · U_ξ [Cin, Cout]     for the 16 positions ξ, fp32 accumulation,
 /// and the output transform Y = Aᵀ M A with bias, residual and ReLU, to bf16 (`bf16_layers.c`). 16 multiplies
 /// per tile and channel pair instead of 36: measured against oneDNN's brgconv on AVX512_BF16 (Zen 4), one lane
-/// of 32 images: layer1 at 96x96 1.37x, layer2 1.61x, layer3 1.39x; at 49x49 1.1x, 1.1x, 1.3–1.5x; on 3x3 maps
+/// of 32 images: layer1 at 96x96 1.3–1.4x, layer2 1.6x, layer3 1.5x; at 49x49 1.1–1.2x, 1.1x, 1.4x; on 3x3 maps
 /// (16 outputs for 9) 0.8x. Where AMX makes the multiplies several times cheaper, the transforms would dominate:
 /// `DNNLPlan` uses it only on CPUs with native bf16 dot products and no AMX.
 /// Accuracy: the reference model's logits within 0.6 % of PyTorch's fp32 (direct bf16: 0.45 %), tested.
