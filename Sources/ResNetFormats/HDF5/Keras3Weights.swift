@@ -120,7 +120,7 @@ enum Keras3Weights {
 /// The `.keras` archive: `config.json` and `model.weights.h5` in a zip.
 enum KerasArchive {
     static func recognises(path: String) -> Bool {
-        guard let archive = try? Archive(url: URL(fileURLWithPath: path), accessMode: .read) else { return false }
+        guard let archive = try? Archive(url: URL(fileURLWithPath: path), accessMode: .read, pathEncoding: nil) else { return false }
         return archive["config.json"] != nil && archive["model.weights.h5"] != nil
     }
 
