@@ -5,11 +5,13 @@ import ResNetModel
 public enum Precision: String, CaseIterable, Sendable {
     case fp32, bf16, int8
 
-    /// The engine for this precision.
-    public func makeEngine(architecture: Architecture, state: StateDict, scales: ActivationScales?) throws -> any InferenceEngine {
+    /// The engine for this precision; `workSaving` as `DNNLPlan` takes it (bf16's Winograd and by-taps layers).
+    public func makeEngine(architecture: Architecture, state: StateDict, scales: ActivationScales?,
+                           workSaving: Bool? = nil) throws -> any InferenceEngine {
         switch self {
         case .fp32: return try InferencePlan(architecture: architecture, state: state)
-        case .bf16, .int8: return try DNNLPlan(architecture: architecture, state: state, precision: self, scales: scales)
+        case .bf16, .int8:
+            return try DNNLPlan(architecture: architecture, state: state, precision: self, scales: scales, workSaving: workSaving)
         }
     }
 }

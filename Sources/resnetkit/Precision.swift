@@ -7,10 +7,21 @@ import ResNetSupport
 
 /// `--precision fp32|bf16|int8` for the commands that run a model: fp32 on OpenBLAS (exact, the default),
 /// bf16 and int8 on oneDNN (int8 needs the activation ranges `resnetkit quantize` stores in the checkpoint).
+/// `RESNETKIT_WINOGRAD=off` keeps bf16 on oneDNN's convolutions (closer to fp32, slower) where the plan would
+/// run Winograd and by-taps layers.
 enum EngineChoice {
     static let help = ArgumentHelp(
-        "fp32 (OpenBLAS, exact), bf16 or int8 (oneDNN; int8 needs a model from `resnetkit quantize`).",
+        "fp32 (OpenBLAS, exact), bf16 or int8 (oneDNN; int8 needs a model from `resnetkit quantize`). bf16 runs some layers as Winograd (faster, a little further from fp32; RESNETKIT_WINOGRAD=off to keep oneDNN's convolutions).",
         valueName: "fp32|bf16|int8")
+
+    /// RESNETKIT_WINOGRAD: `off` (or `0`) turns the work-saving layers off, `auto` (or unset) leaves the plan's rule.
+    static func workSaving(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool? {
+        switch environment["RESNETKIT_WINOGRAD"]?.lowercased() {
+        case nil, "", "auto", "on", "1": return nil
+        case "off", "0": return false
+        case let other?: throw UsageError("RESNETKIT_WINOGRAD is '\(other)': use auto or off")
+        }
+    }
 
     /// The engine for `checkpoint` (read from `modelPath`) at this precision; `threads` (the lanes, as set in
     /// `Parallelism.threads`) only for the debug line.
@@ -30,7 +41,8 @@ enum EngineChoice {
             Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa), \(threads) lanes of one OpenMP thread, \(precision.rawValue)")
         }
         do {
-            return try precision.makeEngine(architecture: checkpoint.architecture, state: checkpoint.state, scales: scales)
+            return try precision.makeEngine(architecture: checkpoint.architecture, state: checkpoint.state, scales: scales,
+                                            workSaving: try workSaving())
         } catch let error as DNNLError {
             throw UsageError(error.description)
         }

@@ -82,6 +82,27 @@ final class PrecisionCommandTests: XCTestCase {
         XCTAssertEqual(try logits(cropped, dropLast: true), try logits(whole, dropLast: true))
     }
 
+    /// bf16 runs layer1's 3x3 on 4x4 maps as Winograd where bf16 is native; RESNETKIT_WINOGRAD=off keeps oneDNN's
+    /// convolutions (closer to PyTorch); any other value is refused in one line.
+    func testWinogradCanBeTurnedOff() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        func run(_ value: String?, _ name: String, debug: Bool = true) throws -> CLI.Result {
+            var environment = debug ? ["RESNETKIT_LOG": "debug"] : [:]
+            environment["RESNETKIT_WINOGRAD"] = value
+            return try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent(name).path, "--model", Self.model,
+                                "--precision", "bf16", "--batch-size", "16"] + (debug ? [] : ["--quiet"]), environment: environment)
+        }
+        let automatic = try run(nil, "auto.csv"), off = try run("off", "off.csv")
+        XCTAssertEqual(automatic.status, 0, automatic.stderr)
+        XCTAssertEqual(off.status, 0, off.stderr)
+        if automatic.stderr.contains("ISA avx512_core_bf16") {
+            XCTAssertTrue(automatic.stderr.contains(" as Winograd: "), automatic.stderr)
+        }
+        XCTAssertFalse(off.stderr.contains("Winograd") || off.stderr.contains("by taps"), off.stderr)
+        assertOneLineError(try run("fast", "bad.csv", debug: false), contains: "RESNETKIT_WINOGRAD is 'fast': use auto or off")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("bad.csv").path), "nothing written")
+    }
+
     func assertOneLineError(_ result: CLI.Result, contains text: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(result.status, 1, result.stderr, file: file, line: line)
         let lines = result.stderr.split(separator: "\n")
