@@ -87,26 +87,33 @@ INLINE void sum3(const float *restrict a, const float *restrict b, const float *
     for (size_t k = 0; k < count; k++) o[k] = a[k] + sb * b[k] + sc * c[k];
 }
 
+// q[k] = bf16(ReLU?(value (+ the residual q[k] holds))) for k < count, `value` an expression in k: written as four
+// loops so that each vectorises without a branch (shared by Winograd's output and the by-taps layers' epilogue).
+#define EPILOGUE(count, value, add_residual, relu, q)                                          \
+    do {                                                                                       \
+        if (add_residual) {                                                                    \
+            if (relu) {                                                                        \
+                for (size_t k = 0; k < (count); k++) {                                         \
+                    float y = (value) + from_bf16((q)[k]);                                     \
+                    (q)[k] = to_bf16(y > 0 ? y : 0);                                           \
+                }                                                                              \
+            } else {                                                                           \
+                for (size_t k = 0; k < (count); k++) (q)[k] = to_bf16((value) + from_bf16((q)[k])); \
+            }                                                                                  \
+        } else if (relu) {                                                                     \
+            for (size_t k = 0; k < (count); k++) {                                             \
+                float y = (value);                                                             \
+                (q)[k] = to_bf16(y > 0 ? y : 0);                                               \
+            }                                                                                  \
+        } else {                                                                               \
+            for (size_t k = 0; k < (count); k++) (q)[k] = to_bf16(value);                      \
+        }                                                                                      \
+    } while (0)
+
 // One output pixel: bf16(ReLU?(a + sb·b + sc·c + bias (+ the residual already in q))).
 INLINE void finish(const float *restrict a, const float *restrict b, const float *restrict c, float sb, float sc,
                    const float *restrict bias, int add_residual, int relu, uint16_t *restrict q, size_t count) {
-    if (add_residual) {
-        if (relu) {
-            for (size_t k = 0; k < count; k++) {
-                float y = a[k] + sb * b[k] + sc * c[k] + bias[k] + from_bf16(q[k]);
-                q[k] = to_bf16(y > 0 ? y : 0);
-            }
-        } else {
-            for (size_t k = 0; k < count; k++) q[k] = to_bf16(a[k] + sb * b[k] + sc * c[k] + bias[k] + from_bf16(q[k]));
-        }
-    } else if (relu) {
-        for (size_t k = 0; k < count; k++) {
-            float y = a[k] + sb * b[k] + sc * c[k] + bias[k];
-            q[k] = to_bf16(y > 0 ? y : 0);
-        }
-    } else {
-        for (size_t k = 0; k < count; k++) q[k] = to_bf16(a[k] + sb * b[k] + sc * c[k] + bias[k]);
-    }
+    EPILOGUE(count, a[k] + sb * b[k] + sc * c[k] + bias[k], add_residual, relu, q);
 }
 
 RESNETKIT_CLONES
@@ -147,22 +154,6 @@ void resnetkit_finish_bf16(const float *restrict sums, size_t rows, size_t chann
     for (size_t r = 0; r < rows; r++) {
         const float *s = sums + r * channels;
         uint16_t *q = dst + r * channels;
-        if (add_residual) {
-            if (relu) {
-                for (size_t k = 0; k < channels; k++) {
-                    float y = s[k] + bias[k] + from_bf16(q[k]);
-                    q[k] = to_bf16(y > 0 ? y : 0);
-                }
-            } else {
-                for (size_t k = 0; k < channels; k++) q[k] = to_bf16(s[k] + bias[k] + from_bf16(q[k]));
-            }
-        } else if (relu) {
-            for (size_t k = 0; k < channels; k++) {
-                float y = s[k] + bias[k];
-                q[k] = to_bf16(y > 0 ? y : 0);
-            }
-        } else {
-            for (size_t k = 0; k < channels; k++) q[k] = to_bf16(s[k] + bias[k]);
-        }
+        EPILOGUE(channels, s[k] + bias[k], add_residual, relu, q);
     }
 }

@@ -1,4 +1,5 @@
 import CDNNL
+import CKernels
 import ResNetModel
 
 /// A bf16 training convolution on a map of at most 9 output pixels (layer4's 2x2 from 49x49 crops, 3x3 from 96x96)
@@ -16,18 +17,9 @@ import ResNetModel
 /// Why: oneDNN 2.6.3's convolutions run such maps slowly (backward-weights at 52 GFLOPS of useful work, a third of
 /// a matmul's rate; the blocked weight copies cost more than the passes at batch 16) and its bf16 backward-weights
 /// reads outside a 2x1 input at stride 2, returning garbage gradients (`BF16TrainingTests` has both geometries).
-/// With more output pixels the stacks grow towards an im2col and the convolutions win (at 4x4, layer3 on 49x49
-/// crops, it measured no better).
+/// Maps of more output pixels (`TapGroups.maximumOutputPixels`) stay on the convolutions.
 final class BF16PairwisePlan: BF16Plan {
-    /// One tap's pairs, and where the first of them sits in the tap-ordered stacks.
-    struct TapGroup {
-        let tap: Int
-        let pixels: [(p: Int, q: Int)]
-        let first: Int
-    }
-    let groups: [TapGroup]
-    /// Taps no pair uses: their weight gradient is zero.
-    let unusedTaps: [Int]
+    let tapGroups: TapGroups
     let lanes: [Lane]
     let imageRanges: [Range<Int>]
     let batch: Int, inChannels: Int, pixelsIn: Int
@@ -40,20 +32,12 @@ final class BF16PairwisePlan: BF16Plan {
     /// The weight generation the lanes' bf16 weights were converted at.
     private var convertedGeneration = -1
 
-    /// nil for a map of more than 9 output pixels.
+    /// nil for a map of more than `TapGroups.maximumOutputPixels` output pixels.
     init?(_ s: ConvShape, _ g: Geometry) throws {
         let out = g.output(of: s)
-        guard out.height * out.width <= 9 else { return nil }
-        let taps = s.kernel * s.kernel
-        var byTap = [[(p: Int, q: Int)]](repeating: [], count: taps)
-        for pair in s.taps((g.height, g.width)) { byTap[pair.t].append((pair.p, pair.q)) }
-        var groups: [TapGroup] = [], stacked = 0
-        for (tap, pixels) in byTap.enumerated() where !pixels.isEmpty {
-            groups.append(TapGroup(tap: tap, pixels: pixels, first: stacked))
-            stacked += pixels.count
-        }
-        self.groups = groups
-        unusedTaps = byTap.indices.filter { byTap[$0].isEmpty }
+        guard out.height * out.width <= TapGroups.maximumOutputPixels else { return nil }
+        let tapGroups = TapGroups(s, (g.height, g.width)), stacked = tapGroups.pairs
+        self.tapGroups = tapGroups
         (batch, inChannels, pixelsIn) = (g.batch, s.inChannels, g.height * g.width)
         let inputs = s.inputs((g.height, g.width))
         let laneCount = max(1, min(Parallelism.threads, s.outChannels))
@@ -71,22 +55,7 @@ final class BF16PairwisePlan: BF16Plan {
         }
         lanes = try (0..<laneCount).map { lane in
             try Lane(s, g, channels: s.outChannels * lane / laneCount ..< s.outChannels * (lane + 1) / laneCount,
-                     groupSizes: Set(groups.map(\.pixels.count)), stackedRows: stacked * g.batch)
-        }
-    }
-
-    /// Copies rows of `rowLength` bf16 values from `source` (pixel `pixel(j)` of each image, images of `pixels`
-    /// pixels) into `target`'s tap-ordered stack: block `first + j` of each group, `batch` rows a block.
-    func stack(_ source: UnsafeRawPointer, pixels: Int, rowLength: Int, images: Range<Int>, into target: UnsafeMutableRawPointer,
-               _ pixel: ((p: Int, q: Int)) -> Int) {
-        let bytes = rowLength * 2
-        for group in groups {
-            for (j, pair) in group.pixels.enumerated() {
-                for image in images {
-                    (target + ((group.first + j) * batch + image) * bytes)
-                        .copyMemory(from: source + (image * pixels + pixel(pair)) * bytes, byteCount: bytes)
-                }
-            }
+                     groupSizes: tapGroups.sizes, stackedRows: stacked * g.batch)
         }
     }
 
@@ -99,7 +68,8 @@ final class BF16PairwisePlan: BF16Plan {
             let part = toX[lane]
             part.from.setData(UnsafeMutableRawPointer(mutating: xp + imageRanges[lane].lowerBound * pixelsIn * inChannels))
             try lanes[lane].run(part.reorder, [(DNNL_ARG_FROM, part.from), (DNNL_ARG_TO, part.to)])
-            stack(x.data, pixels: pixelsIn, rowLength: inChannels, images: imageRanges[lane], into: stackedX.data, \.q)
+            tapGroups.stack(x.data, pixelsPerImage: pixelsIn, rowBytes: inChannels * 2, images: imageRanges[lane], batch: batch,
+                            into: stackedX.data, \.q)
         }
         convertedGeneration = generation
         onTrainingLanes(lanes.count) { lane in try lanes[lane].forward(yp, self) }
@@ -114,7 +84,7 @@ final class BF16PairwisePlan: BF16Plan {
             let range = imageRanges[lane]
             let start = range.lowerBound * inputs, count = range.count * inputs
             (dx + start).update(from: lanes[0].dx.data.assumingMemoryBound(to: Float.self) + start, count: count)
-            for other in lanes.dropFirst() { add(other.dx.data.assumingMemoryBound(to: Float.self) + start, into: dx + start, count: count) }
+            for other in lanes.dropFirst() { resnetkit_add_rows_f32(other.dx.data.assumingMemoryBound(to: Float.self) + start, count, dx + start) }
         }
     }
 
@@ -221,26 +191,15 @@ final class BF16PairwisePlan: BF16Plan {
             try run(toWeight, [(DNNL_ARG_FROM, userWeight), (DNNL_ARG_TO, weight)])
         }
 
-        /// Adds block j of `products` (rows of `length`) to pixel `pixel(j)` of each image of `target`, whose images
-        /// hold `pixels` pixels of `stride` floats.
-        private func scatterAdd(_ pixels: [(p: Int, q: Int)], _ pixel: ((p: Int, q: Int)) -> Int, length: Int,
-                                into target: UnsafeMutablePointer<Float>, pixelsPerImage: Int, stride: Int) {
-            let source = products.data.assumingMemoryBound(to: Float.self)
-            for (j, pair) in pixels.enumerated() {
-                for image in 0..<batch {
-                    add(source + (j * batch + image) * length, into: target + (image * pixelsPerImage + pixel(pair)) * stride, count: length)
-                }
-            }
-        }
-
         func forward(_ yp: UnsafeMutablePointer<Float>, _ plan: BF16PairwisePlan) throws {
             let c = channels.count, lane = yp + channels.lowerBound
             for row in 0..<(batch * pixelsOut) { (lane + row * outChannels).update(repeating: 0, count: c) }
-            for group in plan.groups {
+            for group in plan.tapGroups.groups {
                 try forwardPasses[group.pixels.count]!.run(plan.stackedX.data + group.first * batch * inChannels * 2,
                                                           weight.data + group.tap * inChannels * 2, products.data, stream, scratchpad)
                 try stream.wait()
-                scatterAdd(group.pixels, \.p, length: c, into: lane, pixelsPerImage: pixelsOut, stride: outChannels)
+                plan.tapGroups.add(group, products: products.data.assumingMemoryBound(to: Float.self), length: c, batch: batch, into: lane,
+                              pixelsPerImage: pixelsOut, stride: outChannels, \.p)
             }
         }
 
@@ -248,13 +207,13 @@ final class BF16PairwisePlan: BF16Plan {
             userDY.setData(UnsafeMutableRawPointer(mutating: dyp))
             try run(toDY, [(DNNL_ARG_FROM, userDY), (DNNL_ARG_TO, dy)])
             let c = channels.count
-            plan.stack(dy.data, pixels: pixelsOut, rowLength: c, images: 0..<batch, into: stackedDY.data, \.p)
+            plan.tapGroups.stack(dy.data, pixelsPerImage: pixelsOut, rowBytes: c * 2, images: 0..<batch, batch: batch, into: stackedDY.data, \.p)
             if let dwp {
                 let lane = dwp + channels.lowerBound * taps * inChannels
-                for t in plan.unusedTaps {
+                for t in plan.tapGroups.unusedTaps {
                     for channel in 0..<c { (lane + (channel * taps + t) * inChannels).update(repeating: 0, count: inChannels) }
                 }
-                for group in plan.groups {
+                for group in plan.tapGroups.groups {
                     try weightsPasses[group.pixels.count]!.run(stackedDY.data + group.first * batch * c * 2,
                                                               plan.stackedX.data + group.first * batch * inChannels * 2,
                                                               UnsafeMutableRawPointer(lane + group.tap * inChannels), stream, scratchpad)
@@ -263,19 +222,15 @@ final class BF16PairwisePlan: BF16Plan {
             if wantDX {
                 let target = dx.data.assumingMemoryBound(to: Float.self)
                 target.update(repeating: 0, count: batch * pixelsIn * inChannels)
-                for group in plan.groups {
+                for group in plan.tapGroups.groups {
                     try dataPasses[group.pixels.count]!.run(stackedDY.data + group.first * batch * c * 2,
                                                            weight.data + group.tap * inChannels * 2, products.data, stream, scratchpad)
                     try stream.wait()
-                    scatterAdd(group.pixels, \.q, length: inChannels, into: target, pixelsPerImage: pixelsIn, stride: inChannels)
+                    plan.tapGroups.add(group, products: products.data.assumingMemoryBound(to: Float.self), length: inChannels, batch: batch,
+                                  into: target, pixelsPerImage: pixelsIn, stride: inChannels, \.q)
                 }
             }
             try stream.wait()
         }
     }
-}
-
-/// target[i] += source[i]. Not OpenBLAS's saxpy: inside a training lane its threads would join in (and then spin).
-private func add(_ source: UnsafePointer<Float>, into target: UnsafeMutablePointer<Float>, count: Int) {
-    for i in 0..<count { target[i] += source[i] }
 }

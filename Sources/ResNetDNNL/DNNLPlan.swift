@@ -424,14 +424,14 @@ final class Network {
             // the lane has tiles enough for the weights (the fp32 engine's rules); neither where one dense matmul
             // does the layer (no padding, no transforms).
             let laneInput = Geometry(batch: n, height: inSide.0, width: inSide.1)
-            let everywhere = plan.workSaving == .wherever
-            let byTaps = s.kernel > 1 && out.0 * out.1 <= 9 && !DNNLPlan.windowsCoverInput(s, inSide)
-                && (everywhere || TapwiseBF16.pays(s, inSide))
-            let winograd = WinogradConv.supports(s) && !DNNLPlan.windowsCoverInput(s, inSide)
+            let everywhere = plan.workSaving == .wherever, coversInput = DNNLPlan.windowsCoverInput(s, inSide)
+            let nhwc = try isNHWC(src.desc, channels: s.inChannels, side: inSide)
+                && (residual.map { try isNHWC($0.memory.desc, channels: s.outChannels, side: out) } ?? true)
+            let byTaps = TapwiseBF16.applies(s, inSide) && (everywhere || TapwiseBF16.pays(s, inSide))
+            let winograd = WinogradConv.supports(s) && !coversInput
                 && (everywhere || WinogradConv.coversWell(laneInput)
                         && WinogradConv.tiles(laneInput) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels)
-            if plan.workSaving != .never, byTaps || winograd, try isNHWC(src.desc, channels: s.inChannels, side: inSide),
-               try residual.map({ try isNHWC($0.memory.desc, channels: s.outChannels, side: out) }) ?? true {
+            if plan.workSaving != .never, byTaps || winograd, nhwc {
                 let dst = try residual?.memory ?? Memory(try memoryDesc([n, s.outChannels, out.0, out.1], dnnl_bf16, dnnl_nhwc))
                 if byTaps {
                     let step = try TapwiseBF16(layer: layer, batch: n, side: inSide, src: src, dst: dst, addResidual: residual != nil,
@@ -447,9 +447,7 @@ final class Network {
                 constants += [src, dst]
                 return (dst, 1, out)
             }
-            let denseFits = try DNNLPlan.windowsCoverInput(s, inSide) && isNHWC(src.desc, channels: s.inChannels, side: inSide)
-                && (residual.map { try isNHWC($0.memory.desc, channels: s.outChannels, side: out) } ?? true)
-            let dense = denseFits ? (try? describe(dense: true)).flatMap { $0.primitive.implementation.hasPrefix("ref") ? nil : $0 } : nil
+            let dense = coversInput && nhwc ? (try? describe(dense: true)).flatMap { $0.primitive.implementation.hasPrefix("ref") ? nil : $0 } : nil
             let made = try dense ?? describe(dense: false)
 
             implementations.append((made.dense ? "\(kind) on \(inSide.0)x\(inSide.1) as dense" : kind, made.primitive.implementation))

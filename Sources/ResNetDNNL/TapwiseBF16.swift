@@ -9,14 +9,9 @@ import ResNetModel
 /// spends 40 % of them on layer4's 3x3 maps (96x96 crops). Activations NHWC bf16; `dst` holds the residual on
 /// entry when there is one.
 final class TapwiseBF16 {
-    struct Tap {
-        let tap: Int
-        let pixels: [(p: Int, q: Int)]
-        /// Block of the stack its first pair's rows start at.
-        let first: Int
-        let weights: Memory
-    }
-    let taps: [Tap]
+    let tapGroups: TapGroups
+    /// Each group's tap weight, in the layout its matmul asks for.
+    let weights: [Memory]
     let batch: Int, inChannels: Int, outChannels: Int, pixelsIn: Int, pixelsOut: Int
     let relu: Bool, addResidual: Bool
     let src: Memory, dst: Memory
@@ -29,13 +24,18 @@ final class TapwiseBF16 {
     let workspace: FloatBuffer
     let productsAt: Int, sumsAt: Int, workspaceFloats: Int
 
-    /// Whether by taps pays for convolution `s` on input of `side`: at most 9 output pixels (more make the stack an
-    /// im2col) and at most `EngineTuning.maximumTapUsefulFraction` of a convolution's (pixel, tap) products inside
-    /// the input (the fp32 engine's rule for taps).
+    /// Whether convolution `s` can run by taps on input of `side`: larger than 1x1, at most
+    /// `TapGroups.maximumOutputPixels` output pixels, and windows that leave padding (else one dense matmul does it).
+    static func applies(_ s: ConvShape, _ side: (Int, Int)) -> Bool {
+        s.kernel > 1 && s.outputSide(side.0) * s.outputSide(side.1) <= TapGroups.maximumOutputPixels
+            && !DNNLPlan.windowsCoverInput(s, side)
+    }
+
+    /// Whether it pays where it applies: at most `EngineTuning.maximumTapUsefulFraction` of a convolution's (pixel,
+    /// tap) products inside the input (the fp32 engine's rule for taps).
     static func pays(_ s: ConvShape, _ side: (Int, Int)) -> Bool {
-        let outputs = s.outputSide(side.0) * s.outputSide(side.1)
-        guard s.kernel > 1, outputs <= 9 else { return false }
-        return Double(s.taps(side).count) <= EngineTuning.maximumTapUsefulFraction * Double(outputs * s.kernel * s.kernel)
+        let products = s.outputSide(side.0) * s.outputSide(side.1) * s.kernel * s.kernel
+        return Double(s.taps(side).count) <= EngineTuning.maximumTapUsefulFraction * Double(products)
     }
 
     /// The layer (folded), its input `src` (NHWC bf16, `side` pixels) and output `dst`; `weights(t, desc)` gives
@@ -46,13 +46,12 @@ final class TapwiseBF16 {
         (batch, inChannels, outChannels) = (n, s.inChannels, s.outChannels)
         (pixelsIn, pixelsOut) = (side.0 * side.1, s.outputSide(side.0) * s.outputSide(side.1))
         (self.relu, self.addResidual, self.src, self.dst, self.bias) = (relu, addResidual, src, dst, layer.bias)
-        var byTap = [[(p: Int, q: Int)]](repeating: [], count: s.kernel * s.kernel)
-        for pair in s.taps(side) { byTap[pair.t].append((pair.p, pair.q)) }
-        let sizes = Set(byTap.map(\.count).filter { $0 > 0 })
+        let tapGroups = TapGroups(s, side), sizes = tapGroups.sizes
+        self.tapGroups = tapGroups
         let what = "\(layer.name) by taps"
         var matmuls: [Int: (primitive: Primitive, a: Memory, d: Memory)] = [:]
-        let widest = (sizes.max() ?? 1) * n, pairs = byTap.reduce(0) { $0 + $1.count }
-        productsAt = (pairs * n * s.inChannels + 1) / 2  // the stack is bf16, two to a float
+        let widest = (sizes.max() ?? 1) * n
+        productsAt = (tapGroups.pairs * n * s.inChannels + 1) / 2  // the stack is bf16, two to a float
         sumsAt = productsAt + widest * s.outChannels
         workspaceFloats = sumsAt + n * pixelsOut * s.outChannels
         self.workspace = workspace
@@ -68,13 +67,9 @@ final class TapwiseBF16 {
             matmuls[k] = (primitive, try Memory(a, buffer: dangling), try Memory(d, buffer: dangling))
         }
         self.matmuls = matmuls
-        var first = 0, taps: [Tap] = []
-        for (tap, pixels) in byTap.enumerated() where !pixels.isEmpty {
-            let desc = matmuls[pixels.count]!.primitive.md(dnnl_query_weights_md)
-            taps.append(Tap(tap: tap, pixels: pixels, first: first, weights: try weights(tap, desc)))
-            first += pixels.count
+        self.weights = try tapGroups.groups.map { group in
+            try weights(group.tap, matmuls[group.pixels.count]!.primitive.md(dnnl_query_weights_md))
         }
-        self.taps = taps
     }
 
     var scratchpadSize: Int { matmuls.values.map(\.primitive.scratchpadSize).max() ?? 0 }
@@ -86,28 +81,17 @@ final class TapwiseBF16 {
     func run(_ stream: Stream, _ scratchpad: Memory) throws {
         let rowBytes = inChannels * 2, space = workspace.reserve(workspaceFloats)
         let stacked = UnsafeMutableRawPointer(space), productRows = space + productsAt, sums = space + sumsAt
-        for tap in taps {
-            for (j, pair) in tap.pixels.enumerated() {
-                for image in 0..<batch {
-                    (stacked + ((tap.first + j) * batch + image) * rowBytes)
-                        .copyMemory(from: src.data + (image * pixelsIn + pair.q) * rowBytes, byteCount: rowBytes)
-                }
-            }
-        }
+        tapGroups.stack(src.data, pixelsPerImage: pixelsIn, rowBytes: rowBytes, images: 0..<batch, batch: batch, into: stacked, \.q)
         sums.update(repeating: 0, count: batch * pixelsOut * outChannels)
-        for tap in taps {
-            let (primitive, a, d) = matmuls[tap.pixels.count]!
-            a.setData(stacked + tap.first * batch * rowBytes)
+        for (group, weights) in zip(tapGroups.groups, weights) {
+            let (primitive, a, d) = matmuls[group.pixels.count]!
+            a.setData(stacked + group.first * batch * rowBytes)
             d.setData(UnsafeMutableRawPointer(productRows))
-            try primitive.execute([(DNNL_ARG_SRC, a), (DNNL_ARG_WEIGHTS, tap.weights), (DNNL_ARG_DST, d),
+            try primitive.execute([(DNNL_ARG_SRC, a), (DNNL_ARG_WEIGHTS, weights), (DNNL_ARG_DST, d),
                                    (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
             try stream.wait()
-            for (j, pair) in tap.pixels.enumerated() {
-                for image in 0..<batch {
-                    resnetkit_add_rows_f32(productRows + (j * batch + image) * outChannels, outChannels,
-                                           sums + (image * pixelsOut + pair.p) * outChannels)
-                }
-            }
+            tapGroups.add(group, products: productRows, length: outChannels, batch: batch, into: sums, pixelsPerImage: pixelsOut,
+                          stride: outChannels, \.p)
         }
         resnetkit_finish_bf16(sums, batch * pixelsOut, outChannels, bias, addResidual ? 1 : 0, relu ? 1 : 0,
                               dst.data.assumingMemoryBound(to: UInt16.self))
