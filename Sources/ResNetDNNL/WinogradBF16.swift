@@ -44,7 +44,7 @@ final class WinogradBF16 {
         (self.relu, self.addResidual, self.src, self.dst, self.bias) = (relu, addResidual, src, dst, layer.bias)
         tiles = WinogradConv.tiles(Geometry(batch: batch, height: side.0, width: side.1))
         // Chunks of equal size (a last one of a few tiles would run its matmul at a fraction of the rate).
-        let chunks = (tiles + EngineTuning.bf16WinogradTiles(inChannels: s.inChannels) - 1) / EngineTuning.bf16WinogradTiles(inChannels: s.inChannels)
+        let most = EngineTuning.bf16WinogradTiles(inChannels: s.inChannels), chunks = (tiles + most - 1) / most
         tilesPerChunk = (tiles + chunks - 1) / chunks
         let what = "the Winograd 3x3 \(s.inChannels)→\(s.outChannels) on \(side.0)x\(side.1)"
         let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
