@@ -13,12 +13,16 @@ import ResNetModel
 /// over n rows, and read and wrote the gradient k times: whole-model bf16 training 8 % slower at batch 16, 49x49).
 /// No multiply-add is spent on padding; the weight is
 /// read in the caller's OHWI layout (converted to bf16 once per weight change, no blocked copies for forward
-/// and backward-data) and the weight gradient is written straight into the caller's buffer.
+/// and backward-data) and the weight gradient is written straight into the caller's buffer. For a forward no
+/// backward follows (a frozen prefix, evaluation: its weight changes rarely) each tap's weight is packed into the
+/// layout forward's matmul chooses: on a strided view oneDNN packs it at every call in a slower gemm (head phase
+/// +7 % at batch 16, 49x49), while packing at every training step costs more than it saves (these transposing
+/// conversions run at a third of a plain one's rate).
 /// Why: oneDNN 2.6.3's convolutions run such maps slowly (backward-weights at 52 GFLOPS of useful work, a third of
 /// a matmul's rate; the blocked weight copies cost more than the passes at batch 16) and its bf16 backward-weights
 /// reads outside a 2x1 input at stride 2, returning garbage gradients (`BF16TrainingTests` has both geometries).
 /// Maps of more output pixels (`TapGroups.maximumOutputPixels`) stay on the convolutions.
-final class BF16PairwisePlan: BF16Plan {
+final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
     let tapGroups: TapGroups
     let lanes: [Lane]
     let imageRanges: [Range<Int>]
@@ -29,8 +33,8 @@ final class BF16PairwisePlan: BF16Plan {
     let toX: [(reorder: Primitive, from: Memory, to: Memory)]
     /// x's rows stacked per pair in tap order, bf16 [pairs, n, Cin]: forward's X_t, backward-weights' too.
     let stackedX: Memory
-    /// The weight generation the lanes' bf16 weights were converted at.
-    private var convertedGeneration = -1
+    /// The weight generation the lanes' bf16 weights were converted at, plain and packed.
+    private var convertedGeneration = -1, packedGeneration = -1
 
     /// nil for a map of more than `TapGroups.maximumOutputPixels` output pixels.
     init?(_ s: ConvShape, _ g: Geometry) throws {
@@ -55,15 +59,25 @@ final class BF16PairwisePlan: BF16Plan {
         }
         lanes = try (0..<laneCount).map { lane in
             try Lane(s, g, channels: s.outChannels * lane / laneCount ..< s.outChannels * (lane + 1) / laneCount,
-                     groupSizes: tapGroups.sizes, stackedRows: stacked * g.batch)
+                     groups: tapGroups.groups, stackedRows: stacked * g.batch)
         }
     }
 
     func forward(_ xp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ yp: UnsafeMutablePointer<Float>) {
-        let stale = convertedGeneration != generation
+        forward(xp, weight, generation: generation, yp, packed: false)
+    }
+
+    func forwardOnly(_ xp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ yp: UnsafeMutablePointer<Float>) {
+        forward(xp, weight, generation: generation, yp, packed: true)
+    }
+
+    /// `packed`: with the weight packed per tap (converted when stale) instead of the plain bf16 copy.
+    private func forward(_ xp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ yp: UnsafeMutablePointer<Float>,
+                         packed: Bool) {
+        let stale = (packed ? packedGeneration : convertedGeneration) != generation
         // There are no more image ranges than lanes.
         onTrainingLanes(lanes.count) { lane in
-            if stale { try lanes[lane].convertWeight(weight) }
+            if stale { try packed ? lanes[lane].packWeight(weight) : lanes[lane].convertWeight(weight) }
             guard lane < toX.count else { return }
             let part = toX[lane]
             part.from.setData(UnsafeMutableRawPointer(mutating: xp + imageRanges[lane].lowerBound * pixelsIn * inChannels))
@@ -71,8 +85,8 @@ final class BF16PairwisePlan: BF16Plan {
             tapGroups.stack(x.data, pixelsPerImage: pixelsIn, rowBytes: inChannels * 2, images: imageRanges[lane], batch: batch,
                             into: stackedX.data, \.q)
         }
-        convertedGeneration = generation
-        onTrainingLanes(lanes.count) { lane in try lanes[lane].forward(yp, self) }
+        if packed { packedGeneration = generation } else { convertedGeneration = generation }
+        onTrainingLanes(lanes.count) { lane in try lanes[lane].forward(yp, packed: packed, self) }
     }
 
     func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?) {
@@ -104,9 +118,27 @@ final class BF16PairwisePlan: BF16Plan {
         let products: Memory
         /// This lane's share of dx, fp32 [n, H·W·Cin].
         let dx: Memory
+        /// Per tap group, the tap's weight for this lane's channels packed in the layout of `packedForwardPasses`
+        /// (W[C, t, :]ᵀ), each with its conversion from a view of the caller's fp32 OHWI.
+        let packedWeights: [TapWeight]
         /// Per pass, the matmul for a tap of k pairs (key k) and the views it reads and writes (handles set per tap).
         let forwardPasses: [Int: Pass], dataPasses: [Int: Pass], weightsPasses: [Int: Pass]
+        /// Forward with the weight in the layout the matmul chose.
+        let packedForwardPasses: [Int: Pass]
         let scratchpad: Memory
+
+        /// One tap's bf16 weight in a matmul's layout and the reorder filling it from the caller's fp32 weight
+        /// (`source`'s handle set per conversion).
+        struct TapWeight {
+            let memory: Memory, source: Memory, reorder: Primitive
+            /// The tap's first element in the caller's OHWI weight, in floats.
+            let offset: Int
+
+            func convert(_ weightp: UnsafePointer<Float>, _ stream: Stream, _ scratchpad: Memory) throws {
+                source.setData(UnsafeMutableRawPointer(mutating: weightp + offset))
+                try reorder.execute([(DNNL_ARG_FROM, source), (DNNL_ARG_TO, memory), (DNNL_ARG_SCRATCHPAD, scratchpad)], on: stream)
+            }
+        }
 
         struct Pass {
             let matmul: Primitive
@@ -121,7 +153,7 @@ final class BF16PairwisePlan: BF16Plan {
             }
         }
 
-        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, groupSizes: Set<Int>, stackedRows: Int) throws {
+        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, groups: [TapGroups.Group], stackedRows: Int) throws {
             self.channels = channels
             stream = try Stream()
             let out = g.output(of: s)
@@ -144,7 +176,7 @@ final class BF16PairwisePlan: BF16Plan {
             dy = try Memory(dyDesc)
             toDY = try Primitive(reorderFrom: part, to: dyDesc, attributes: attributes)
             stackedDY = try Memory(try memoryDesc([stackedRows, c], dnnl_bf16, dnnl_ab))
-            let widest = (groupSizes.max() ?? 1) * n
+            let widest = (groups.map(\.pixels.count).max() ?? 1) * n
             products = try Memory(try memoryDesc([widest * max(c, i)], dnnl_f32, dnnl_x))
             dx = try Memory(try memoryDesc([n, pixelsIn * i], dnnl_f32, dnnl_ab))
 
@@ -154,19 +186,24 @@ final class BF16PairwisePlan: BF16Plan {
                           "describing \(what)")
                 return desc
             }
-            func pass(_ a: dnnl_memory_desc_t, _ b: dnnl_memory_desc_t, _ d: dnnl_memory_desc_t, _ name: String) throws -> Pass {
-                var (aa, bb, dd) = (a, b, d)
+            /// `b` nil: the weight in the layout the matmul chooses.
+            func pass(_ a: dnnl_memory_desc_t, _ b: dnnl_memory_desc_t?, _ d: dnnl_memory_desc_t, _ name: String) throws -> Pass {
+                var (aa, bb, dd) = (a, try b ?? memoryDesc([Int(a.dims.1), Int(d.dims.1)], dnnl_bf16, dnnl_format_tag_any), d)
                 var desc = dnnl_matmul_desc_t()
                 try check(dnnl_matmul_desc_init(&desc, &aa, &bb, nil, &dd), "describing \(what) (\(name))")
-                return Pass(matmul: try Primitive(&desc, attributes: attributes, what: "the bf16 \(what) (\(name))"),
-                            a: try Memory(a, buffer: dangling), b: try Memory(b, buffer: dangling), d: try Memory(d, buffer: dangling))
+                let matmul = try Primitive(&desc, attributes: attributes, what: "the bf16 \(what) (\(name))")
+                return Pass(matmul: matmul, a: try Memory(a, buffer: dangling),
+                            b: try Memory(b ?? matmul.md(dnnl_query_weights_md), buffer: dangling), d: try Memory(d, buffer: dangling))
             }
             var forwardPasses: [Int: Pass] = [:], dataPasses: [Int: Pass] = [:], weightsPasses: [Int: Pass] = [:]
-            for k in groupSizes {
+            var packedForwardPasses: [Int: Pass] = [:]
+            for k in Set(groups.map(\.pixels.count)) {
                 let rows = k * n
                 // Y_t [k·n, C] = X_t [k·n, Cin] · W[C, t, :]ᵀ
                 forwardPasses[k] = try pass(try view([rows, i], [i, 1], dnnl_bf16), try view([i, c], [1, taps * i], dnnl_bf16),
                                             try view([rows, c], [c, 1], dnnl_f32), "forward")
+                packedForwardPasses[k] = try pass(try view([rows, i], [i, 1], dnnl_bf16), nil, try view([rows, c], [c, 1], dnnl_f32),
+                                                  "forward, packed weight")
                 // D_t [k·n, Cin] = DY_t [k·n, C] · W[C, t, :]
                 dataPasses[k] = try pass(try view([rows, c], [c, 1], dnnl_bf16), try view([c, i], [taps * i, 1], dnnl_bf16),
                                          try view([rows, i], [i, 1], dnnl_f32), "backward data")
@@ -175,8 +212,16 @@ final class BF16PairwisePlan: BF16Plan {
                                             try view([c, i], [taps * i, 1], dnnl_f32), "backward weights")
             }
             (self.forwardPasses, self.dataPasses, self.weightsPasses) = (forwardPasses, dataPasses, weightsPasses)
-            let passes = [forwardPasses, dataPasses, weightsPasses].flatMap(\.values).map(\.matmul)
-            let size = ([toWeight, toDY] + passes).map(\.scratchpadSize).max() ?? 0
+            self.packedForwardPasses = packedForwardPasses
+            let taps = s.kernel * s.kernel
+            packedWeights = try groups.map { group in
+                let source = try view([i, c], [1, taps * i], dnnl_f32), target = packedForwardPasses[group.pixels.count]!.b.desc
+                return TapWeight(memory: try Memory(target), source: try Memory(source, buffer: dangling),
+                                 reorder: try Primitive(reorderFrom: source, to: target, attributes: attributes),
+                                 offset: channels.lowerBound * taps * i + group.tap * i)
+            }
+            let passes = [forwardPasses, dataPasses, weightsPasses, packedForwardPasses].flatMap(\.values).map(\.matmul)
+            let size = ([toWeight, toDY] + passes + packedWeights.map(\.reorder)).map(\.scratchpadSize).max() ?? 0
             scratchpad = try Memory(try memoryDesc([max(1, size)], dnnl_u8, dnnl_x))
         }
 
@@ -191,12 +236,20 @@ final class BF16PairwisePlan: BF16Plan {
             try run(toWeight, [(DNNL_ARG_FROM, userWeight), (DNNL_ARG_TO, weight)])
         }
 
-        func forward(_ yp: UnsafeMutablePointer<Float>, _ plan: BF16PairwisePlan) throws {
+        /// These channels of the caller's fp32 OHWI weight, to bf16 in packed forward's layouts.
+        func packWeight(_ weightp: UnsafePointer<Float>) throws {
+            for tap in packedWeights { try tap.convert(weightp, stream, scratchpad) }
+            try stream.wait()
+        }
+
+        /// `packed`: with the weight in `packedWeights`.
+        func forward(_ yp: UnsafeMutablePointer<Float>, packed: Bool, _ plan: BF16PairwisePlan) throws {
             let c = channels.count, lane = yp + channels.lowerBound
             for row in 0..<(batch * pixelsOut) { (lane + row * outChannels).update(repeating: 0, count: c) }
-            for group in plan.tapGroups.groups {
-                try forwardPasses[group.pixels.count]!.run(plan.stackedX.data + group.first * batch * inChannels * 2,
-                                                          weight.data + group.tap * inChannels * 2, products.data, stream, scratchpad)
+            for (index, group) in plan.tapGroups.groups.enumerated() {
+                let (pass, weight) = packed ? (packedForwardPasses[group.pixels.count]!, packedWeights[index].memory.data)
+                                            : (forwardPasses[group.pixels.count]!, self.weight.data + group.tap * inChannels * 2)
+                try pass.run(plan.stackedX.data + group.first * batch * inChannels * 2, weight, products.data, stream, scratchpad)
                 try stream.wait()
                 plan.tapGroups.add(group, products: products.data.assumingMemoryBound(to: Float.self), length: c, batch: batch, into: lane,
                               pixelsPerImage: pixelsOut, stride: outChannels, \.p)

@@ -26,6 +26,7 @@ public enum BF16Training {
     public static func frozenBackbone(_ architecture: Architecture, _ state: StateDict) throws -> any InferenceEngine {
         try DNNLPlan(architecture: architecture, state: state, precision: .bf16)
     }
+
 }
 
 /// Runs `body(lane)` on `count` training lanes, each on one OpenMP thread (the count the primitives were created
@@ -42,6 +43,12 @@ func onTrainingLanes(_ count: Int, _ body: (Int) throws -> Void) {
 protocol BF16Plan: AnyObject {
     func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>)
     func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?)
+}
+
+/// A bf16 convolution's forward that no backward follows, for one input geometry (`BF16ForwardPlan`, or
+/// `BF16PairwisePlan` with its weight packed).
+protocol BF16ForwardOnly: AnyObject {
+    func forwardOnly(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>)
 }
 
 /// One convolution's forward, backward-data and backward-weights primitives in bf16 with fp32 accumulation,
@@ -67,6 +74,8 @@ protocol BF16Plan: AnyObject {
 final class BF16TrainingConvolution: TrainingConvolution {
     let shape: ConvShape
     private var plans: [Int: any BF16Plan] = [:]
+    /// Per input geometry, the forward when no backward follows (maps by taps: the training plan's).
+    private var forwardPlans: [Int: any BF16ForwardOnly] = [:]
     private var current: (any BF16Plan)?
     /// Counts weight changes (a `forward` whose weight is not unchanged); each plan's copies record the count
     /// they were converted at.
@@ -77,10 +86,24 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
     func prepare(_ g: Geometry) throws {
         _ = try plan(g)
+        _ = try forwardPlan(g)
+    }
+
+    private static func key(_ g: Geometry) -> Int { (g.batch << 40) | (g.height << 20) | g.width }
+
+    /// The forward-only plan for geometry `g`.
+    private func forwardPlan(_ g: Geometry) throws -> any BF16ForwardOnly {
+        if let pairwise = try plan(g) as? BF16PairwisePlan { return pairwise }
+        let key = Self.key(g)
+        if let plan = forwardPlans[key] { return plan }
+        if forwardPlans.count >= 4 { forwardPlans.removeAll() }
+        let plan = try DNNLRuntime.withThreads(1) { try BF16ForwardPlan(shape, g) }
+        forwardPlans[key] = plan
+        return plan
     }
 
     private func plan(_ g: Geometry) throws -> any BF16Plan {
-        let key = (g.batch << 40) | (g.height << 20) | g.width
+        let key = Self.key(g)
         if let plan = plans[key] { return plan }
         if plans.count >= 4 { plans.removeAll() }
         // Each lane runs its primitives on one OpenMP thread, so they are created for one. Maps of at most 9 output
@@ -94,14 +117,19 @@ final class BF16TrainingConvolution: TrainingConvolution {
     }
 
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
-                 _ y: UnsafeMutablePointer<Float>) {
+                 forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
         // The trainer prepares its batch geometry before training (`prepare`): a failure here is a defect.
         let plan = try! self.plan(g)
-        current = plan
         if !weightUnchanged || weight != weightSource {
             weightGeneration += 1
             weightSource = weight
         }
+        if !forBackward {
+            current = nil
+            try! forwardPlan(g).forwardOnly(x, weight, generation: weightGeneration, y)
+            return
+        }
+        current = plan
         plan.forward(x, weight, generation: weightGeneration, y)
     }
 

@@ -11,7 +11,8 @@ final class BF16TrainingTests: XCTestCase {
 
     /// Each kind of ResNet-18 convolution through oneDNN's bf16 against the same arithmetic emulated on the fp32
     /// engine (x, W and dy rounded to bf16, products summed in fp32): forward, dx and dW agree to fp32 summation
-    /// order, and differ from plain fp32 by bf16's rounding.
+    /// order, and differ from plain fp32 by bf16's rounding. So does the forward no backward follows
+    /// (`BF16ForwardPlan`, or by taps with the weight packed), and the forward and backward after it.
     func testConvolutionMatchesEmulatedBF16() throws {
         try BF16Training.checkCPU()
         var rng = SplitMix64(seed: 7)
@@ -49,23 +50,35 @@ final class BF16TrainingTests: XCTestCase {
             let out = g.output(of: shape)
             let x = random(g.pixels * shape.inChannels), w = random(shape.outChannels * shape.patchSize)
             let dy = random(out.pixels * shape.outChannels)
-            func run(_ conv: any TrainingConvolution) -> (y: [Float], dx: [Float], dw: [Float]) {
+            func forward(_ conv: any TrainingConvolution, weightUnchanged: Bool, forBackward: Bool) -> [Float] {
                 // NaN-filled: every output must be written, not added to (nor left alone, as an unread input's dx).
-                var y = [Float](repeating: .nan, count: dy.count), dx = [Float](repeating: .nan, count: x.count)
-                var dw = [Float](repeating: .nan, count: w.count)
+                var y = [Float](repeating: .nan, count: dy.count)
                 x.withUnsafeBufferPointer { xp in
                     w.withUnsafeBufferPointer { wp in
-                        y.withUnsafeMutableBufferPointer { conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: false, $0.baseAddress!) }
+                        y.withUnsafeMutableBufferPointer {
+                            conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: weightUnchanged,
+                                         forBackward: forBackward, $0.baseAddress!)
+                        }
                     }
                 }
+                return y
+            }
+            func backward(_ conv: any TrainingConvolution) -> (dx: [Float], dw: [Float]) {
+                var dx = [Float](repeating: .nan, count: x.count), dw = [Float](repeating: .nan, count: w.count)
                 dy.withUnsafeBufferPointer { d in
                     dx.withUnsafeMutableBufferPointer { dxp in
                         dw.withUnsafeMutableBufferPointer { conv.backward(d.baseAddress!, weightGradient: $0.baseAddress!, inputGradient: dxp.baseAddress!) }
                     }
                 }
+                return (dx, dw)
+            }
+            func run(_ conv: any TrainingConvolution) -> (y: [Float], dx: [Float], dw: [Float]) {
+                let y = forward(conv, weightUnchanged: false, forBackward: true)
+                let (dx, dw) = backward(conv)
                 return (y, dx, dw)
             }
-            let got = run(try BF16Training.convolutions(shape)), emulated = run(EmulatedBF16Convolution(shape))
+            let conv = try BF16Training.convolutions(shape)
+            let got = run(conv), emulated = run(EmulatedBF16Convolution(shape))
             let fp32 = run(EmulatedBF16Convolution(shape, rounding: false))
             let what = "\(shape.kernel)x\(shape.kernel)/\(shape.stride) \(shape.inChannels)→\(shape.outChannels) on \(g.batch)x\(g.height)x\(g.width)"
             for (name, a, b, c) in [("y", got.y, emulated.y, fp32.y), ("dx", got.dx, emulated.dx, fp32.dx), ("dW", got.dw, emulated.dw, fp32.dw)] {
@@ -73,6 +86,16 @@ final class BF16TrainingTests: XCTestCase {
                 XCTAssertGreaterThan(relativeError(a, c), 5e-4, "\(what) \(name): as exact as fp32, bf16 did not run")
                 XCTAssertLessThan(relativeError(a, c), 2e-2, "\(what) \(name) against fp32")
             }
+            // Forward only: the weight once as changed, then unchanged.
+            for (index, unchanged) in [false, true].enumerated() {
+                let y = forward(conv, weightUnchanged: unchanged, forBackward: false)
+                XCTAssertLessThan(relativeError(y, emulated.y), 1e-5, "\(what) forward only, call \(index)")
+            }
+            // And a forward for backward after them, with the weight still unchanged.
+            XCTAssertLessThan(relativeError(forward(conv, weightUnchanged: true, forBackward: true), emulated.y), 1e-5, "\(what) y after")
+            let again = backward(conv)
+            XCTAssertLessThan(relativeError(again.dx, emulated.dx), 1e-5, "\(what) dx after forward only")
+            XCTAssertLessThan(relativeError(again.dw, emulated.dw), 1e-5, "\(what) dW after forward only")
         }
     }
 
@@ -165,6 +188,36 @@ final class BF16TrainingTests: XCTestCase {
         XCTAssertLessThan(relativeError(model.gradients()["layer1.0.conv1.weight"]!, try f.tensor("step0/grad/layer1.0.conv1.weight")), 1e-4)
     }
 
+    /// The head phase with train-mode BatchNorm (the seed's): the frozen backbone's convolutions run forward only
+    /// (`BF16ForwardPlan`, layer4 by taps with packed weights) and compute what the training passes compute, up to
+    /// summation order. Train-mode BatchNorm on this fixture turns such differences into flips of bf16 roundings
+    /// downstream (bf16 against fp32: 7.4e-2 on the logits, `testStepZeroNoFurtherFromFP32ThanPyTorchAutocast`),
+    /// so the logits and the running statistics they move are held to that against a model whose backward
+    /// reaches the stem, and to fp32's reference; a wrong layout or a stale weight is off by far more.
+    func testHeadPhaseForwardOnlyMatchesTheTrainingPasses() throws {
+        try BF16Training.checkCPU()
+        let f = try Self.fixture()
+        func run(stemTrains: Bool) throws -> (logits: [Float], state: StateDict) {
+            let model = try f.model()
+            model.setBackboneFrozen(true)
+            model.parameter(named: "conv1.weight")!.requiresGrad = stemTrains
+            try model.setConvolutions(BF16Training.convolutions)
+            var logits: [Float] = []
+            for _ in 0..<2 {
+                logits = model.forward(images: f.images, count: 16, height: 49, width: 49, training: true)
+                model.backward(labels: f.labels)
+            }
+            return (logits, model.stateDict())
+        }
+        let forwardOnly = try run(stemTrains: false), training = try run(stemTrains: true)
+        XCTAssertLessThan(relativeError(forwardOnly.logits, training.logits), 7.4e-2, "logits")
+        XCTAssertLessThan(relativeError(forwardOnly.logits, try f.tensor("step0/logits")), 7.4e-2, "logits against fp32")
+        for name in ["bn1.running_mean", "layer2.0.bn1.running_var", "layer4.1.bn2.running_mean"] {
+            XCTAssertLessThan(relativeError(forwardOnly.state[name]!.data, training.state[name]!.data), 1e-2, name)
+            XCTAssertNotEqual(forwardOnly.state[name]!.data, f.state[name]!.data, "\(name) moved")
+        }
+    }
+
     /// The head phase with frozen BatchNorm in eval mode runs the backbone as bf16 inference: its logits are the
     /// fp32 model's within bf16's error, and not equal to them.
     func testFrozenBackboneRunsBF16Inference() throws {
@@ -210,7 +263,7 @@ final class EmulatedBF16Convolution: TrainingConvolution {
     }
 
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
-                 _ y: UnsafeMutablePointer<Float>) {
+                 forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
         input = rounded(x, g.pixels * shape.inChannels)
         geometry = g
         let conv = Convolution(shape, patchMajorWeight: rounded(weight, shape.outChannels * shape.patchSize),

@@ -141,6 +141,51 @@ final class TrainingLayerTests: XCTestCase {
         XCTAssertEqual(s.values(at: 99).beta1, 0.95, accuracy: 1e-15)
     }
 
+    /// The external convolutions learn which forwards no backward follows: the frozen prefix of the backbone
+    /// in training, all of them in evaluation; and no backward ever follows a forward said to have none.
+    func testForwardsTellWhetherABackwardFollows() throws {
+        final class Recorder: TrainingConvolution {
+            let shape: ConvShape
+            var forBackward: [Bool] = [], lastForBackward = true
+            init(_ shape: ConvShape) { self.shape = shape }
+            func prepare(_ g: Geometry) {}
+            func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
+                         forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
+                self.forBackward.append(forBackward)
+                lastForBackward = forBackward
+                y.update(repeating: 0.5, count: g.output(of: shape).pixels * shape.outChannels)
+            }
+            func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
+                          inputGradient: UnsafeMutablePointer<Float>?) {
+                XCTAssertTrue(lastForBackward, "a backward after a forward without one")
+            }
+        }
+        let (model, images, labels) = try smallModel(head: .linear, dropout: 0)
+        var recorders: [Recorder] = []
+        try model.setConvolutions { shape in
+            let recorder = Recorder(shape)
+            recorders.append(recorder)
+            return recorder
+        }
+        // Convolutions in forward order: stem, then per block conv1, conv2 (and the downsample of layers 2–4).
+        func flags(training: Bool) -> [Bool] {
+            for r in recorders { r.forBackward = [] }
+            _ = model.forward(images: images, count: 3, height: 33, width: 33, training: training)
+            if training { model.backward(labels: labels) }
+            return recorders.map { recorder in
+                XCTAssertEqual(recorder.forBackward.count, 1, "one forward per convolution")
+                return recorder.forBackward.first ?? true
+            }
+        }
+        XCTAssertEqual(flags(training: true), [Bool](repeating: true, count: 20), "everything trains")
+        XCTAssertEqual(flags(training: false), [Bool](repeating: false, count: 20), "evaluation")
+        model.setBackboneFrozen(true)
+        XCTAssertEqual(flags(training: true), [Bool](repeating: false, count: 20), "head phase")
+        // layer3 trains from its first block on: the stem, layer1 (4 convolutions) and layer2 (5) are the prefix.
+        for p in model.parameters where p.name.hasPrefix("layer3.") || p.name.hasPrefix("layer4.") { p.requiresGrad = true }
+        XCTAssertEqual(flags(training: true), [Bool](repeating: false, count: 10) + [Bool](repeating: true, count: 10), "from layer3")
+    }
+
     /// `prepareConvolutions` hands every external convolution the input geometry its forward then sees (so a
     /// bf16 model's primitives are all built, and their failures reported, before training starts).
     func testPreparedGeometriesAreTheForwardOnes() throws {
@@ -150,7 +195,7 @@ final class TrainingLayerTests: XCTestCase {
             init(_ shape: ConvShape) { self.shape = shape }
             func prepare(_ g: Geometry) { prepared.append(g) }
             func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
-                         _ y: UnsafeMutablePointer<Float>) {
+                         forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
                 used.append(g)
                 y.update(repeating: 0, count: g.output(of: shape).pixels * shape.outChannels)
             }

@@ -17,16 +17,17 @@ final class BasicBlockLayer {
             + (downsample.map { [$0.conv.weight, $0.bn.weight, $0.bn.bias] } ?? [])
     }
 
-    /// x [N·H·W, Cin] → y [N·Ho·Wo, Cout]; `statistics(bn)` says whether a BatchNorm uses batch statistics.
-    func forward(_ x: UnsafePointer<Float>, _ g: Geometry,
-                 statistics: (BatchNormLayer) -> Bool) -> (UnsafeMutablePointer<Float>, Geometry) {
+    /// x [N·H·W, Cin] → y [N·Ho·Wo, Cout]; `statistics(bn)` says whether a BatchNorm uses batch statistics;
+    /// `forBackward` false: no `backward` follows.
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, statistics: (BatchNormLayer) -> Bool,
+                 forBackward: Bool = true) -> (UnsafeMutablePointer<Float>, Geometry) {
         inputCount = g.pixels * conv1.shape.inChannels
-        let (c1, mid) = conv1.forward(x, g)
+        let (c1, mid) = conv1.forward(x, g, forBackward: forBackward)
         let t = bn1.forward(c1, rows: mid.pixels, batchStatistics: statistics(bn1))
-        let (c2, out) = conv2.forward(t, mid)
+        let (c2, out) = conv2.forward(t, mid, forBackward: forBackward)
         var shortcut = x
         if let (dsConv, dsBN) = downsample {
-            let (d, _) = dsConv.forward(x, g)
+            let (d, _) = dsConv.forward(x, g, forBackward: forBackward)
             shortcut = UnsafePointer(dsBN.forward(d, rows: out.pixels, batchStatistics: statistics(dsBN)))
         }
         rows = out.pixels

@@ -27,8 +27,8 @@ final class Conv2dLayer {
         convolution = Convolution(shape, parameter: weight)
     }
 
-    /// x [N·H·W, Cin] → out [N·Ho·Wo, Cout].
-    func forward(_ x: UnsafePointer<Float>, _ g: Geometry) -> (UnsafeMutablePointer<Float>, Geometry) {
+    /// x [N·H·W, Cin] → out [N·Ho·Wo, Cout]. `forBackward` false: no `backward` follows (see `TrainingConvolution`).
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, forBackward: Bool = true) -> (UnsafeMutablePointer<Float>, Geometry) {
         input = x
         inputGeometry = g
         let out = g.output(of: shape)
@@ -37,7 +37,8 @@ final class Conv2dLayer {
             // The version moves at every optimizer step and `setValues`: what the external convolution derived
             // from the weight (its bf16 copies) is made once per step, not at every forward.
             let version = weight.version
-            external.forward(x, g, weight: weight.value.baseAddress!, weightUnchanged: version == externalWeightVersion, y)
+            external.forward(x, g, weight: weight.value.baseAddress!, weightUnchanged: version == externalWeightVersion,
+                             forBackward: forBackward, y)
             externalWeightVersion = version
             return (y, out)
         }

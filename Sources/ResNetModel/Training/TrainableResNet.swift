@@ -192,6 +192,12 @@ public final class TrainableResNet {
     /// Whether backward reaches the stem (and so the max pool).
     private var stemTrains: Bool { stemConv.weight.requiresGrad || !stemBN.isFrozen }
 
+    /// The first block backward reaches: 0 when the stem trains, else the first block with a trainable
+    /// parameter, `blocks.count` when none has one.
+    private var firstBackwardBlock: Int {
+        stemTrains ? 0 : (blocks.firstIndex { $0.parameters.contains { $0.requiresGrad } } ?? blocks.count)
+    }
+
     private func usesBatchStatistics(_ layer: BatchNormLayer, training: Bool) -> Bool {
         training && !(frozenBatchNorm == .eval && layer.isFrozen)
     }
@@ -210,10 +216,14 @@ public final class TrainableResNet {
         if training, let plan = fusedFrozenBackbone(),
            (try? plan.features(images: images, count: count, height: height, width: width, features: f)) != nil {
         } else {
-            var (x, g) = stemConv.forward(images, input)
+            // The units backward will reach (see `backward`): none in evaluation.
+            let firstBackward = training ? firstBackwardBlock : blocks.count
+            var (x, g) = stemConv.forward(images, input, forBackward: training && stemTrains)
             let s = stemBN.forward(x, rows: g.pixels, batchStatistics: stats(stemBN))
             (x, g) = maxPool.forward(s, g, recordWindow: training && stemTrains)
-            for block in blocks { (x, g) = block.forward(x, g, statistics: stats) }
+            for (index, block) in blocks.enumerated() {
+                (x, g) = block.forward(x, g, statistics: stats, forBackward: index >= firstBackward)
+            }
             finalGeometry = g
             globalAveragePool(x, g, channels: features, f)
         }
@@ -249,9 +259,8 @@ public final class TrainableResNet {
         let dLogits = logitGradient.reserve(count * numClasses)
         let loss = weightedCrossEntropy(logits, labels: labels, classes: numClasses, weights: classWeights, gradient: dLogits)
 
-        // Where backward can stop: the index of the first unit (stem = 0, blocks 1…8) with a trainable parameter.
-        let firstTrainableBlock = blocks.firstIndex { $0.parameters.contains { $0.requiresGrad } }
-        let backboneTrains = stemTrains || firstTrainableBlock != nil
+        let stop = firstBackwardBlock
+        let backboneTrains = stop < blocks.count
 
         var d = UnsafePointer(dLogits)
         if let headBN1, let dropout1, let fc1, let headBN2, let dropout2 {
@@ -277,7 +286,6 @@ public final class TrainableResNet {
             }
         }
         var current = UnsafePointer(dPool)
-        let stop = stemTrains ? 0 : (firstTrainableBlock ?? blocks.count)
         for index in stride(from: blocks.count - 1, through: stop, by: -1) {
             let needsInput = stemTrains || index > stop
             guard let dx = blocks[index].backward(current, needsInputGradient: needsInput) else { return loss }
