@@ -93,7 +93,11 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
     /// The forward-only plan for geometry `g`.
     private func forwardPlan(_ g: Geometry) throws -> any BF16ForwardOnly {
-        if let pairwise = try plan(g) as? BF16PairwisePlan { return pairwise }
+        // Maps by taps share the training plan; elsewhere it is not built (evaluation's batch sizes need none).
+        let out = g.output(of: shape)
+        if out.height * out.width <= TapGroups.maximumOutputPixels, let pairwise = try plan(g) as? BF16PairwisePlan {
+            return pairwise
+        }
         let key = Self.key(g)
         if let plan = forwardPlans[key] { return plan }
         if forwardPlans.count >= 4 { forwardPlans.removeAll() }
@@ -118,17 +122,17 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
                  forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
-        // The trainer prepares its batch geometry before training (`prepare`): a failure here is a defect.
-        let plan = try! self.plan(g)
         if !weightUnchanged || weight != weightSource {
             weightGeneration += 1
             weightSource = weight
         }
+        // The trainer prepares its batch geometry before training (`prepare`): a failure here is a defect.
         if !forBackward {
             current = nil
             try! forwardPlan(g).forwardOnly(x, weight, generation: weightGeneration, y)
             return
         }
+        let plan = try! self.plan(g)
         current = plan
         plan.forward(x, weight, generation: weightGeneration, y)
     }
