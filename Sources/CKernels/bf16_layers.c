@@ -116,6 +116,25 @@ INLINE void finish(const float *restrict a, const float *restrict b, const float
     EPILOGUE(count, a[k] + sb * b[k] + sc * c[k] + bias[k], add_residual, relu, q);
 }
 
+// Aᵀ M for tile t of m [16, tile_count, channels] (`plane` = tile_count·channels), column by column
+// (Aᵀ = [1 1 1 0; 0 1 −1 −1]), into rows[4i + j] for i = 0, 1; and the tile's four output pixels in the NHWC maps
+// `dst` (`size` bytes a value), those past the map's edge pointing to `spare`.
+INLINE void output_rows(const float *restrict m, size_t plane, size_t t, size_t height, size_t width, size_t channels,
+                        size_t first_tile, float *restrict rows, char *dst, char *spare, size_t size, char *q[4]) {
+    size_t n, y0, x0;
+    tile_origin(first_tile + t, height, width, &n, &y0, &x0);
+    const float *s = m + t * channels;
+    for (size_t j = 0; j < 4; j++) {
+        sum3(s + j * plane, s + (4 + j) * plane, s + (8 + j) * plane, 1, 1, rows + j * channels, channels);
+        sum3(s + (4 + j) * plane, s + (8 + j) * plane, s + (12 + j) * plane, -1, -1, rows + (4 + j) * channels, channels);
+    }
+    char *q00 = dst + ((n * height + y0) * width + x0) * channels * size;
+    q[0] = q00;
+    q[1] = x0 + 1 < width ? q00 + channels * size : spare;
+    q[2] = y0 + 1 < height ? q00 + width * channels * size : spare;
+    q[3] = x0 + 1 < width && y0 + 1 < height ? q00 + (width + 1) * channels * size : spare;
+}
+
 RESNETKIT_CLONES
 void resnetkit_winograd_output_bf16(const float *restrict m, size_t height, size_t width, size_t channels,
                                     size_t first_tile, size_t tile_count, const float *restrict bias,
@@ -123,22 +142,29 @@ void resnetkit_winograd_output_bf16(const float *restrict m, size_t height, size
                                     uint16_t *spare) {
     size_t plane = tile_count * channels;  // M_ξ is [tile_count, channels], ξ-major
     for (size_t t = 0; t < tile_count; t++) {
-        size_t n, y0, x0;
-        tile_origin(first_tile + t, height, width, &n, &y0, &x0);
-        const float *s = m + t * channels;
-        // Aᵀ M, column by column (Aᵀ = [1 1 1 0; 0 1 −1 −1]), into rows[4i + j] for i = 0, 1 ...
-        for (size_t j = 0; j < 4; j++) {
-            sum3(s + j * plane, s + (4 + j) * plane, s + (8 + j) * plane, 1, 1, rows + j * channels, channels);
-            sum3(s + (4 + j) * plane, s + (8 + j) * plane, s + (12 + j) * plane, -1, -1, rows + (4 + j) * channels, channels);
-        }
-        // ... then each row times A: the tile's 2x2 pixels, those past the map's edge into `spare`.
-        uint16_t *q00 = dst + ((n * height + y0) * width + x0) * channels;
-        uint16_t *q[4] = {q00, x0 + 1 < width ? q00 + channels : spare, y0 + 1 < height ? q00 + width * channels : spare,
-                          x0 + 1 < width && y0 + 1 < height ? q00 + (width + 1) * channels : spare};
+        char *q[4];
+        output_rows(m, plane, t, height, width, channels, first_tile, rows, (char *)dst, (char *)spare, 2, q);
+        // ... then each row times A: the tile's 2x2 pixels.
         for (size_t i = 0; i < 2; i++) {
             const float *r = rows + 4 * i * channels;
-            finish(r, r + channels, r + 2 * channels, 1, 1, bias, add_residual, relu, q[2 * i], channels);
-            finish(r + channels, r + 2 * channels, r + 3 * channels, -1, -1, bias, add_residual, relu, q[2 * i + 1], channels);
+            finish(r, r + channels, r + 2 * channels, 1, 1, bias, add_residual, relu, (uint16_t *)q[2 * i], channels);
+            finish(r + channels, r + 2 * channels, r + 3 * channels, -1, -1, bias, add_residual, relu,
+                   (uint16_t *)q[2 * i + 1], channels);
+        }
+    }
+}
+
+RESNETKIT_CLONES
+void resnetkit_winograd_output_f32(const float *restrict m, size_t height, size_t width, size_t channels,
+                                   size_t first_tile, size_t tile_count, float *restrict rows, float *dst, float *spare) {
+    size_t plane = tile_count * channels;
+    for (size_t t = 0; t < tile_count; t++) {
+        char *q[4];
+        output_rows(m, plane, t, height, width, channels, first_tile, rows, (char *)dst, (char *)spare, 4, q);
+        for (size_t i = 0; i < 2; i++) {
+            const float *r = rows + 4 * i * channels;
+            sum3(r, r + channels, r + 2 * channels, 1, 1, (float *)q[2 * i], channels);
+            sum3(r + channels, r + 2 * channels, r + 3 * channels, -1, -1, (float *)q[2 * i + 1], channels);
         }
     }
 }

@@ -17,14 +17,25 @@ public enum BF16Training {
         }
     }
 
-    public static let convolutions: TrainingConvolutionFactory = { shape in
-        try checkCPU()
-        return BF16TrainingConvolution(shape)
+    public static let convolutions = convolutions(workSaving: nil)
+
+    /// `workSaving` as `DNNLPlan` takes it, for the forwards no backward follows (`BF16ForwardPlan`): Winograd
+    /// wherever it applies (true), where it pays (nil), never (false).
+    public static func convolutions(workSaving: Bool?) -> TrainingConvolutionFactory {
+        { shape in
+            try checkCPU()
+            return BF16TrainingConvolution(shape, workSaving: workSaving)
+        }
     }
 
     /// The frozen backbone (eval-mode BatchNorm) as bf16 inference.
     public static func frozenBackbone(_ architecture: Architecture, _ state: StateDict) throws -> any InferenceEngine {
         try DNNLPlan(architecture: architecture, state: state, precision: .bf16)
+    }
+
+    /// The same with `workSaving` as `DNNLPlan` takes it.
+    public static func frozenBackbone(workSaving: Bool?) -> (Architecture, StateDict) throws -> any InferenceEngine {
+        { architecture, state in try DNNLPlan(architecture: architecture, state: state, precision: .bf16, workSaving: workSaving) }
     }
 
 }
@@ -82,7 +93,13 @@ final class BF16TrainingConvolution: TrainingConvolution {
     private var weightGeneration = 0
     private var weightSource: UnsafePointer<Float>?
 
-    init(_ shape: ConvShape) { self.shape = shape }
+    /// For the forward-only plans' Winograd (`BF16ForwardPlan`).
+    let workSaving: Bool?
+
+    init(_ shape: ConvShape, workSaving: Bool? = nil) {
+        self.shape = shape
+        self.workSaving = workSaving
+    }
 
     func prepare(_ g: Geometry) throws {
         _ = try plan(g)
@@ -92,7 +109,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
     private static func key(_ g: Geometry) -> Int { (g.batch << 40) | (g.height << 20) | g.width }
 
     /// The forward-only plan for geometry `g`.
-    private func forwardPlan(_ g: Geometry) throws -> any BF16ForwardOnly {
+    func forwardPlan(_ g: Geometry) throws -> any BF16ForwardOnly {
         // Maps by taps share the training plan; elsewhere it is not built (evaluation's batch sizes need none).
         let out = g.output(of: shape)
         if out.height * out.width <= TapGroups.maximumOutputPixels, let pairwise = try plan(g) as? BF16PairwisePlan {
@@ -101,7 +118,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let key = Self.key(g)
         if let plan = forwardPlans[key] { return plan }
         if forwardPlans.count >= 4 { forwardPlans.removeAll() }
-        let plan = try DNNLRuntime.withThreads(1) { try BF16ForwardPlan(shape, g) }
+        let plan = try DNNLRuntime.withThreads(1) { try BF16ForwardPlan(shape, g, workSaving: workSaving) }
         forwardPlans[key] = plan
         return plan
     }

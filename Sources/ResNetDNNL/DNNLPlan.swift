@@ -428,9 +428,7 @@ final class Network {
             let nhwc = try isNHWC(src.desc, channels: s.inChannels, side: inSide)
                 && (residual.map { try isNHWC($0.memory.desc, channels: s.outChannels, side: out) } ?? true)
             let byTaps = TapwiseBF16.applies(s, inSide) && (everywhere || TapwiseBF16.pays(s, inSide))
-            let winograd = WinogradConv.supports(s) && !coversInput
-                && (everywhere || WinogradConv.coversWell(laneInput)
-                        && WinogradConv.tiles(laneInput) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels)
+            let winograd = WinogradBF16.applies(s, inSide) && (everywhere || WinogradBF16.pays(s, laneInput: laneInput))
             if plan.workSaving != .never, byTaps || winograd, nhwc {
                 let dst = try residual?.memory ?? Memory(try memoryDesc([n, s.outChannels, out.0, out.1], dnnl_bf16, dnnl_nhwc))
                 if byTaps {

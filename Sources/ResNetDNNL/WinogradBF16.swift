@@ -12,15 +12,19 @@ import ResNetModel
 /// `DNNLPlan` uses it only on CPUs with native bf16 dot products and no AMX.
 /// Accuracy: the reference model's logits within 0.6 % of PyTorch's fp32 (direct bf16: 0.45 %), tested.
 ///
-/// Activations are NHWC bf16 (what brgconv keeps them in); the output is written over `dst`, which holds the
-/// residual on entry when there is one.
+/// The input is NHWC bf16 (what brgconv keeps activations in). The output is NHWC bf16 with the inference
+/// epilogue, written over `dst`, which holds the residual on entry when there is one; or, for a training network's
+/// forward (`BF16ForwardPlan`, BatchNorm follows), NHWC fp32, the convolution alone.
 final class WinogradBF16 {
+    enum Output {
+        case bf16(bias: [Float], addResidual: Bool, relu: Bool)
+        case f32
+    }
     let batch: Int, height: Int, width: Int, inChannels: Int, outChannels: Int
-    let relu: Bool, addResidual: Bool
+    let output: Output
     let src: Memory, dst: Memory
     /// U_ξ in the layout the matmul chose, bf16.
     let weights: Memory
-    let bias: [Float]
     let tiles: Int, tilesPerChunk: Int
     /// The matmul for a full chunk and, when the tiles do not divide evenly, for the last one.
     let matmul: Primitive, lastMatmul: Primitive?
@@ -30,18 +34,46 @@ final class WinogradBF16 {
     let workspace: FloatBuffer
     /// V's floats in the workspace (M follows), and both.
     let vFloats: Int, workspaceFloats: Int
-    /// Scratch of the transforms: padding zeros, 16 rows of floats, one spare output pixel.
-    private var zeros: [UInt16], rows: [Float], spare: [UInt16]
+    /// Scratch of the transforms: padding zeros, 16 rows of floats, one spare output pixel (bf16 or fp32).
+    private var zeros: [UInt16], rows: [Float], spare: [Float]
 
-    /// The layer (folded), its input `src` (NHWC bf16, `side` pixels) and output `dst`; `weights` gives U in the
+    /// Where Winograd applies: a 3x3/1 'same' convolution whose windows do not cover the whole input (there one
+    /// dense matmul does the layer, no padding, no transforms).
+    static func applies(_ s: ConvShape, _ side: (Int, Int)) -> Bool {
+        WinogradConv.supports(s) && !DNNLPlan.windowsCoverInput(s, side)
+    }
+
+    /// Where it pays in inference, for a lane's input: it covers the map well and the lane has tiles enough for
+    /// the weights (the fp32 engine's rules).
+    static func pays(_ s: ConvShape, laneInput: Geometry) -> Bool {
+        WinogradConv.coversWell(laneInput) && WinogradConv.tiles(laneInput) * EngineTuning.winogradOutputChannelsPerTile >= s.outChannels
+    }
+
+    /// Where it pays in a training network's forward (fp32 output, BatchNorm after it: less margin than
+    /// inference's fused bf16 epilogue): as in inference, on maps of even sides (no tile past the edge) and with
+    /// at least `EngineTuning.bf16WinogradTiles`' minimum of tiles in the lane (fewer rows slow the matmul).
+    /// Measured on Zen 4, head phase: at 96x96 layer1 +8 %, layer2 +8 % (batch 16), layer3 +5 % (batch 64); at
+    /// 49x49, batch 16 (13x13 and 7x7 maps, 32 tiles on 4x4) each of them 2–3 % slower.
+    static func paysInTraining(_ s: ConvShape, laneInput g: Geometry) -> Bool {
+        pays(s, laneInput: g) && g.height % 2 == 0 && g.width % 2 == 0
+            && WinogradConv.tiles(g) >= EngineTuning.bf16WinogradMinimumTiles
+    }
+
+    /// The inference layer (folded): its input `src` (NHWC bf16, `side` pixels) and output `dst` (NHWC bf16).
+    convenience init(layer: DNNLPlan.Layer, batch: Int, side: (Int, Int), src: Memory, dst: Memory, addResidual: Bool, relu: Bool,
+                     workspace: FloatBuffer, weights: (dnnl_memory_desc_t) throws -> Memory) throws {
+        try self.init(layer.shape, batch: batch, side: side, src: src, dst: dst,
+                      output: .bf16(bias: layer.bias, addResidual: addResidual, relu: relu), workspace: workspace, weights: weights)
+    }
+
+    /// Convolution `s` from `src` (NHWC bf16, `side` pixels) to `dst` as `output` says; `weights` gives U in the
     /// layout the matmul asks for (`DNNLPlan.winogradWeight`, shared by lanes and batch shapes). Fails where oneDNN
     /// has no matmul for it.
-    init(layer: DNNLPlan.Layer, batch: Int, side: (Int, Int), src: Memory, dst: Memory, addResidual: Bool, relu: Bool,
+    init(_ s: ConvShape, batch: Int, side: (Int, Int), src: Memory, dst: Memory, output: Output,
          workspace: FloatBuffer, weights: (dnnl_memory_desc_t) throws -> Memory) throws {
-        let s = layer.shape
         precondition(WinogradConv.supports(s), "Winograd F(2x2, 3x3) needs a 3x3 stride-1 'same' convolution")
         (self.batch, height, width, inChannels, outChannels) = (batch, side.0, side.1, s.inChannels, s.outChannels)
-        (self.relu, self.addResidual, self.src, self.dst, self.bias) = (relu, addResidual, src, dst, layer.bias)
+        (self.output, self.src, self.dst) = (output, src, dst)
         tiles = WinogradConv.tiles(Geometry(batch: batch, height: side.0, width: side.1))
         // Chunks of equal size (a last one of a few tiles would run its matmul at a fraction of the rate).
         let most = EngineTuning.bf16WinogradTiles(inChannels: s.inChannels), chunks = (tiles + most - 1) / most
@@ -72,7 +104,7 @@ final class WinogradBF16 {
         self.weights = try weights(matmul.md(dnnl_query_weights_md))
         zeros = [UInt16](repeating: 0, count: s.inChannels)
         rows = [Float](repeating: 0, count: 16 * max(s.inChannels, s.outChannels))
-        spare = [UInt16](repeating: 0, count: s.outChannels)
+        spare = [Float](repeating: 0, count: s.outChannels)
     }
 
     var scratchpadSize: Int { max(matmul.scratchpadSize, lastMatmul?.scratchpadSize ?? 0) }
@@ -82,7 +114,7 @@ final class WinogradBF16 {
 
     /// Runs on the caller's lane (one OpenMP thread); `stream` must have finished what writes `src` and `dst`.
     func run(_ stream: Stream, _ scratchpad: Memory) throws {
-        let source = src.data.assumingMemoryBound(to: UInt16.self), target = dst.data.assumingMemoryBound(to: UInt16.self)
+        let source = src.data.assumingMemoryBound(to: UInt16.self)
         let space = workspace.reserve(workspaceFloats)
         let vp = UnsafeMutableRawPointer(space).assumingMemoryBound(to: UInt16.self), mp = space + vFloats
         for view in [v, lastV].compactMap({ $0 }) { view.setData(UnsafeMutableRawPointer(vp)) }
@@ -99,8 +131,15 @@ final class WinogradBF16 {
             try stream.wait()
             rows.withUnsafeMutableBufferPointer { rows in
                 spare.withUnsafeMutableBufferPointer { spare in
-                    resnetkit_winograd_output_bf16(mp, height, width, outChannels, first, count, bias, addResidual ? 1 : 0,
-                                                   relu ? 1 : 0, rows.baseAddress!, target, spare.baseAddress!)
+                    switch output {
+                    case let .bf16(bias, addResidual, relu):
+                        resnetkit_winograd_output_bf16(mp, height, width, outChannels, first, count, bias, addResidual ? 1 : 0, relu ? 1 : 0,
+                                                       rows.baseAddress!, dst.data.assumingMemoryBound(to: UInt16.self),
+                                                       UnsafeMutableRawPointer(spare.baseAddress!).assumingMemoryBound(to: UInt16.self))
+                    case .f32:
+                        resnetkit_winograd_output_f32(mp, height, width, outChannels, first, count, rows.baseAddress!,
+                                                      dst.data.assumingMemoryBound(to: Float.self), spare.baseAddress!)
+                    }
                 }
             }
             first += count

@@ -105,7 +105,7 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("train (the seed's) or eval (Keras'): see above.", valueName: "train|eval"))
     var frozenBN = FrozenBatchNormMode.train
 
-    @Option(help: ArgumentHelp("fp32 (OpenBLAS, PyTorch-exact; default) or bf16 (convolutions on oneDNN in bf16 with fp32 accumulation; fp32 master weights, optimizer, BatchNorm, loss and head).", valueName: "fp32|bf16"))
+    @Option(help: ArgumentHelp("fp32 (OpenBLAS, PyTorch-exact; default) or bf16 (convolutions on oneDNN in bf16 with fp32 accumulation; fp32 master weights, optimizer, BatchNorm, loss and head; the frozen backbone's forward runs some layers as Winograd where that pays, RESNETKIT_WINOGRAD=off to keep oneDNN's convolutions).", valueName: "fp32|bf16"))
     var precision = Precision.fp32
 
     @Option(help: ArgumentHelp("The validation figure that picks the best epoch (--keep best) and drives --early-stop; val_auc needs two classes.", valueName: "val_loss|val_acc|val_auc"))

@@ -79,12 +79,13 @@ final class FineTuneSession {
         model.classWeights = lossWeights
         if options.precision == .bf16 {
             do {
-                try model.setConvolutions(BF16Training.convolutions)
+                let workSaving = try EngineChoice.workSaving()
+                try model.setConvolutions(BF16Training.convolutions(workSaving: workSaving))
                 try model.prepareConvolutions(count: batch, height: side, width: side)
+                model.frozenBackboneEngine = BF16Training.frozenBackbone(workSaving: workSaving)
             } catch let error as DNNLError {
                 throw UsageError(error.description)
             }
-            model.frozenBackboneEngine = BF16Training.frozenBackbone
         }
         return model
     }

@@ -19,5 +19,20 @@ final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
         let refused = try CLI.run(arguments + ["--precision", "int8", "--force"])
         XCTAssertNotEqual(refused.status, 0)
         XCTAssertTrue(refused.stderr.contains("--precision must be fp32 or bf16, not 'int8'"), refused.stderr)
+
+        // RESNETKIT_WINOGRAD as the inference commands take it: off trains, anything but auto/off is refused in
+        // one line before anything is written.
+        let off = dir.appendingPathComponent("off.safetensors")
+        let withoutWinograd = try CLI.run(["fine-tune", Self.images.path, "--labels", labels.path, "--from", Self.model, "--out", off.path,
+                                           "--batch-size", "4", "--valid-fraction", "0.25", "--seed", "3", "--head-epochs", "1",
+                                           "--finetune-epochs", "0", "--precision", "bf16", "--quiet"],
+                                          environment: ["RESNETKIT_WINOGRAD": "off"])
+        XCTAssertEqual(withoutWinograd.status, 0, withoutWinograd.stderr)
+        let bad = dir.appendingPathComponent("bad.safetensors")
+        let badValue = try CLI.run(["fine-tune", Self.images.path, "--labels", labels.path, "--from", Self.model, "--out", bad.path,
+                                    "--batch-size", "4", "--precision", "bf16", "--quiet"], environment: ["RESNETKIT_WINOGRAD": "fast"])
+        XCTAssertEqual(badValue.status, 1, badValue.stderr)
+        XCTAssertEqual(badValue.stderr, "error: RESNETKIT_WINOGRAD is 'fast': use auto or off\n")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: bad.path), "nothing written")
     }
 }

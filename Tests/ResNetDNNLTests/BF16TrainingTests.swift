@@ -99,6 +99,47 @@ final class BF16TrainingTests: XCTestCase {
         }
     }
 
+    /// The forward no backward follows as Winograd F(2x2, 3x3) with fp32 output (forced here on even and odd
+    /// maps): within bf16's error of fp32 and of direct bf16 (the transformed input is rounded to bf16 once
+    /// more), NaN-filled outputs all written; and where the rule runs it (`WinogradBF16.paysInTraining`).
+    func testForwardOnlyWinograd() throws {
+        try BF16Training.checkCPU()
+        var rng = SplitMix64(seed: 11)
+        func random(_ count: Int) -> [Float] { (0..<count).map { _ in rng.nextUnitFloat() * 2 - 1 } }
+        for (shape, g) in [(ConvShape(64, 64, kernel: 3, stride: 1, padding: 1), Geometry(batch: 3, height: 8, width: 8)),
+                           (ConvShape(32, 48, kernel: 3, stride: 1, padding: 1), Geometry(batch: 2, height: 7, width: 5))] {
+            let x = random(g.pixels * shape.inChannels), w = random(shape.outChannels * shape.patchSize)
+            func forward(_ conv: any TrainingConvolution, forBackward: Bool) -> [Float] {
+                var y = [Float](repeating: .nan, count: g.output(of: shape).pixels * shape.outChannels)
+                x.withUnsafeBufferPointer { xp in
+                    w.withUnsafeBufferPointer { wp in
+                        y.withUnsafeMutableBufferPointer {
+                            conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: false, forBackward: forBackward, $0.baseAddress!)
+                        }
+                    }
+                }
+                return y
+            }
+            let winograd = BF16TrainingConvolution(shape, workSaving: true)
+            let y = forward(winograd, forBackward: false)
+            XCTAssertEqual((try winograd.forwardPlan(g) as? BF16ForwardPlan)?.usesWinograd, true)
+            let fp32 = forward(EmulatedBF16Convolution(shape, rounding: false), forBackward: true)
+            let direct = forward(BF16TrainingConvolution(shape, workSaving: false), forBackward: false)
+            let what = "3x3/1 \(shape.inChannels)→\(shape.outChannels) on \(g.batch)x\(g.height)x\(g.width)"
+            XCTAssertLessThan(relativeError(y, fp32), 2e-2, "\(what) against fp32")
+            XCTAssertGreaterThan(relativeError(y, fp32), 5e-4, "\(what): as exact as fp32, bf16 did not run")
+            XCTAssertLessThan(relativeError(y, direct), 2e-2, "\(what) against direct bf16")
+            XCTAssertNotEqual(y, direct, "\(what): Winograd did not run")
+        }
+        // The rule: layer1 at 96x96 with 8 images a lane (1152 tiles) yes; 13x13 maps (odd: tiles past the edge)
+        // and 4x4 maps with 32 tiles no, 4x4 with 128 tiles yes.
+        let layer1 = ConvShape(64, 64, kernel: 3, stride: 1, padding: 1), layer3 = ConvShape(256, 256, kernel: 3, stride: 1, padding: 1)
+        XCTAssertTrue(WinogradBF16.paysInTraining(layer1, laneInput: Geometry(batch: 8, height: 24, width: 24)))
+        XCTAssertFalse(WinogradBF16.paysInTraining(layer1, laneInput: Geometry(batch: 8, height: 13, width: 13)))
+        XCTAssertFalse(WinogradBF16.paysInTraining(layer3, laneInput: Geometry(batch: 8, height: 4, width: 4)))
+        XCTAssertTrue(WinogradBF16.paysInTraining(layer3, laneInput: Geometry(batch: 32, height: 4, width: 4)))
+    }
+
     /// Step 0 against PyTorch's fp32 reference. bf16 keeps 8 significant bits, and train-mode BatchNorm on this
     /// fixture (16 images, random weights, layer4 at 2x2) amplifies that rounding: PyTorch's own bf16 autocast
     /// lands at 7.4e-2 on the logits, a median 0.38 and a worst 0.60 over the gradients (relative to each

@@ -13,6 +13,8 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], side: Int = 49, steps: Int 
     let architecture = Architecture(ModelConfig(numClasses: 2, head: .mlp, dropout: 0.5))
     var rng = SplitMix64(seed: 1)
     let state = ParameterInitialization.model(architecture, rng: &rng)
+    // As the commands take it: RESNETKIT_WINOGRAD=off keeps bf16 on oneDNN's convolutions.
+    let workSaving: Bool? = ProcessInfo.processInfo.environment["RESNETKIT_WINOGRAD"]?.lowercased() == "off" ? false : nil
     print("training benchmark: ResNet-18 + MLP head, \(side)x\(side), \(steps) timed steps after 2 warm-up steps")
     for batch in batches {
         let images = (0..<(batch * side * side * 3)).map { _ in rng.nextUnitFloat() }
@@ -24,13 +26,13 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], side: Int = 49, steps: Int 
             model.frozenBatchNorm = phase == .headEval ? .eval : .train
             if precision == .bf16 {
                 do {
-                    try model.setConvolutions(BF16Training.convolutions)
+                    try model.setConvolutions(BF16Training.convolutions(workSaving: workSaving))
                     try model.prepareConvolutions(count: batch, height: side, width: side)
                 } catch {
                     print("bf16: \(error)")
                     continue
                 }
-                model.frozenBackboneEngine = BF16Training.frozenBackbone
+                model.frozenBackboneEngine = BF16Training.frozenBackbone(workSaving: workSaving)
             }
             let optimizer = AdamW(parameters: model.parameters, lr: 1e-3, weightDecay: 0.05)
             func step() {

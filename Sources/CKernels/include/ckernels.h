@@ -51,6 +51,11 @@ void resnetkit_winograd_output_bf16(const float *restrict m, size_t height, size
                                     int add_residual, int relu, float *restrict rows, uint16_t *dst,
                                     uint16_t *spare);
 
+/// The same without bias, residual or ReLU, into the NHWC fp32 maps `dst` (`spare`: `channels` floats): a
+/// training network's forward, whose BatchNorm follows.
+void resnetkit_winograd_output_f32(const float *restrict m, size_t height, size_t width, size_t channels,
+                                   size_t first_tile, size_t tile_count, float *restrict rows, float *dst, float *spare);
+
 /// target[k] += source[k] for k < count.
 void resnetkit_add_rows_f32(const float *restrict source, size_t count, float *restrict target);
 

@@ -32,8 +32,9 @@ public enum EngineTuning {
     /// few percent of the best chunk for every layer of ResNet-18 at 49x49 and 96x96; with fewer rows the matmul's
     /// efficiency drops (32 tiles: 10–20 % slower), with more V and M leave L2.
     public static func bf16WinogradTiles(inChannels: Int) -> Int {
-        max(64, level2Bytes / (2 * 16 * 2 * inChannels))
+        max(bf16WinogradMinimumTiles, level2Bytes / (2 * 16 * 2 * inChannels))
     }
+    public static let bf16WinogradMinimumTiles = 64
 
     /// Winograd pays when a lane has at least Cout / this many 2x2 tiles: with fewer, packing the 16 transformed
     /// weight matrices for so few rows costs more than the multiplies saved.
