@@ -6,7 +6,7 @@ import ResNetModel
 /// images of the caller's fp32 NHWC y, by oneDNN's inference convolution (brgconv) or, where it pays
 /// (`WinogradBF16.paysInTraining`), as Winograd F(2x2, 3x3) with fp32 output. The training plan's blocked layouts
 /// suit its backward passes, but cost a reorder of y back to NHWC at every layer (this forward: head phase +6 % /
-/// +4 % at batch 16 / 64 on 49x49 crops; Winograd adds 11–13 % at 96x96). The bf16 weight (or Winograd's U) is made
+/// +4 % at batch 16 / 64 on 49x49 crops; Winograd adds 12–15 % at 96x96). The bf16 weight (or Winograd's U) is made
 /// once per weight change.
 final class BF16ForwardPlan: BF16ForwardOnly {
     let lanes: [Lane]
