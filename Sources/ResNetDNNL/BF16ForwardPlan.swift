@@ -2,7 +2,7 @@ import CDNNL
 import ResNetModel
 
 /// A bf16 training convolution's forward when no backward follows it (the head phase's frozen backbone with
-/// train-mode BatchNorm, evaluation between epochs): each lane casts its images of x to bf16 NHWC and computes its
+/// train-mode BatchNorm, a forward with `training` false): each lane casts its images of x to bf16 NHWC and computes its
 /// images of the caller's fp32 NHWC y, by oneDNN's inference convolution (brgconv) or, where it pays
 /// (`WinogradBF16.paysInTraining`), as Winograd F(2x2, 3x3) with fp32 output. The training plan's blocked layouts
 /// suit its backward passes, but cost a reorder of y back to NHWC at every layer (this forward: head phase +6 % /

@@ -14,7 +14,7 @@ import ResNetModel
 /// No multiply-add is spent on padding; the weight is
 /// read in the caller's OHWI layout (converted to bf16 once per weight change, no blocked copies for forward
 /// and backward-data) and the weight gradient is written straight into the caller's buffer. For a forward no
-/// backward follows (a frozen prefix, evaluation: its weight changes rarely) each tap's weight is packed into the
+/// backward follows (a frozen prefix, a forward with `training` false: its weight changes rarely) each tap's weight is packed into the
 /// layout forward's matmul chooses: on a strided view oneDNN packs it at every call in a slower gemm (head phase
 /// +7 % at batch 16, 49x49), while packing at every training step costs more than it saves (these transposing
 /// conversions run at a third of a plain one's rate).

@@ -76,6 +76,8 @@ public final class TrainableResNet {
     private let pooled = FloatBuffer(), poolGradient = FloatBuffer(), logitGradient = FloatBuffer()
     private var fusedBackbone: (plan: any InferenceEngine, key: Int)?
     private var lastGeometry = Geometry(batch: 0, height: 0, width: 0)
+    /// Whether the last forward was in training mode (an evaluation-mode one keeps nothing for a backward).
+    private var lastForwardTrained = false
     private var finalGeometry = Geometry(batch: 0, height: 0, width: 0)
     private var logits: UnsafeMutablePointer<Float>?
 
@@ -210,6 +212,7 @@ public final class TrainableResNet {
         let stats = { [unowned self] (layer: BatchNormLayer) in usesBatchStatistics(layer, training: training) }
         let input = Geometry(batch: count, height: height, width: width)
         lastGeometry = input
+        lastForwardTrained = training
         let features = architecture.config.featureWidth
         let f = pooled.reserve(count * features)
         // A backend that cannot serve this batch's shape leaves the work to the layers, which compute the same.
@@ -250,10 +253,12 @@ public final class TrainableResNet {
     }
 
     /// Mean cross-entropy (weighted by `classWeights`) of the last forward's logits, and the backward pass filling every trainable
-    /// parameter's gradient. Stops at the earliest trainable layer: a frozen backbone gets no backward.
+    /// parameter's gradient. Stops at the earliest trainable layer: a frozen backbone gets no backward. The last
+    /// forward must have been in training mode.
     @discardableResult
     public func backward(labels: [Int]) -> Float {
         guard let logits else { preconditionFailure("backward before forward") }
+        precondition(lastForwardTrained, "backward after a forward with training: false")
         let count = lastGeometry.batch
         precondition(labels.count == count && labels.allSatisfy { (0..<numClasses).contains($0) }, "bad labels")
         let dLogits = logitGradient.reserve(count * numClasses)

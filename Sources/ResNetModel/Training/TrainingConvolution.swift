@@ -7,7 +7,7 @@ public protocol TrainingConvolution: AnyObject {
     /// y [N·Ho·Wo, Cout] = conv(x) for x [N·H·W, Cin]. `x` and `weight` stay valid until `backward`.
     /// `weightUnchanged`: the weight holds the same values as at the previous call (a frozen layer, or no
     /// optimizer step since), so what was derived from it may be reused. `forBackward` false: no `backward`
-    /// follows (a frozen prefix of the network, evaluation), so nothing needs keeping for one.
+    /// follows (a frozen prefix of the network, a forward with `training` false), so nothing needs keeping for one.
     func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
                  forBackward: Bool, _ y: UnsafeMutablePointer<Float>)
     /// Builds what inputs of geometry `g` need, with and without a backward (`forward` builds it on first use
