@@ -1,13 +1,14 @@
-# PyTorch counterpart of `resnetkit-bench train`: training steps/s and images/s at 49x49, head phase (frozen
+# PyTorch counterpart of `resnetkit-bench train`: training steps/s and images/s at 49x49 (or --side), head phase (frozen
 # backbone left in train mode, as the seed) and whole model, 2 threads.
 # With --precision bf16: the forward pass and loss under CPU bf16 autocast (PyTorch's mixed precision).
-#   bench_train_pytorch.py [--batches 16,64] [--steps 10] [--phases head-train,whole] [--precision fp32,bf16]
+#   bench_train_pytorch.py [--batches 16,64] [--side 49] [--steps 10] [--phases head-train,whole] [--precision fp32,bf16]
 import argparse
 import time
 import torch, torchvision
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--batches", default="16,64")
+parser.add_argument("--side", type=int, default=49)
 parser.add_argument("--steps", type=int, default=10)
 parser.add_argument("--phases", default="head-train,whole")
 parser.add_argument("--precision", default="fp32")
@@ -24,9 +25,10 @@ def model():
 steps = args.steps
 phases = [p for p in (("head-train", "head (frozen backbone)", True), ("whole", "whole model", False))
           if p[0] in args.phases.split(",")]
-print(f"PyTorch {torch.__version__}: ResNet-18 + MLP head, 49x49, {steps} timed steps after 2 warm-up steps")
+side = args.side
+print(f"PyTorch {torch.__version__}: ResNet-18 + MLP head, {side}x{side}, {steps} timed steps after 2 warm-up steps")
 for batch in (int(b) for b in args.batches.split(",")):
-    x = torch.rand(batch, 3, 49, 49)
+    x = torch.rand(batch, 3, side, side)
     y = torch.arange(batch) % 2
     for (_, phase, frozen), precision in ((p, q) for p in phases for q in args.precision.split(",")):
         m = model()
