@@ -109,7 +109,9 @@ final class BF16ForwardPlan: BF16ForwardOnly {
         let chosen = lanes[0].weightDesc
         for lane in lanes.dropFirst() {
             var a = lane.weightDesc, b = chosen
-            guard dnnl_memory_desc_equal(&a, &b) != 0 else { throw DNNLError("the lanes' bf16 convolutions chose different weight layouts") }
+            guard dnnl_memory_desc_equal(&a, &b) != 0 else {
+                throw DNNLError("the lanes' bf16 convolutions chose different weight layouts")
+            }
         }
         weight = try Memory(chosen)
         let attributes = try Attributes(userScratchpad: true)
@@ -119,9 +121,9 @@ final class BF16ForwardPlan: BF16ForwardOnly {
                                    reorder: try Primitive(reorderFrom: source, to: chosen, attributes: attributes))
         } else {
             let weightDims = [s.outChannels, s.inChannels, s.kernel, s.kernel]
-            conversion = .reorder(try BF16TrainingConvolution.SplitReorder(from: try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), to: chosen,
-                                                                           weightDims: weightDims, lanes: laneCount, sourceBuffer: nil,
-                                                                           targetBuffer: weight.data, attributes: attributes))
+            let user = try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi)
+            conversion = .reorder(try BF16TrainingConvolution.SplitReorder(from: user, to: chosen, weightDims: weightDims, lanes: laneCount,
+                                                                           sourceBuffer: nil, targetBuffer: weight.data, attributes: attributes))
         }
         let shared: Int
         switch conversion {
@@ -147,8 +149,8 @@ final class BF16ForwardPlan: BF16ForwardOnly {
                     try lanes[lane].stream.wait()
                 }
             case .winograd(let s, let source, let reorder):
-                var u = WinogradConv.transformedWeight(patchMajor: Array(UnsafeBufferPointer(start: weightp, count: s.outChannels * s.patchSize)),
-                                                       inChannels: s.inChannels, outChannels: s.outChannels)
+                let w = Array(UnsafeBufferPointer(start: weightp, count: s.outChannels * s.patchSize))
+                var u = WinogradConv.transformedWeight(patchMajor: w, inChannels: s.inChannels, outChannels: s.outChannels)
                 onTrainingLanes(1) { _ in
                     try u.withUnsafeMutableBytes { raw in
                         source.setData(raw.baseAddress!)

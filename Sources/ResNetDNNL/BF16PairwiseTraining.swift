@@ -14,10 +14,10 @@ import ResNetModel
 /// No multiply-add is spent on padding; the weight is
 /// read in the caller's OHWI layout (converted to bf16 once per weight change, no blocked copies for forward
 /// and backward-data) and the weight gradient is written straight into the caller's buffer. For a forward no
-/// backward follows (a frozen prefix, a forward with `training` false: its weight changes rarely) each tap's weight is packed into the
-/// layout forward's matmul chooses: on a strided view oneDNN packs it at every call in a slower gemm (head phase
-/// +7 % at batch 16, 49x49), while packing at every training step costs more than it saves (these transposing
-/// conversions run at a third of a plain one's rate).
+/// backward follows (a frozen prefix, a forward with `training` false: its weight changes rarely) each tap's
+/// weight is packed into the layout forward's matmul chooses: on a strided view oneDNN packs it at every call in a
+/// slower gemm (head phase +7 % at batch 16, 49x49), while packing at every training step costs more than it saves
+/// (these transposing conversions run at a third of a plain one's rate).
 /// Why: oneDNN 2.6.3's convolutions run such maps slowly (backward-weights at 52 GFLOPS of useful work, a third of
 /// a matmul's rate; the blocked weight copies cost more than the passes at batch 16) and its bf16 backward-weights
 /// reads outside a 2x1 input at stride 2, returning garbage gradients (`BF16TrainingTests` has both geometries).

@@ -37,7 +37,6 @@ public enum BF16Training {
     public static func frozenBackbone(workSaving: Bool?) -> (Architecture, StateDict) throws -> any InferenceEngine {
         { architecture, state in try DNNLPlan(architecture: architecture, state: state, precision: .bf16, workSaving: workSaving) }
     }
-
 }
 
 /// Runs `body(lane)` on `count` training lanes, each on one OpenMP thread (the count the primitives were created
