@@ -133,6 +133,13 @@ final class BF16ForwardPlan: BF16ForwardOnly {
         scratchpads = try lanes.map { try Memory(try memoryDesc([max(1, $0.scratchpadSize, shared)], dnnl_u8, dnnl_x)) }
     }
 
+    var forwardOnlyImplementation: String {
+        switch lanes[0].step {
+        case .convolution(let primitive): return primitive.implementation
+        case .winograd(let winograd): return winograd.implementation
+        }
+    }
+
     var usesWinograd: Bool {
         if case .winograd = conversion { return true }
         return false

@@ -71,6 +71,11 @@ final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
         forward(xp, weight, generation: generation, yp, packed: true)
     }
 
+    var implementation: String { "by taps, " + (lanes[0].forwardPasses.values.first?.matmul.implementation ?? "?") }
+    var forwardOnlyImplementation: String {
+        "by taps, packed weight, " + (lanes[0].packedForwardPasses.values.first?.matmul.implementation ?? "?")
+    }
+
     /// `packed`: with the weight packed per tap (converted when stale) instead of the plain bf16 copy.
     private func forward(_ xp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ yp: UnsafeMutablePointer<Float>,
                          packed: Bool) {

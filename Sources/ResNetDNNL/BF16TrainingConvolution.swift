@@ -53,12 +53,15 @@ func onTrainingLanes(_ count: Int, _ body: (Int) throws -> Void) {
 protocol BF16Plan: AnyObject {
     func forward(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>)
     func backward(_ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>?, _ dx: UnsafeMutablePointer<Float>?)
+    /// The kernels oneDNN chose, for a debug log.
+    var implementation: String { get }
 }
 
 /// A bf16 convolution's forward that no backward follows, for one input geometry (`BF16ForwardPlan`, or
 /// `BF16PairwisePlan` with its weight packed).
 protocol BF16ForwardOnly: AnyObject {
     func forwardOnly(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, generation: Int, _ y: UnsafeMutablePointer<Float>)
+    var forwardOnlyImplementation: String { get }
 }
 
 /// One convolution's forward, backward-data and backward-weights primitives in bf16 with fp32 accumulation,
@@ -151,6 +154,12 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let plan = try! self.plan(g)
         current = plan
         plan.forward(x, weight, generation: weightGeneration, y)
+    }
+
+    /// The kernels of the training passes and of the forward-only one, e.g. `training jit_bf16:avx512_core_bf16
+    /// (backward: …); forward only winograd + brg:avx512_core_bf16`.
+    func describe(_ g: Geometry) throws -> String {
+        "training \(try plan(g).implementation); forward only \(try forwardPlan(g).forwardOnlyImplementation)"
     }
 
     func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?, inputGradient: UnsafeMutablePointer<Float>?) {
@@ -371,6 +380,16 @@ final class BF16TrainingConvolution: TrainingConvolution {
         }
 
         private func onLanes(_ body: (Int) throws -> Void) { onTrainingLanes(lanes.count, body) }
+
+        var implementation: String {
+            let lane = lanes[0]
+            guard let part = channelParts?.first else {
+                return "\(lane.forwardConv.implementation) (backward data \(lane.backwardData.implementation), weights "
+                    + "\(lane.backwardWeights.implementation)) by images"
+            }
+            let forward = part.forward?.primitive.implementation ?? "\(lane.forwardConv.implementation) by images"
+            return "\(forward) (backward data \(part.data.implementation), weights \(part.weights.implementation)) by output channels"
+        }
 
         /// A weight-shaped conversion split across the lanes, each its part.
         private func convertOnLanes(_ reorder: SplitReorder) {

@@ -82,6 +82,10 @@ final class FineTuneSession {
                 let workSaving = try EngineChoice.workSaving()
                 try model.setConvolutions(BF16Training.convolutions(workSaving: workSaving))
                 try model.prepareConvolutions(count: batch, height: side, width: side)
+                if Console.debugEnabled {
+                    Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa): bf16 training convolutions for batches of \(batch)")
+                    for line in try model.describeConvolutions(count: batch, height: side, width: side) { Console.debug("oneDNN \(line)") }
+                }
                 model.frozenBackboneEngine = BF16Training.frozenBackbone(workSaving: workSaving)
             } catch let error as DNNLError {
                 throw UsageError(error.description)

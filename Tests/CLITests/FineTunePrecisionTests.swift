@@ -26,8 +26,12 @@ final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
         let withoutWinograd = try CLI.run(["fine-tune", Self.images.path, "--labels", labels.path, "--from", Self.model, "--out", off.path,
                                            "--batch-size", "4", "--valid-fraction", "0.25", "--seed", "3", "--head-epochs", "1",
                                            "--finetune-epochs", "0", "--precision", "bf16", "--quiet"],
-                                          environment: ["RESNETKIT_WINOGRAD": "off"])
+                                          environment: ["RESNETKIT_WINOGRAD": "off", "RESNETKIT_LOG": "debug"])
         XCTAssertEqual(withoutWinograd.status, 0, withoutWinograd.stderr)
+        // The debug log names each convolution's kernels, training and forward only; none Winograd here.
+        XCTAssertTrue(withoutWinograd.stderr.contains("oneDNN layer1.0.conv1 3x3/1 "), withoutWinograd.stderr)
+        XCTAssertTrue(withoutWinograd.stderr.contains("forward only by taps, packed weight"), withoutWinograd.stderr)
+        XCTAssertFalse(withoutWinograd.stderr.contains("winograd"), withoutWinograd.stderr)
         let bad = dir.appendingPathComponent("bad.safetensors")
         let badValue = try CLI.run(["fine-tune", Self.images.path, "--labels", labels.path, "--from", Self.model, "--out", bad.path,
                                     "--batch-size", "4", "--precision", "bf16", "--quiet"], environment: ["RESNETKIT_WINOGRAD": "fast"])

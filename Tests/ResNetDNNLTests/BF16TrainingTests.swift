@@ -131,6 +131,8 @@ final class BF16TrainingTests: XCTestCase {
             XCTAssertLessThan(relativeError(y, direct), 2e-2, "\(what) against direct bf16")
             XCTAssertNotEqual(y, direct, "\(what): Winograd did not run")
         }
+        XCTAssertTrue(try BF16TrainingConvolution(ConvShape(64, 64, kernel: 3, stride: 1, padding: 1), workSaving: true)
+            .describe(Geometry(batch: 4, height: 8, width: 8)).contains("forward only winograd + "))
         // The rule: layer1 at 96x96 with 8 images a lane (1152 tiles) yes; 13x13 maps (odd: tiles past the edge)
         // and 4x4 maps with 32 tiles no, 4x4 with 128 tiles yes.
         let layer1 = ConvShape(64, 64, kernel: 3, stride: 1, padding: 1), layer3 = ConvShape(256, 256, kernel: 3, stride: 1, padding: 1)

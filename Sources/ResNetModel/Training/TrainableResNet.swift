@@ -52,6 +52,16 @@ public final class TrainableResNet {
         }
     }
 
+    /// One line per external convolution for batches of `count` images of height x width: its parameter's name,
+    /// shape, input size and `TrainingConvolution.describe` (a debug log of what computes it).
+    public func describeConvolutions(count: Int, height: Int, width: Int) throws -> [String] {
+        try zip(convolutionLayers, architecture.convolutionInputs(Geometry(batch: count, height: height, width: width))).compactMap { layer, g in
+            guard let external = layer.external else { return nil }
+            let s = layer.shape, name = layer.weight.name.replacingOccurrences(of: ".weight", with: "")
+            return "\(name) \(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels) on \(g.height)x\(g.width): \(try external.describe(g))"
+        }
+    }
+
     /// The engine for a frozen backbone in eval mode (`fusedFrozenBackbone`), given the model's whole state;
     /// nil: the fp32 `InferencePlan`. bf16 training sets `DNNLPlan` here.
     public var frozenBackboneEngine: ((Architecture, StateDict) throws -> any InferenceEngine)? {

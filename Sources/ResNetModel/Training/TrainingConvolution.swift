@@ -16,6 +16,12 @@ public protocol TrainingConvolution: AnyObject {
     /// For the last `forward`: dW (overwritten) and dx [N·H·W, Cin], each when non-nil, from dy [N·Ho·Wo, Cout].
     func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
                   inputGradient: UnsafeMutablePointer<Float>?)
+    /// How inputs of geometry `g` are computed, for a debug log (e.g. the kernels a library chose); "" if nothing to say.
+    func describe(_ g: Geometry) throws -> String
+}
+
+extension TrainingConvolution {
+    public func describe(_ g: Geometry) throws -> String { "" }
 }
 
 /// Makes one `TrainingConvolution` per layer shape; its errors (a CPU it cannot serve) surface when set.
