@@ -21,7 +21,7 @@ final class BF16ForwardPlan: BF16ForwardOnly {
     enum WeightConversion {
         /// From the caller's fp32 OHWI, each lane its share of the output channels.
         case reorder(BF16TrainingConvolution.SplitReorder)
-        /// U = G g Gᵀ in fp32 ([16, Cin, Cout] stored `acb`), then one reorder into the matmul's layout.
+        /// U = G g Gᵀ in fp32 (`WinogradBF16.transformedWeightLayout`), then one reorder into the matmul's layout.
         case winograd(ConvShape, source: Memory, reorder: Primitive)
     }
 
@@ -38,9 +38,10 @@ final class BF16ForwardPlan: BF16ForwardOnly {
 
         init(_ s: ConvShape, _ g: Geometry, winograd: Bool) throws {
             stream = try Stream()
-            let out = g.output(of: s)
-            let srcDims = [g.batch, s.inChannels, g.height, g.width], dstDims = [g.batch, s.outChannels, out.height, out.width]
-            var src = try memoryDesc(srcDims, dnnl_bf16, dnnl_nhwc), dst = try memoryDesc(dstDims, dnnl_f32, dnnl_nhwc)
+            let passes = BF16TrainingConvolution.Passes(s, g, outChannels: s.outChannels,
+                                                        what: "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels) (forward only)")
+            let (srcDims, dstDims) = (passes.srcDims, passes.dstDims)
+            let src = try memoryDesc(srcDims, dnnl_bf16, dnnl_nhwc), dst = try memoryDesc(dstDims, dnnl_f32, dnnl_nhwc)
             let attributes = try Attributes(userScratchpad: true)
             let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
             userX = try Memory(try memoryDesc(srcDims, dnnl_f32, dnnl_nhwc), buffer: dangling)
@@ -53,14 +54,7 @@ final class BF16ForwardPlan: BF16ForwardOnly {
                                                   workspace: workspace, weights: { try Memory($0, buffer: dangling) }))
                 return
             }
-            var weights = try memoryDesc([s.outChannels, s.inChannels, s.kernel, s.kernel], dnnl_bf16, dnnl_format_tag_any)
-            let (padBefore, padAfter) = Network.padding(s, (g.height, g.width))
-            let strides = [dnnl_dim_t(s.stride), dnnl_dim_t(s.stride)]
-            let what = "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels) (forward only)"
-            var desc = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct, &src, &weights, nil,
-                                                         &dst, strides, padBefore, padAfter), "describing the bf16 \(what)")
-            step = .convolution(try Primitive(&desc, attributes: attributes, what: "the bf16 \(what) convolution"))
+            step = .convolution(try passes.forward(src: src, dst: dst, inference: true, attributes: attributes))
         }
 
         /// The layout this lane reads its weight (or U) in.
@@ -116,7 +110,7 @@ final class BF16ForwardPlan: BF16ForwardOnly {
         weight = try Memory(chosen)
         let attributes = try Attributes(userScratchpad: true)
         if winograd {
-            let source = try memoryDesc([16, s.inChannels, s.outChannels], dnnl_f32, dnnl_acb)
+            let source = try WinogradBF16.transformedWeightLayout(s)
             conversion = .winograd(s, source: try Memory(source, buffer: UnsafeMutableRawPointer(bitPattern: 64)!),
                                    reorder: try Primitive(reorderFrom: source, to: chosen, attributes: attributes))
         } else {

@@ -190,12 +190,15 @@ final class BF16TrainingConvolution: TrainingConvolution {
             try memoryDesc(dims, type, dnnl_format_tag_any)
         }
 
-        /// y (fp32) from x (bf16, `src` or oneDNN's layout).
-        func forward(src: dnnl_memory_desc_t? = nil, attributes: Attributes) throws -> Primitive {
-            var (x, w, y) = (try src ?? any(srcDims, dnnl_bf16), try any(weightDims, dnnl_bf16), try any(dstDims, dnnl_f32))
+        /// y (fp32, `dst` or oneDNN's layout) from x (bf16, `src` or oneDNN's layout); `inference` when no backward
+        /// follows (`BF16ForwardPlan`).
+        func forward(src: dnnl_memory_desc_t? = nil, dst: dnnl_memory_desc_t? = nil, inference: Bool = false,
+                     attributes: Attributes) throws -> Primitive {
+            var (x, w, y) = (try src ?? any(srcDims, dnnl_bf16), try any(weightDims, dnnl_bf16), try dst ?? any(dstDims, dnnl_f32))
             var desc = dnnl_convolution_desc_t()
-            try check(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_training, dnnl_convolution_direct, &x, &w, nil, &y,
-                                                         strides, padBefore, padAfter), "describing \(what)")
+            try check(dnnl_convolution_forward_desc_init(&desc, inference ? dnnl_forward_inference : dnnl_forward_training,
+                                                         dnnl_convolution_direct, &x, &w, nil, &y, strides, padBefore, padAfter),
+                      "describing \(what)")
             return try Primitive(&desc, attributes: attributes, what: "the bf16 \(what) convolution")
         }
 

@@ -135,10 +135,9 @@ public final class DNNLPlan: InferenceEngine {
     func winogradWeight(_ layer: Layer, _ desc: dnnl_memory_desc_t) throws -> Memory {
         try weights(layer.name + " (Winograd)", desc) {
             let s = layer.shape
-            // Stored [16, Cout, Cin]: dims [16, Cin, Cout] in `acb` order.
             let u = WinogradConv.transformedWeight(patchMajor: patchMajorWeight(layer.weight, s), inChannels: s.inChannels,
                                                    outChannels: s.outChannels)
-            return (u, try memoryDesc([16, s.inChannels, s.outChannels], dnnl_f32, dnnl_acb), nil)
+            return (u, try WinogradBF16.transformedWeightLayout(s), nil)
         }
     }
 
@@ -167,6 +166,16 @@ public final class DNNLPlan: InferenceEngine {
         }
         packedWeights[key, default: []].append((desc, packed))
         return packed
+    }
+
+    /// `workSaving` as the environment sets it for every command and benchmark: RESNETKIT_WINOGRAD `off` (or `0`)
+    /// turns the work-saving layers off, `auto` (or unset, `on`, `1`) leaves the plans' rules; anything else fails.
+    public static func workSaving(environment: [String: String]) throws -> Bool? {
+        switch environment["RESNETKIT_WINOGRAD"]?.lowercased() {
+        case nil, "", "auto", "on", "1": return nil
+        case "off", "0": return false
+        case let other?: throw DNNLError("RESNETKIT_WINOGRAD is '\(other)': use auto or off")
+        }
     }
 
     /// Winograd and taps pay where the CPU multiplies bf16 with AVX512_BF16's dot products; with AMX's tiles the

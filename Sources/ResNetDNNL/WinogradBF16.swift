@@ -37,6 +37,12 @@ final class WinogradBF16 {
     /// Scratch of the transforms: padding zeros, 16 rows of floats, one spare output pixel (bf16 or fp32).
     private var zeros: [UInt16], rows: [Float], spare: [Float]
 
+    /// The layout of `WinogradConv.transformedWeight`'s U (fp32, stored [16, Cout, Cin]) as the matmul's weights:
+    /// dims [16, Cin, Cout] in `acb` order.
+    static func transformedWeightLayout(_ s: ConvShape) throws -> dnnl_memory_desc_t {
+        try memoryDesc([16, s.inChannels, s.outChannels], dnnl_f32, dnnl_acb)
+    }
+
     /// Where Winograd applies: a 3x3/1 'same' convolution whose windows do not cover the whole input (there one
     /// dense matmul does the layer, no padding, no transforms).
     static func applies(_ s: ConvShape, _ side: (Int, Int)) -> Bool {

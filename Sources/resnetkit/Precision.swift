@@ -14,12 +14,10 @@ enum EngineChoice {
         "fp32 (OpenBLAS, exact), bf16 or int8 (oneDNN; int8 needs a model from `resnetkit quantize`). bf16 runs some layers as Winograd (faster, a little further from fp32; RESNETKIT_WINOGRAD=off to keep oneDNN's convolutions).",
         valueName: "fp32|bf16|int8")
 
-    /// RESNETKIT_WINOGRAD: `off` (or `0`) turns the work-saving layers off, `auto` (or unset) leaves the plan's rule.
-    static func workSaving(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> Bool? {
-        switch environment["RESNETKIT_WINOGRAD"]?.lowercased() {
-        case nil, "", "auto", "on", "1": return nil
-        case "off", "0": return false
-        case let other?: throw UsageError("RESNETKIT_WINOGRAD is '\(other)': use auto or off")
+    /// RESNETKIT_WINOGRAD (`DNNLPlan.workSaving(environment:)`), a bad value as a one-line usage error.
+    static func workSaving() throws -> Bool? {
+        do { return try DNNLPlan.workSaving(environment: ProcessInfo.processInfo.environment) } catch let error as DNNLError {
+            throw UsageError(error.description)
         }
     }
 

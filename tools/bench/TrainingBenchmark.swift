@@ -14,7 +14,11 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], side: Int = 49, steps: Int 
     var rng = SplitMix64(seed: 1)
     let state = ParameterInitialization.model(architecture, rng: &rng)
     // As the commands take it: RESNETKIT_WINOGRAD=off keeps bf16 on oneDNN's convolutions.
-    let workSaving: Bool? = ProcessInfo.processInfo.environment["RESNETKIT_WINOGRAD"]?.lowercased() == "off" ? false : nil
+    let workSaving: Bool?
+    do { workSaving = try DNNLPlan.workSaving(environment: ProcessInfo.processInfo.environment) } catch {
+        print("\(error)")
+        return
+    }
     print("training benchmark: ResNet-18 + MLP head, \(side)x\(side), \(steps) timed steps after 2 warm-up steps")
     for batch in batches {
         let images = (0..<(batch * side * side * 3)).map { _ in rng.nextUnitFloat() }
