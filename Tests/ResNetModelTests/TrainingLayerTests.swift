@@ -141,33 +141,23 @@ final class TrainingLayerTests: XCTestCase {
         XCTAssertEqual(s.values(at: 99).beta1, 0.95, accuracy: 1e-15)
     }
 
-    /// The external convolutions learn which forwards no backward follows: the frozen prefix of the backbone
-    /// in training, all of them in evaluation; and no backward ever follows a forward said to have none.
-    func testForwardsTellWhetherABackwardFollows() throws {
-        final class Recorder: TrainingConvolution {
-            let shape: ConvShape
-            var forBackward: [Bool] = [], lastForBackward = true
-            init(_ shape: ConvShape) { self.shape = shape }
-            func prepare(_ g: Geometry) {}
-            func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
-                         forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
-                self.forBackward.append(forBackward)
-                lastForBackward = forBackward
-                y.update(repeating: 0.5, count: g.output(of: shape).pixels * shape.outChannels)
-            }
-            func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
-                          inputGradient: UnsafeMutablePointer<Float>?) {
-                XCTAssertTrue(lastForBackward, "a backward after a forward without one")
-            }
-        }
+    /// The small model with every convolution computed by a `RecordingConvolution`, in forward order (stem, then
+    /// per block conv1, downsample if any, conv2).
+    func recordingModel() throws -> (TrainableResNet, [Float], [Int], [RecordingConvolution]) {
         let (model, images, labels) = try smallModel(head: .linear, dropout: 0)
-        var recorders: [Recorder] = []
+        var recorders: [RecordingConvolution] = []
         try model.setConvolutions { shape in
-            let recorder = Recorder(shape)
+            let recorder = RecordingConvolution(shape)
             recorders.append(recorder)
             return recorder
         }
-        // Convolutions in forward order: stem, then per block conv1, conv2 (and the downsample of layers 2–4).
+        return (model, images, labels, recorders)
+    }
+
+    /// The external convolutions learn which forwards no backward follows: the frozen prefix of the backbone
+    /// in training, all of them in evaluation; and no backward ever follows a forward said to have none.
+    func testForwardsTellWhetherABackwardFollows() throws {
+        let (model, images, labels, recorders) = try recordingModel()
         func flags(training: Bool) -> [Bool] {
             for r in recorders { r.forBackward = [] }
             _ = model.forward(images: images, count: 3, height: 33, width: 33, training: training)
@@ -189,26 +179,7 @@ final class TrainingLayerTests: XCTestCase {
     /// `prepareConvolutions` hands every external convolution the input geometry its forward then sees (so a
     /// bf16 model's primitives are all built, and their failures reported, before training starts).
     func testPreparedGeometriesAreTheForwardOnes() throws {
-        final class Recorder: TrainingConvolution {
-            let shape: ConvShape
-            var prepared: [Geometry] = [], used: [Geometry] = []
-            init(_ shape: ConvShape) { self.shape = shape }
-            func prepare(_ g: Geometry) { prepared.append(g) }
-            func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
-                         forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
-                used.append(g)
-                y.update(repeating: 0, count: g.output(of: shape).pixels * shape.outChannels)
-            }
-            func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
-                          inputGradient: UnsafeMutablePointer<Float>?) {}
-        }
-        let (model, images, _) = try smallModel(head: .linear, dropout: 0)
-        var recorders: [Recorder] = []
-        try model.setConvolutions { shape in
-            let recorder = Recorder(shape)
-            recorders.append(recorder)
-            return recorder
-        }
+        let (model, images, _, recorders) = try recordingModel()
         try model.prepareConvolutions(count: 3, height: 33, width: 33)
         _ = model.forward(images: images, count: 3, height: 33, width: 33, training: true)
         XCTAssertEqual(recorders.count, 20)
@@ -216,5 +187,25 @@ final class TrainingLayerTests: XCTestCase {
             XCTAssertEqual(recorder.prepared.count, 1)
             XCTAssertEqual(recorder.prepared, recorder.used, "\(recorder.shape)")
         }
+    }
+}
+
+/// An external convolution that computes nothing (its output is a constant) and records what it is asked: the
+/// geometries prepared and used, and whether a backward follows each forward; a backward after a forward said to
+/// have none fails the test.
+final class RecordingConvolution: TrainingConvolution {
+    let shape: ConvShape
+    var prepared: [Geometry] = [], used: [Geometry] = [], forBackward: [Bool] = []
+    init(_ shape: ConvShape) { self.shape = shape }
+    func prepare(_ g: Geometry) { prepared.append(g) }
+    func forward(_ x: UnsafePointer<Float>, _ g: Geometry, weight: UnsafePointer<Float>, weightUnchanged: Bool,
+                 forBackward: Bool, _ y: UnsafeMutablePointer<Float>) {
+        used.append(g)
+        self.forBackward.append(forBackward)
+        y.update(repeating: 0.5, count: g.output(of: shape).pixels * shape.outChannels)
+    }
+    func backward(_ dy: UnsafePointer<Float>, weightGradient: UnsafeMutablePointer<Float>?,
+                  inputGradient: UnsafeMutablePointer<Float>?) {
+        XCTAssertEqual(forBackward.last, true, "a backward after a forward without one")
     }
 }
