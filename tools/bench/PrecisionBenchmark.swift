@@ -12,8 +12,10 @@ func benchmarkPrecisions(_ options: Options) throws {
     BLASRuntime.setThreads(options.threads)
     Parallelism.threads = options.threads
     DNNLRuntime.setThreads(options.threads)
+    // As the commands take it: RESNETKIT_WINOGRAD=off keeps bf16 and int8 on oneDNN's convolutions.
+    let workSaving = try DNNLPlan.workSaving(environment: ProcessInfo.processInfo.environment)
     print("ResNetKit engines, OpenBLAS core \(BLASRuntime.coreName), oneDNN \(DNNLRuntime.version) ISA \(DNNLRuntime.isa), "
-          + "\(options.threads) threads, model \(options.model)")
+          + "\(options.threads) threads, work-saving layers \(workSaving == false ? "off" : "auto"), model \(options.model)")
     print("side  batch  precision    img/s  ms/batch  img/CPU-s  vs first")
     for side in options.sides {
         for batch in options.batches {
@@ -27,7 +29,8 @@ func benchmarkPrecisions(_ options: Options) throws {
                     images.withUnsafeBufferPointer { collector.add(fp32, images: $0, count: batch, height: side, width: side) }
                     scales = collector.scales(images: batch)
                 }
-                let engine = try precision.makeEngine(architecture: checkpoint.architecture, state: checkpoint.state, scales: scales)
+                let engine = try precision.makeEngine(architecture: checkpoint.architecture, state: checkpoint.state, scales: scales,
+                                                   workSaving: workSaving)
                 if let dnnl = engine as? DNNLPlan, side == options.sides[0], batch == options.batches[0] {
                     for line in try dnnl.implementations(batch: batch, height: side, width: side) {
                         print("  \(precision.rawValue) \(line)")
