@@ -34,9 +34,9 @@ final class BF16ForwardPlan: BF16ForwardOnly {
         let step: Step
         /// The caller's x and y (handles set per call), x in bf16.
         let userX: Memory, x: Memory, toX: Primitive, y: Memory
-        let workspace = FloatBuffer()
 
-        init(_ s: ConvShape, _ g: Geometry, winograd: Bool) throws {
+        /// `workspace`: Winograd's V and M, in the lane's scratch (`TrainingLanes.workspace`).
+        init(_ s: ConvShape, _ g: Geometry, winograd: Bool, workspace: FloatBuffer) throws {
             stream = try Stream()
             let passes = BF16TrainingConvolution.Passes(s, g, outChannels: s.outChannels,
                                                         what: "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels) (forward only)")
@@ -99,7 +99,10 @@ final class BF16ForwardPlan: BF16ForwardOnly {
         let smallestLane = Geometry(batch: ranges[0].count, height: g.height, width: g.width)
         let winograd = WinogradBF16.applies(s, (g.height, g.width))
             && (workSaving ?? (DNNLPlan.workSavingPays && WinogradBF16.paysInTraining(s, laneInput: smallestLane)))
-        lanes = try ranges.map { try Lane(s, Geometry(batch: $0.count, height: g.height, width: g.width), winograd: winograd) }
+        lanes = try ranges.enumerated().map { lane, range in
+            try Lane(s, Geometry(batch: range.count, height: g.height, width: g.width), winograd: winograd,
+                     workspace: TrainingLanes.workspace(lane))
+        }
         let chosen = lanes[0].weightDesc
         for lane in lanes.dropFirst() {
             var a = lane.weightDesc, b = chosen

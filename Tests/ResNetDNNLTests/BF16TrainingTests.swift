@@ -142,6 +142,36 @@ final class BF16TrainingTests: XCTestCase {
         XCTAssertTrue(WinogradBF16.paysInTraining(layer3, laneInput: Geometry(batch: 32, height: 4, width: 4)))
     }
 
+    /// Forward-only Winograd layers keep V and M in their lane's workspace (`TrainingLanes.workspace`), one for all
+    /// layers: a larger layer run in between (the workspace may grow and move) leaves a smaller one's output as it was.
+    func testForwardOnlyWinogradLayersShareTheLaneWorkspace() throws {
+        try BF16Training.checkCPU()
+        var rng = SplitMix64(seed: 12)
+        func layer(_ shape: ConvShape, _ g: Geometry) -> () -> [Float] {
+            let conv = BF16TrainingConvolution(shape, workSaving: true)
+            let x = (0..<(g.pixels * shape.inChannels)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let w = (0..<(shape.outChannels * shape.patchSize)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            return {
+                var y = [Float](repeating: .nan, count: g.output(of: shape).pixels * shape.outChannels)
+                x.withUnsafeBufferPointer { xp in
+                    w.withUnsafeBufferPointer { wp in
+                        y.withUnsafeMutableBufferPointer {
+                            conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: true, forBackward: false, $0.baseAddress!)
+                        }
+                    }
+                }
+                return y
+            }
+        }
+        let small = layer(ConvShape(32, 32, kernel: 3, stride: 1, padding: 1), Geometry(batch: 2, height: 6, width: 6))
+        let large = layer(ConvShape(64, 96, kernel: 3, stride: 1, padding: 1), Geometry(batch: 4, height: 20, width: 20))
+        let first = small()
+        XCTAssertFalse(first.contains { $0.isNaN })
+        let largeFirst = large()
+        XCTAssertEqual(small(), first)
+        XCTAssertEqual(large(), largeFirst)
+    }
+
     /// Step 0 against PyTorch's fp32 reference. bf16 keeps 8 significant bits, and train-mode BatchNorm on this
     /// fixture (16 images, random weights, layer4 at 2x2) amplifies that rounding: PyTorch's own bf16 autocast
     /// lands at 7.4e-2 on the logits, a median 0.38 and a worst 0.60 over the gradients (relative to each

@@ -27,6 +27,15 @@ public enum TrainingLanes {
     /// its next job beside it.
     public static func run(_ count: Int, _ body: (Int) -> Void) { lanes.run(count, body) }
 
+    nonisolated(unsafe) private static var workspaces: [FloatBuffer] = []
+
+    /// Lane `lane`'s scratch floats, shared by all the work that lane runs (one job after another: training runs on
+    /// one thread), so that each layer needs none of its own. Ask for it when building a lane's work, not inside `run`.
+    public static func workspace(_ lane: Int) -> FloatBuffer {
+        while workspaces.count <= lane { workspaces.append(FloatBuffer()) }
+        return workspaces[lane]
+    }
+
     /// Runs `part(range)` over `0..<count` split into contiguous ranges of at least `minimum`, one per lane.
     static func forEachRange(_ count: Int, minimum: Int, _ part: (Range<Int>) -> Void) {
         forEachPart(count, minimum: minimum) { _, range in part(range) }
