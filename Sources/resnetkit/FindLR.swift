@@ -29,14 +29,8 @@ struct FindLR: ParsableCommand {
         case head, finetune
     }
 
-    @Argument(help: "Folder of training images (<id>.tif).")
-    var dir: String
-
-    @Option(help: ArgumentHelp("CSV with id,label (integer or string labels).", valueName: "CSV"))
-    var labels: String
-
-    @Option(help: ArgumentHelp("Pretrained model: checkpoint, ONNX or HDF5.", valueName: "CKPT"))
-    var from = "model.safetensors"
+    @OptionGroup(title: "Training set, model and batches (as fine-tune's)")
+    var training: TrainingOptions
 
     @Option(help: ArgumentHelp("Which fine-tune phase to test: head (backbone frozen) or finetune (everything trainable).", valueName: "head|finetune"))
     var phase = Phase.head
@@ -56,41 +50,8 @@ struct FindLR: ParsableCommand {
     @Option(help: ArgumentHelp("Write lr,loss,smoothed_loss per step here.", valueName: "CSV"))
     var csv: String?
 
-    @Option(name: .customLong("batch-size"), help: "Images per step (as fine-tune's).")
-    var batchSize = 16
-
-    @Option(help: ArgumentHelp("mlp (the seed's head) or linear, for a new head.", valueName: "mlp|linear"))
-    var head = HeadKind.mlp
-
-    @Option(help: "Dropout probability in the MLP head.")
-    var dropout: Float = 0.5
-
     @Option(name: .customLong("weight-decay"), help: "AdamW weight decay (default: fine-tune's for the phase, 0.01 head, 0.05 finetune).")
     var weightDecay: Double?
-
-    @OptionGroup(title: "Preprocessing")
-    var preprocessingOptions: PreprocessingOptions
-
-    @Flag(name: .customLong("no-augment"), help: "No random flips or rotation.")
-    var noAugment = false
-
-    @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("Frozen backbone's BatchNorm in the head phase (as fine-tune's).", valueName: "train|eval"))
-    var frozenBN = FrozenBatchNormMode.train
-
-    @Option(help: ArgumentHelp("The arithmetic to test in, as fine-tune's: fp32 or bf16 (convolutions on oneDNN).", valueName: "fp32|bf16"))
-    var precision = Precision.fp32
-
-    @Option(name: .customLong("class-weights"), help: ArgumentHelp("Per-class weights of the loss, as fine-tune's.", valueName: "none|balanced|W0,W1,…"))
-    var classWeights = ClassWeighting.none
-
-    @Option(name: .customLong("valid-fraction"), help: "Share of DIR that fine-tune holds out (left out here too).")
-    var validFraction = 0.2
-
-    @Option(name: .customLong("train-size"), help: "Use at most N training images (fine-tune's seeded sample).")
-    var trainSize: Int?
-
-    @Option(help: "Seed for the split, the order, the augmentation, dropout and the new head.")
-    var seed: UInt64 = 0
 
     @Flag(help: "No progress output (errors still go to stderr; the suggestion still goes to stdout).")
     var quiet = false
@@ -101,34 +62,20 @@ struct FindLR: ParsableCommand {
         if let plot, let csv, plot == csv { throw ValidationError("--plot and --csv name the same file") }
     }
 
-    /// fine-tune with the same recipe options: its data loading, new head and checks.
-    func recipe() throws -> FineTune {
-        var arguments = [dir, "--labels", labels, "--from", from, "--batch-size", String(batchSize), "--head", head.rawValue,
-                         "--dropout", String(dropout), "--frozen-bn", frozenBN.rawValue, "--precision", precision.rawValue,
-                         "--valid-fraction", String(validFraction), "--seed", String(seed)]
-        if let crop = preprocessingOptions.crop { arguments += ["--crop", String(crop)] }
-        if let normalize = preprocessingOptions.normalize { arguments += ["--normalize", normalize.rawValue] }
-        if let channelOrder = preprocessingOptions.channelOrder { arguments += ["--channel-order", channelOrder.rawValue] }
-        if let trainSize { arguments += ["--train-size", String(trainSize)] }
-        if noAugment { arguments.append("--no-augment") }
-        do { return try FineTune.parse(arguments) } catch { throw UsageError(FineTune.message(for: error)) }
-    }
-
     func run() throws {
         Console.quiet = quiet
-        let recipe = try recipe()
-        let (headKind, crop) = (recipe.head, recipe.crop)
+        let (headKind, crop, batchSize) = (training.head, training.crop, training.batchSize)
 
         // The model: --from as it is when it has this head for the labels' classes, else fine-tune's new head.
-        let table = try LabelTable.load(path: labels)
-        let source = try ModelImporter.load(path: from).checkpoint
+        let table = try LabelTable.load(path: training.labels)
+        let source = try ModelImporter.load(path: training.from).checkpoint
         let reuse = source.classNames == table.classNames && source.config.numClasses == table.classNames.count
             && source.config.head == headKind
-        let checkpoint = reuse ? source : try recipe.newModel(headKind: headKind)
-        Console.info("find-lr: \(reuse ? "the head of \(from)" : "a new \(headKind.rawValue) head") for classes \(table.classNames.joined(separator: ", "))")
-        let preprocessing = try preprocessingOptions.applied(to: checkpoint.preprocessing, defaultCrop: FineTune.defaultCrop)
+        let checkpoint = reuse ? source : try training.newModel(headKind: headKind)
+        Console.info("find-lr: \(reuse ? "the head of \(training.from)" : "a new \(headKind.rawValue) head") for classes \(table.classNames.joined(separator: ", "))")
+        let preprocessing = try training.preprocessingOptions.applied(to: checkpoint.preprocessing, defaultCrop: TrainingOptions.defaultCrop)
 
-        let (train, _, classNames) = try recipe.loadData(classNames: checkpoint.classNames)
+        let (train, _, classNames) = try training.loadData(classNames: checkpoint.classNames)
         guard train.count >= batchSize else {
             throw UsageError("need at least --batch-size \(batchSize) training images, have \(train.count)")
         }
@@ -137,16 +84,16 @@ struct FindLR: ParsableCommand {
         }
         // fine-tune's model: its frozen BatchNorm mode and precision (bf16: convolutions built for this batch now).
         let side = train.inputSide(crop: crop)
-        let model = try FineTuneSession.makeModel(
-            recipe, architecture: checkpoint.architecture, state: checkpoint.state,
-            lossWeights: try classWeights.weights(trainingLabels: train.labels, classNames: classNames), batch: batchSize, side: side)
+        let model = try training.makeModel(
+            architecture: checkpoint.architecture, state: checkpoint.state,
+            lossWeights: try training.classWeights.weights(trainingLabels: train.labels, classNames: classNames), batch: batchSize, side: side)
         model.setBackboneFrozen(phase == .head)
         let decay = weightDecay ?? (phase == .head ? 0.01 : 0.05)
         let optimizer = AdamW(parameters: model.parameters, lr: startLR, weightDecay: decay)
-        Console.info("find-lr: \(train.count) training images, \(phase.rawValue) phase, \(precision.rawValue), lr \(Self.short(startLR)) to \(Self.short(endLR)) over at most \(steps) steps of \(batchSize) images")
+        Console.info("find-lr: \(train.count) training images, \(phase.rawValue) phase, \(training.precision.rawValue), lr \(Self.short(startLR)) to \(Self.short(endLR)) over at most \(steps) steps of \(batchSize) images")
 
         var test = LearningRateRangeTest(startLR: startLR, endLR: endLR, steps: steps)
-        var rng = SplitMix64(seed: seed &* 0x9E37_79B9 &+ 0xF1D)
+        var rng = SplitMix64(seed: training.seed &* 0x9E37_79B9 &+ 0xF1D)
         model.rng = SplitMix64(seed: rng.next())
         var buffer = [Float](repeating: 0, count: batchSize * side * side * 3)
         var order: [Int] = [], next = 0
@@ -163,7 +110,7 @@ struct FindLR: ParsableCommand {
             next += batchSize
             optimizer.lr = lr
             buffer.withUnsafeMutableBufferPointer { b in
-                train.fillBatch(indices, preprocessing: preprocessing, augment: !noAugment, rng: &rng, into: b.baseAddress!)
+                train.fillBatch(indices, preprocessing: preprocessing, augment: !training.noAugment, rng: &rng, into: b.baseAddress!)
                 _ = model.forward(images: b.baseAddress!, count: batchSize, height: side, width: side, training: true)
             }
             let loss = model.backward(labels: indices.map { train.labels[$0] })

@@ -36,14 +36,8 @@ struct FineTune: ParsableCommand {
             runs); the weights are printed and stored in the checkpoint (resnetkit.fine-tune.class-weights).
             """)
 
-    @Argument(help: "Folder of training images (<id>.tif).")
-    var dir: String
-
-    @Option(help: ArgumentHelp("CSV with id,label (integer or string labels).", valueName: "CSV"))
-    var labels: String
-
-    @Option(help: ArgumentHelp("Pretrained model: checkpoint, ONNX or HDF5.", valueName: "CKPT"))
-    var from = "model.safetensors"
+    @OptionGroup(title: "Training set, model and batches (shared with find-lr)")
+    var training: TrainingOptions
 
     @Option(help: ArgumentHelp("Checkpoint to write.", valueName: "CKPT"))
     var out = "finetuned.safetensors"
@@ -54,12 +48,6 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("valid-labels"), help: ArgumentHelp("Labels of the validation images.", valueName: "CSV"))
     var validLabels: String?
 
-    @Option(name: .customLong("valid-fraction"), parsing: .unconditional, help: "Without --valid-dir: share of DIR held out for validation (seeded).")
-    var validFraction = 0.2
-
-    @Option(name: .customLong("train-size"), parsing: .unconditional, help: "Use at most N training images (a seeded sample).")
-    var trainSize: Int?
-
     @Option(name: .customLong("valid-size"), parsing: .unconditional, help: "Use at most N validation images.")
     var validSize: Int?
 
@@ -68,9 +56,6 @@ struct FineTune: ParsableCommand {
 
     @Option(name: .customLong("finetune-epochs"), parsing: .unconditional, help: "Epochs of phase 2 (everything trainable).")
     var finetuneEpochs = 20
-
-    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Images per step.")
-    var batchSize = 16
 
     @Option(name: .customLong("head-lr"), parsing: .unconditional, help: "AdamW learning rate of phase 1 (overwritten by OneCycleLR, as in PyTorch).")
     var headLR = 1e-3
@@ -90,24 +75,6 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("weight-decay"), parsing: .unconditional, help: "AdamW weight decay of phase 2.")
     var weightDecay = 0.05
 
-    @Option(help: ArgumentHelp("mlp (the seed's head) or linear (a single fc layer).", valueName: "mlp|linear"))
-    var head = HeadKind.mlp
-
-    @Option(parsing: .unconditional, help: "Dropout probability in the MLP head.")
-    var dropout: Float = 0.5
-
-    @OptionGroup(title: "Preprocessing")
-    var preprocessingOptions: PreprocessingOptions
-
-    @Flag(name: .customLong("no-augment"), help: "No random flips or rotation.")
-    var noAugment = false
-
-    @Option(name: .customLong("frozen-bn"), help: ArgumentHelp("train (the seed's) or eval (Keras'): see above.", valueName: "train|eval"))
-    var frozenBN = FrozenBatchNormMode.train
-
-    @Option(help: ArgumentHelp("fp32 (OpenBLAS, PyTorch-exact; default) or bf16 (convolutions on oneDNN in bf16 with fp32 accumulation; fp32 master weights, optimizer, BatchNorm, loss and head; the frozen backbone's forward runs some layers as Winograd where that pays, RESNETKIT_WINOGRAD=off to keep oneDNN's convolutions).", valueName: "fp32|bf16"))
-    var precision = Precision.fp32
-
     @Option(help: ArgumentHelp("The validation figure that picks the best epoch (--keep best) and drives --early-stop; val_auc needs two classes.", valueName: "val_loss|val_acc|val_auc"))
     var monitor = MonitorChoice.valLoss
 
@@ -116,12 +83,6 @@ struct FineTune: ParsableCommand {
 
     @Option(name: .customLong("early-stop"), help: ArgumentHelp("End a phase when --monitor has not improved for N epochs of it.", valueName: "N"))
     var earlyStop: Int?
-
-    @Option(name: .customLong("class-weights"), help: ArgumentHelp("Per-class weights of the training loss (PyTorch's CrossEntropyLoss(weight=)): none, balanced (n / (K·n_k) from the training labels) or one positive number per class.", valueName: "none|balanced|W0,W1,…"))
-    var classWeights = ClassWeighting.none
-
-    @Option(help: "Seed for the split, the order, the augmentation, dropout and the new head.")
-    var seed: UInt64 = 0
 
     @Option(help: ArgumentHelp("Write every step's and epoch's figures here.", valueName: "CSV"))
     var history: String?
@@ -141,12 +102,6 @@ struct FineTune: ParsableCommand {
     @Option(name: .customLong("max-image-pixels"), parsing: .unconditional, help: "Refuse images with more pixels than this (default: a batch of them fits in about 1 GB).")
     var maxImagePixels: Int?
 
-
-    /// The seed's centre crop, whatever the model's preprocessing says.
-    static let defaultCrop = 49
-
-    /// Centre crop side of the training and validation images.
-    var crop: Int { preprocessingOptions.crop ?? Self.defaultCrop }
 
     /// One training phase of the recipe.
     struct Phase {
@@ -168,30 +123,26 @@ struct FineTune: ParsableCommand {
 
     /// The options a resumed run must repeat for its schedule and data order to continue the same run.
     var recipe: String {
-        "seed \(seed), batch size \(batchSize), head epochs \(headEpochs), fine-tune epochs \(finetuneEpochs), "
-            + "train size \(trainSize.map(String.init) ?? "all"), valid fraction \(validFraction), head \(head.rawValue), "
-            + "head lr \(headLR)/\(headMaxLR)/\(headWeightDecay), lr \(lr)/\(maxLR)/\(weightDecay), dropout \(dropout), "
-            + "crop \(crop), frozen BN \(frozenBN.rawValue), augment \(!noAugment)"
+        let t = training
+        return "seed \(t.seed), batch size \(t.batchSize), head epochs \(headEpochs), fine-tune epochs \(finetuneEpochs), "
+            + "train size \(t.trainSize.map(String.init) ?? "all"), valid fraction \(t.validFraction), head \(t.head.rawValue), "
+            + "head lr \(headLR)/\(headMaxLR)/\(headWeightDecay), lr \(lr)/\(maxLR)/\(weightDecay), dropout \(t.dropout), "
+            + "crop \(t.crop), frozen BN \(t.frozenBN.rawValue), augment \(!t.noAugment)"
         // --monitor, --keep, --early-stop and --class-weights are checked on their own (FineTuneMonitoring).
     }
 
     static let resumeKey = "resnetkit.fine-tune"
     static let precisionKey = "resnetkit.training-precision"
 
+    /// The shared options check themselves (`TrainingOptions.validate`).
     func validate() throws {
-        guard precision != .int8 else { throw UsageError("--precision must be fp32 or bf16, not 'int8' (int8 is for inference)") }
-        guard batchSize >= 2 else { throw UsageError("--batch-size must be at least 2 (BatchNorm needs two images)") }
-        try Limits.check(batchSize, Limits.batchSize, "--batch-size")
         try Limits.check(headEpochs, Limits.epochs, "--head-epochs")
         try Limits.check(finetuneEpochs, Limits.epochs, "--finetune-epochs")
-        if let trainSize { try Limits.check(trainSize, 1...Int(Int32.max), "--train-size") }
         if let validSize { try Limits.check(validSize, 0...Int(Int32.max), "--valid-size") }
         if force && resume { throw UsageError("--force and --resume exclude each other (start afresh, or continue)") }
         guard headEpochs >= 0, finetuneEpochs >= 0, headEpochs + finetuneEpochs > 0 else {
             throw UsageError("--head-epochs and --finetune-epochs must be 0 or more, and not both 0")
         }
-        guard (0..<1).contains(validFraction) else { throw UsageError("--valid-fraction must be in [0, 1)") }
-        guard (0..<1).contains(dropout) else { throw UsageError("--dropout must be in [0, 1)") }
         for (name, value) in [("--head-lr", headLR), ("--head-max-lr", headMaxLR), ("--lr", lr), ("--max-lr", maxLR)] where !(value > 0 && value.isFinite) {
             throw UsageError("\(name) must be positive")
         }
@@ -204,7 +155,7 @@ struct FineTune: ParsableCommand {
 
     func run() throws {
         Console.quiet = quiet
-        TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: batchSize)
+        TIFFDecoder.pixelBudget = try ImageBudget.resolve(maxImagePixels, batchSize: training.batchSize)
         let locks = try lockOutputs()
         defer { locks.forEach { $0.release() } }
         guard let (checkpoint, start) = try startingPoint() else { return }
@@ -229,8 +180,8 @@ struct FineTune: ParsableCommand {
         if let history { outputs.append(OutputGuard.Output(history, option: "--history", mayExist: replace)) }
         if let plot { outputs.append(OutputGuard.Output(plot, option: "--plot", mayExist: replace)) }
         let sidecars = (0..<2).map { OutputGuard.Output(sidecar($0), option: "the optimizer state beside --out", mayExist: true) }
-        var inputs = [OutputGuard.Input(dir, role: "training images"), OutputGuard.Input(labels, role: "labels (--labels)"),
-                      OutputGuard.Input(from, role: "pretrained model (--from)")]
+        var inputs = [OutputGuard.Input(training.dir, role: "training images"), OutputGuard.Input(training.labels, role: "labels (--labels)"),
+                      OutputGuard.Input(training.from, role: "pretrained model (--from)")]
         if let validDir { inputs.append(OutputGuard.Input(validDir, role: "validation images (--valid-dir)")) }
         if let validLabels { inputs.append(OutputGuard.Input(validLabels, role: "validation labels (--valid-labels)")) }
         try OutputGuard.check(outputs: outputs + sidecars, inputs: inputs, forceHint: "use --resume to continue it, or --force to replace it")
@@ -244,7 +195,7 @@ struct FineTune: ParsableCommand {
         guard resume && FileManager.default.fileExists(atPath: out) else {
             if resume { Console.warning("--resume: \(out) does not exist yet, so training starts from the beginning") }
             if force && FileManager.default.fileExists(atPath: out) { Console.info("fine-tune: replacing \(out) (--force)") }
-            return (try newModel(headKind: head), fresh)
+            return (try training.newModel(headKind: training.head), fresh)
         }
         let checkpoint = try Checkpoint.load(path: out)
         guard let text = checkpoint.extra[Self.resumeKey],
@@ -257,63 +208,7 @@ struct FineTune: ParsableCommand {
         return (checkpoint, state)
     }
 
-    /// The pretrained backbone from --from with a freshly initialised head for the labels' classes.
-    func newModel(headKind: HeadKind) throws -> Checkpoint {
-        let source = try ModelImporter.load(path: from).checkpoint
-        let table = try LabelTable.load(path: labels)
-        var config = source.config
-        config.numClasses = table.classNames.count
-        config.head = headKind
-        config.dropout = dropout
-        let architecture = Architecture(config)
-        var state = source.state.filter { !TrainableResNet.isHeadName($0.key) }
-        var rng = SplitMix64(seed: seed)
-        for (name, tensor) in ParameterInitialization.head(architecture, rng: &rng) { state[name] = tensor }
-        var provenance = source.provenance
-        provenance.notes.append("fine-tuned from \(from) on \(dir) (\(labels)), seed \(seed)")
-        return Checkpoint(config: config, state: state, classNames: table.classNames, preprocessing: source.preprocessing,
-                          provenance: provenance)
-    }
 
-    /// The training and validation image sets (decoded once), and the class names.
-    func loadData(classNames: [String]?) throws -> (ImageSet, ImageSet?, [String]) {
-        let table = try LabelTable.load(path: labels, classNames: classNames)
-        if let note = table.columnNote { Console.info("note: \(note)") }
-        var rng = SplitMix64(seed: seed ^ 0x5EED)
-        var order = Array(0..<table.ids.count)
-        order.shuffle(using: &rng)
-        var trainIndices = order, validIndices: [Int] = []
-        if validDir == nil {
-            let held = Int((Double(order.count) * validFraction).rounded())
-            validIndices = Array(order.prefix(held))
-            trainIndices = Array(order.dropFirst(held))
-        }
-        if let trainSize { trainIndices = Array(trainIndices.prefix(max(0, trainSize))) }
-        let threads = ProcessInfo.processInfo.activeProcessorCount
-        func load(_ directory: String, _ t: LabelTable, _ indices: [Int], what: String) throws -> ImageSet {
-            let progress = ProgressBar(label: "decoding \(what) images")
-            progress.setTotal(indices.count)
-            let set = try ImageSet.load(directory: directory, ids: indices.map { t.ids[$0] }, labels: indices.map { t.labels[$0] },
-                                        threads: threads) { progress.update(done: $0) }
-            progress.finish()
-            if !set.failures.isEmpty {
-                Console.warning("\(set.failures.count) \(what) image(s) skipped, e.g. \(set.failures[0].reason)")
-            }
-            return set
-        }
-        let train = try load(dir, table, trainIndices, what: "training")
-        var valid: ImageSet?
-        if let validDir, let validLabels {
-            let validTable = try LabelTable.load(path: validLabels, classNames: table.classNames)
-            var indices = Array(0..<validTable.ids.count)
-            if let validSize { indices = Array(indices.prefix(max(0, validSize))) }
-            valid = try load(validDir, validTable, indices, what: "validation")
-        } else if !validIndices.isEmpty {
-            if let validSize { validIndices = Array(validIndices.prefix(max(0, validSize))) }
-            valid = try load(dir, table, validIndices, what: "validation")
-        }
-        return (train, valid, table.classNames)
-    }
 
     /// Eval-mode figures over an image set, with the fused inference plan.
     static func evaluate(_ state: StateDict, architecture: Architecture, on set: ImageSet,

@@ -49,7 +49,7 @@ extension FineTune {
 
     func validateMonitoring() throws {
         if let earlyStop, earlyStop < 1 { throw UsageError("--early-stop must be at least 1") }
-        if validDir == nil && validFraction == 0 && (keep == .best || earlyStop != nil) {
+        if validDir == nil && training.validFraction == 0 && (keep == .best || earlyStop != nil) {
             throw UsageError("--keep best and --early-stop need validation images (--valid-fraction above 0, or --valid-dir)")
         }
     }
@@ -73,7 +73,7 @@ extension FineTune {
 
     /// The training loss's class weights (printed), checked against the resumed checkpoint's.
     func lossWeights(trainingLabels: [Int], classNames: [String], resumed checkpoint: Checkpoint?) throws -> [Float]? {
-        let weights = try classWeights.weights(trainingLabels: trainingLabels, classNames: classNames)
+        let weights = try training.classWeights.weights(trainingLabels: trainingLabels, classNames: classNames)
         if let checkpoint {
             let stored = checkpoint.extra[Self.classWeightsKey]
             guard stored == weights.map(Self.encode) else {

@@ -39,20 +39,23 @@ final class FineTuneSession {
         self.options = options
         self.checkpoint = checkpoint
         self.start = start
-        preprocessing = try options.preprocessingOptions.applied(to: checkpoint.preprocessing, defaultCrop: FineTune.defaultCrop)
-        let (train, valid, classNames) = try options.loadData(classNames: options.resume ? checkpoint.classNames : nil)
+        preprocessing = try options.training.preprocessingOptions.applied(to: checkpoint.preprocessing, defaultCrop: TrainingOptions.defaultCrop)
+        let (train, valid, classNames) = try options.training.loadData(
+            classNames: options.resume ? checkpoint.classNames : nil,
+            validation: options.validDir.map { TrainingOptions.ValidationSource(dir: $0, labels: options.validLabels!) },
+            validSize: options.validSize)
         guard classNames == checkpoint.classNames else {
             throw UsageError("the labels' classes \(classNames) differ from the model's \(checkpoint.classNames)")
         }
         guard train.count >= 2 else { throw UsageError("need at least 2 training images, have \(train.count)") }
-        let crop = options.crop
+        let crop = options.training.crop
         if crop > 0 && (train.width < crop || train.height < crop) {
             throw UsageError("--crop \(crop) is larger than the \(train.width)x\(train.height) images")
         }
         Console.info("fine-tune: \(train.count) training and \(valid?.count ?? 0) validation images, classes \(classNames.joined(separator: ", "))")
         self.train = train
         self.valid = valid
-        stepsPerEpoch = max(1, train.count / options.batchSize)
+        stepsPerEpoch = max(1, train.count / options.training.batchSize)
         side = train.inputSide(crop: crop)
 
         let resumed = options.resume && start.epoch > 0 ? checkpoint : nil
@@ -66,37 +69,13 @@ final class FineTuneSession {
             }
         }
         history = try HistoryLog(path: options.history, resumeAfter: options.resume ? (start.phase, start.epoch) : nil)
-        model = try Self.makeModel(options, architecture: checkpoint.architecture, state: checkpoint.state, lossWeights: lossWeights,
-                                   batch: min(options.batchSize, train.count), side: side)
-    }
-
-    /// The trainable model for `state`; with bf16, its convolutions on oneDNN, built for batches of `batch` images
-    /// of `side` x `side`.
-    static func makeModel(_ options: FineTune, architecture: Architecture, state: StateDict, lossWeights: [Float]?,
-                          batch: Int, side: Int) throws -> TrainableResNet {
-        let model = try TrainableResNet(architecture: architecture, state: state)
-        model.frozenBatchNorm = options.frozenBN
-        model.classWeights = lossWeights
-        if options.precision == .bf16 {
-            do {
-                let workSaving = try EngineChoice.workSaving()
-                try model.setConvolutions(BF16Training.convolutions(workSaving: workSaving))
-                try model.prepareConvolutions(count: batch, height: side, width: side)
-                if Console.debugEnabled {
-                    Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa): bf16 training convolutions for batches of \(batch)")
-                    for line in try model.describeConvolutions(count: batch, height: side, width: side) { Console.debug("oneDNN \(line)") }
-                }
-                model.frozenBackboneEngine = BF16Training.frozenBackbone(workSaving: workSaving)
-            } catch let error as DNNLError {
-                throw UsageError(error.description)
-            }
-        }
-        return model
+        model = try options.training.makeModel(architecture: checkpoint.architecture, state: checkpoint.state, lossWeights: lossWeights,
+                                               batch: min(options.training.batchSize, train.count), side: side)
     }
 
     func makeModel(_ state: StateDict) throws -> TrainableResNet {
-        try Self.makeModel(options, architecture: checkpoint.architecture, state: state, lossWeights: lossWeights,
-                           batch: min(options.batchSize, train.count), side: side)
+        try options.training.makeModel(architecture: checkpoint.architecture, state: state, lossWeights: lossWeights,
+                                       batch: min(options.training.batchSize, train.count), side: side)
     }
 
     func run() throws {
@@ -128,7 +107,7 @@ final class FineTuneSession {
         if firstEpoch > 0 { try restore(optimizer, phase: index, epoch: firstEpoch) }
         Console.info("fine-tune: phase \(index + 1) (\(phase.name)): \(phase.epochs) epochs of \(stepsPerEpoch) steps")
         let trainer = Trainer(model: model, optimizer: optimizer, schedule: schedule, stepsPerEpoch: stepsPerEpoch)
-        var images = [Float](repeating: 0, count: min(options.batchSize, train.count) * side * side * 3)
+        var images = [Float](repeating: 0, count: min(options.training.batchSize, train.count) * side * side * 3)
         for epoch in firstEpoch..<phase.epochs {
             let (loss, accuracy) = try images.withUnsafeMutableBufferPointer {
                 try trainEpoch(epoch, of: phase, index: index, trainer: trainer, images: $0.baseAddress!)
@@ -163,8 +142,8 @@ final class FineTuneSession {
     /// repeats it exactly. A diverged loss ends the run with a one-line error.
     func trainEpoch(_ epoch: Int, of phase: FineTune.Phase, index: Int, trainer: Trainer,
                     images: UnsafeMutablePointer<Float>) throws -> (loss: Float, accuracy: Float) {
-        let batchSize = options.batchSize
-        var rng = SplitMix64(seed: options.seed &+ UInt64(index * 100_003 + epoch) &* 0x9E37_79B9)
+        let batchSize = options.training.batchSize
+        var rng = SplitMix64(seed: options.training.seed &+ UInt64(index * 100_003 + epoch) &* 0x9E37_79B9)
         model.rng = SplitMix64(seed: rng.next())
         var order = Array(0..<train.count)
         order.shuffle(using: &rng)
@@ -174,7 +153,7 @@ final class FineTuneSession {
         do {
             return try trainer.runEpoch(epoch, side: side, images: images) { step, images in
                 let indices = order[(step * batchSize)..<min(train.count, (step + 1) * batchSize)]
-                train.fillBatch(indices, preprocessing: preprocessing, augment: !options.noAugment, rng: &rng, into: images)
+                train.fillBatch(indices, preprocessing: preprocessing, augment: !options.training.noAugment, rng: &rng, into: images)
                 return indices.map { train.labels[$0] }
             } onStep: { step in
                 history.step(phase: index + 1, epoch: epoch + 1, loss: step.loss, accuracy: step.accuracy,
@@ -237,7 +216,7 @@ final class FineTuneSession {
             monitor: options.monitor.figure, keep: options.keep.rawValue, earlyStop: options.earlyStop,
             tracker: tracker, phase: held.phase, epoch: held.epoch, value: held.value))
         saved.extra[FineTune.classWeightsKey] = lossWeights.map(FineTune.encode)
-        saved.extra[FineTune.precisionKey] = options.precision.rawValue  // the arithmetic it was trained in; the weights are fp32
+        saved.extra[FineTune.precisionKey] = options.training.precision.rawValue  // the arithmetic it was trained in; the weights are fp32
         try saved.save(path: options.out)
         if finished {
             for slot in 0..<2 { try? FileManager.default.removeItem(atPath: options.sidecar(slot)) }

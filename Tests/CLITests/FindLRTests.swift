@@ -54,7 +54,11 @@ final class FindLRTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertTrue(result.stdout.contains("suggested: --max-lr "), result.stdout)
         for (options, message) in [(["--start-lr", "1", "--end-lr", "0.1"], "--start-lr must be positive and below --end-lr"),
                                    (["--steps", "3"], "--steps must be at least 10"),
-                                   (["--phase", "all"], "--phase")] {
+                                   (["--phase", "all"], "--phase"),
+                                   // fine-tune's options, checked as fine-tune checks them (`TrainingOptions`)
+                                   (["--batch-size", "1"], "error: --batch-size must be at least 2 (BatchNorm needs two images)\n"),
+                                   (["--dropout", "1"], "error: --dropout must be in [0, 1)\n"),
+                                   (["--valid-fraction", "-0.1"], "error: --valid-fraction must be in [0, 1)\n")] {
             let bad = try CLI.run(["find-lr", Self.images.path, "--labels", labels, "--from", Self.model] + options)
             XCTAssertNotEqual(bad.status, 0)
             XCTAssertTrue(bad.stderr.contains(message), bad.stderr)
