@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ResNetDNNL
 import ResNetFormats
 import ResNetModel
 import ResNetSupport
@@ -47,9 +48,44 @@ struct Inspect: ParsableCommand {
         if !checkpoint.provenance.sourceSHA256.isEmpty && imported.sourceFormat == "safetensors" {
             print("Provenance:    \(checkpoint.provenance.producer) from \(checkpoint.provenance.source) (sha256 \(checkpoint.provenance.sourceSHA256.prefix(16))…)")
         }
+        for line in Self.history(checkpoint.extra) { print(line) }
         print("")
         print(Self.table(checkpoint.architecture.summary(batch: shape[0], height: shape[2], width: shape[3]),
                          architecture: checkpoint.architecture))
+    }
+
+    /// What the checkpoint's metadata says of how it was made: fine-tune's run (its arithmetic, how far it got,
+    /// which epoch's weights it holds, the loss's class weights) and int8 calibration. A record that does not
+    /// decode is named, not trusted.
+    static func history(_ extra: [String: String]) -> [String] {
+        var lines: [String] = []
+        if let text = extra[FineTune.resumeKey] {
+            let precision = extra[FineTune.precisionKey].map { $0 == "bf16" ? "bf16 (convolutions in bf16, weights stored fp32)" : $0 }
+                ?? "fp32"
+            if let run = try? JSONDecoder().decode(FineTune.ResumeState.self, from: Data(text.utf8)) {
+                let progress = run.finished ? "finished after phase \(run.phase + 1) epoch \(run.epoch)"
+                    : "stopped after phase \(run.phase + 1) epoch \(run.epoch) (fine-tune --resume continues it)"
+                lines.append("Training:      fine-tune in \(precision); \(progress)")
+            } else {
+                lines.append("Training:      fine-tune in \(precision); its progress record (\(FineTune.resumeKey)) is unreadable")
+            }
+        }
+        if let text = extra[FineTune.monitorKey],
+           let record = try? JSONDecoder().decode(FineTune.MonitorRecord.self, from: Data(text.utf8)), record.phase > 0 {
+            let value = record.value.map { String(format: ", %@ %.4f", record.monitor.rawValue, $0) } ?? ""
+            lines.append("Weights:       phase \(record.phase) epoch \(record.epoch)\(value) (--keep \(record.keep))")
+        }
+        if let weights = extra[FineTune.classWeightsKey] {
+            lines.append("Class weights: \(weights.split(separator: ",").joined(separator: ", ")) (training loss)")
+        }
+        if let text = extra[ActivationScales.metadataKey] {
+            if let scales = try? ActivationScales(json: text) {
+                lines.append("int8 ranges:   \(scales.maxima.count) layers, \(scales.method) (--precision int8 runs with them)")
+            } else {
+                lines.append("int8 ranges:   unreadable (\(ActivationScales.metadataKey)); rerun `resnetkit quantize`")
+            }
+        }
+        return lines
     }
 
     static func table(_ rows: [LayerSummary], architecture: Architecture) -> String {

@@ -15,6 +15,10 @@ final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stderr.contains("phase 2 (fine-tune)"), result.stderr)
         XCTAssertEqual(try Checkpoint.load(path: out.path).extra["resnetkit.training-precision"], "bf16")
+        let inspect = try CLI.run(["inspect", out.path])
+        XCTAssertEqual(inspect.status, 0, inspect.stderr)
+        XCTAssertTrue(inspect.stdout.contains("Training:      fine-tune in bf16 (convolutions in bf16, weights stored fp32); finished after phase 2 epoch 1\n"), inspect.stdout)
+        XCTAssertTrue(inspect.stdout.contains("Weights:       phase 2 epoch 1, val_loss "), inspect.stdout)
 
         let refused = try CLI.run(arguments + ["--precision", "int8", "--force"])
         XCTAssertNotEqual(refused.status, 0)

@@ -1,3 +1,4 @@
+import ResNetFormats
 import XCTest
 
 final class InspectCommandTests: XCTestCase {
@@ -23,6 +24,33 @@ final class InspectCommandTests: XCTestCase {
         XCTAssertTrue(result.stdout.contains("layer2.0.downsample.0 (Conv2d)"), result.stdout)
         XCTAssertTrue(result.stdout.contains("Total params: 11,689,512"))
         XCTAssertTrue(result.stdout.contains("Total mult-adds (G): 1.99"))
+    }
+
+    /// A checkpoint's records of how it was made: shown when they decode, named as unreadable when not (a file's
+    /// metadata is not trusted), absent from files without them.
+    func testInspectShowsTrainingRecords() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        var checkpoint = try Checkpoint.load(path: CLI.repository.appendingPathComponent("fixtures/digits/model.safetensors").path)
+        checkpoint.extra["resnetkit.fine-tune"] = #"{"epoch":3,"finished":false,"phase":0,"recipe":"seed 0"}"#
+        checkpoint.extra["resnetkit.fine-tune.class-weights"] = "0.5,2.0"
+        let partial = dir.appendingPathComponent("partial.safetensors").path
+        try checkpoint.save(path: partial)
+        let shown = try CLI.run(["inspect", partial])
+        XCTAssertEqual(shown.status, 0, shown.stderr)
+        XCTAssertTrue(shown.stdout.contains("Training:      fine-tune in fp32; stopped after phase 1 epoch 3 (fine-tune --resume continues it)\n"), shown.stdout)
+        XCTAssertTrue(shown.stdout.contains("Class weights: 0.5, 2.0 (training loss)\n"), shown.stdout)
+
+        checkpoint.extra["resnetkit.fine-tune"] = "{not json"
+        checkpoint.extra["int8_activation_ranges"] = "[1, 2]"
+        let broken = dir.appendingPathComponent("broken.safetensors").path
+        try checkpoint.save(path: broken)
+        let named = try CLI.run(["inspect", broken])
+        XCTAssertEqual(named.status, 0, named.stderr)
+        XCTAssertTrue(named.stdout.contains("Training:      fine-tune in fp32; its progress record (resnetkit.fine-tune) is unreadable\n"), named.stdout)
+        XCTAssertTrue(named.stdout.contains("int8 ranges:   unreadable (int8_activation_ranges); rerun `resnetkit quantize`\n"), named.stdout)
+
+        let plain = try CLI.run(["inspect", CLI.reference.appendingPathComponent("resnet18.safetensors").path])
+        XCTAssertFalse(plain.stdout.contains("Training:") || plain.stdout.contains("int8 ranges:"), plain.stdout)
     }
 
     func testInspectRejectsBadInputSize() throws {
