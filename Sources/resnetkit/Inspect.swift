@@ -75,12 +75,16 @@ struct Inspect: ParsableCommand {
             let value = record.value.map { String(format: ", %@ %.4f", record.monitor.rawValue, $0) } ?? ""
             lines.append("Weights:       phase \(record.phase) epoch \(record.epoch)\(value) (--keep \(record.keep))")
         }
-        if let weights = extra[FineTune.classWeightsKey] {
-            lines.append("Class weights: \(weights.split(separator: ",").joined(separator: ", ")) (training loss)")
+        if let text = extra[FineTune.classWeightsKey] {
+            let weights = text.split(separator: ",", omittingEmptySubsequences: false).map { Float($0) }
+            lines.append(weights.allSatisfy { $0 != nil }
+                ? "Class weights: \(weights.map { "\($0!)" }.joined(separator: ", ")) (training loss)"
+                : "Class weights: unreadable (\(FineTune.classWeightsKey))")
         }
         if let text = extra[ActivationScales.metadataKey] {
             if let scales = try? ActivationScales(json: text) {
-                lines.append("int8 ranges:   \(scales.maxima.count) layers, \(scales.method) (--precision int8 runs with them)")
+                let method = String(scales.method.unicodeScalars.filter { !CharacterSet.controlCharacters.contains($0) }.prefix(120))
+                lines.append("int8 ranges:   \(scales.maxima.count) layers, \(method) (--precision int8 runs with them)")
             } else {
                 lines.append("int8 ranges:   unreadable (\(ActivationScales.metadataKey)); rerun `resnetkit quantize`")
             }
