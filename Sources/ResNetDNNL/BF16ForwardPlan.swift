@@ -35,8 +35,9 @@ final class BF16ForwardPlan: BF16ForwardOnly {
         /// The caller's x and y (handles set per call), x in bf16.
         let userX: Memory, x: Memory, toX: Primitive, y: Memory
 
-        /// `workspace`: Winograd's V and M, in the lane's scratch (`TrainingLanes.workspace`).
-        init(_ s: ConvShape, _ g: Geometry, winograd: Bool, workspace: FloatBuffer) throws {
+        /// `workspace`: Winograd's V and M, in the lane's scratch (`TrainingLanes.workspace`); `weights`: the layout
+        /// the convolution reads its weight in, as another lane chose it (nil: oneDNN's choice).
+        init(_ s: ConvShape, _ g: Geometry, winograd: Bool, workspace: FloatBuffer, weights: dnnl_memory_desc_t? = nil) throws {
             stream = try Stream()
             let passes = BF16TrainingConvolution.Passes(s, g, outChannels: s.outChannels,
                                                         what: "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels) (forward only)")
@@ -54,7 +55,7 @@ final class BF16ForwardPlan: BF16ForwardOnly {
                                                   workspace: workspace, weights: { try Memory($0, buffer: dangling) }))
                 return
             }
-            step = .convolution(try passes.forward(src: src, dst: dst, inference: true, attributes: attributes))
+            step = .convolution(try passes.forward(src: src, dst: dst, weights: weights, inference: true, attributes: attributes))
         }
 
         /// The layout this lane reads its weight (or U) in.
@@ -92,17 +93,23 @@ final class BF16ForwardPlan: BF16ForwardOnly {
     /// `workSaving` as `DNNLPlan` takes it: Winograd wherever it applies (true), where it pays (nil), never (false).
     init(_ s: ConvShape, _ g: Geometry, workSaving: Bool?) throws {
         let laneCount = max(1, min(Parallelism.threads, g.batch))
-        ranges = (0..<laneCount).map { g.batch * $0 / laneCount ..< g.batch * ($0 + 1) / laneCount }
+        let ranges = (0..<laneCount).map { g.batch * $0 / laneCount ..< g.batch * ($0 + 1) / laneCount }
+        self.ranges = ranges
         inFloats = g.height * g.width * s.inChannels
         let out = g.output(of: s)
         outFloats = out.height * out.width * s.outChannels
         let smallestLane = Geometry(batch: ranges[0].count, height: g.height, width: g.width)
         let winograd = WinogradBF16.applies(s, (g.height, g.width))
             && (workSaving ?? (DNNLPlan.workSavingPays && WinogradBF16.paysInTraining(s, laneInput: smallestLane)))
-        lanes = try ranges.enumerated().map { lane, range in
-            try Lane(s, Geometry(batch: range.count, height: g.height, width: g.width), winograd: winograd,
-                     workspace: TrainingLanes.workspace(lane))
+        // The lanes share the weight: the lane with the most images picks its layout, the others read it so.
+        func lane(_ index: Int, weights: dnnl_memory_desc_t?) throws -> Lane {
+            try Lane(s, Geometry(batch: ranges[index].count, height: g.height, width: g.width), winograd: winograd,
+                     workspace: TrainingLanes.workspace(index), weights: weights)
         }
+        let leader = ranges.indices.max { ranges[$0].count < ranges[$1].count }!
+        let first = try lane(leader, weights: nil)
+        let layout = winograd ? nil : first.weightDesc
+        lanes = try ranges.indices.map { $0 == leader ? first : try lane($0, weights: layout) }
         let chosen = lanes[0].weightDesc
         for lane in lanes.dropFirst() {
             var a = lane.weightDesc, b = chosen

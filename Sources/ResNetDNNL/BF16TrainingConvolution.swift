@@ -190,11 +190,11 @@ final class BF16TrainingConvolution: TrainingConvolution {
             try memoryDesc(dims, type, dnnl_format_tag_any)
         }
 
-        /// y (fp32, `dst` or oneDNN's layout) from x (bf16, `src` or oneDNN's layout); `inference` when no backward
-        /// follows (`BF16ForwardPlan`).
-        func forward(src: dnnl_memory_desc_t? = nil, dst: dnnl_memory_desc_t? = nil, inference: Bool = false,
-                     attributes: Attributes) throws -> Primitive {
-            var (x, w, y) = (try src ?? any(srcDims, dnnl_bf16), try any(weightDims, dnnl_bf16), try dst ?? any(dstDims, dnnl_f32))
+        /// y (fp32, `dst` or oneDNN's layout) from x (bf16, `src` or oneDNN's layout) and W (bf16, `weights` or
+        /// oneDNN's layout); `inference` when no backward follows (`BF16ForwardPlan`).
+        func forward(src: dnnl_memory_desc_t? = nil, dst: dnnl_memory_desc_t? = nil, weights: dnnl_memory_desc_t? = nil,
+                     inference: Bool = false, attributes: Attributes) throws -> Primitive {
+            var (x, w, y) = (try src ?? any(srcDims, dnnl_bf16), try weights ?? any(weightDims, dnnl_bf16), try dst ?? any(dstDims, dnnl_f32))
             var desc = dnnl_convolution_desc_t()
             try check(dnnl_convolution_forward_desc_init(&desc, inference ? dnnl_forward_inference : dnnl_forward_training,
                                                          dnnl_convolution_direct, &x, &w, nil, &y, strides, padBefore, padAfter),
@@ -202,9 +202,10 @@ final class BF16TrainingConvolution: TrainingConvolution {
             return try Primitive(&desc, attributes: attributes, what: "the bf16 \(what) convolution")
         }
 
-        /// dx (fp32) from dy (bf16, `diffDst` or oneDNN's layout).
-        func backwardData(diffDst: dnnl_memory_desc_t? = nil, hint: Primitive, attributes: Attributes) throws -> Primitive {
-            var (dx, w, dy) = (try any(srcDims, dnnl_f32), try any(weightDims, dnnl_bf16), try diffDst ?? any(dstDims, dnnl_bf16))
+        /// dx (fp32) from dy (bf16, `diffDst` or oneDNN's layout) and W (bf16, `weights` or oneDNN's layout).
+        func backwardData(diffDst: dnnl_memory_desc_t? = nil, weights: dnnl_memory_desc_t? = nil, hint: Primitive,
+                          attributes: Attributes) throws -> Primitive {
+            var (dx, w, dy) = (try any(srcDims, dnnl_f32), try weights ?? any(weightDims, dnnl_bf16), try diffDst ?? any(dstDims, dnnl_bf16))
             var desc = dnnl_convolution_desc_t()
             try check(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, &dx, &w, &dy, strides, padBefore, padAfter),
                       "describing \(what)'s backward data")
@@ -321,8 +322,15 @@ final class BF16TrainingConvolution: TrainingConvolution {
 
         init(_ s: ConvShape, _ g: Geometry) throws {
             let laneCount = max(1, min(Parallelism.threads, g.batch))
-            ranges = (0..<laneCount).map { g.batch * $0 / laneCount ..< g.batch * ($0 + 1) / laneCount }
-            lanes = try ranges.map { try Lane(s, Geometry(batch: $0.count, height: g.height, width: g.width)) }
+            let ranges = (0..<laneCount).map { g.batch * $0 / laneCount ..< g.batch * ($0 + 1) / laneCount }
+            self.ranges = ranges
+            // The lanes share the bf16 weights: the lane with the most images picks their layouts (oneDNN may pick
+            // another for fewer images), the others read them so.
+            func geometry(_ range: Range<Int>) -> Geometry { Geometry(batch: range.count, height: g.height, width: g.width) }
+            let leader = ranges.indices.max { ranges[$0].count < ranges[$1].count }!
+            let first = try Lane(s, geometry(ranges[leader]))
+            let layouts = WeightLayouts(forward: first.forwardConv.md(dnnl_query_weights_md), data: first.backwardData.md(dnnl_query_weights_md))
+            lanes = try ranges.indices.map { $0 == leader ? first : try Lane(s, geometry(ranges[$0]), weights: layouts) }
             inFloats = g.height * g.width * s.inChannels
             let out = g.output(of: s)
             outFloats = out.height * out.width * s.outChannels
@@ -657,6 +665,11 @@ final class BF16TrainingConvolution: TrainingConvolution {
     }
 
     /// One lane's primitives and its images' bf16 activations.
+    /// The layouts a convolution's forward and backward-data read its bf16 weight in.
+    struct WeightLayouts {
+        let forward: dnnl_memory_desc_t, data: dnnl_memory_desc_t
+    }
+
     final class Lane {
         let stream: Stream
         let forwardConv: Primitive, backwardData: Primitive, backwardWeights: Primitive
@@ -670,13 +683,15 @@ final class BF16TrainingConvolution: TrainingConvolution {
         var dw: Memory?
         let scratchpadSize: Int
 
-        init(_ s: ConvShape, _ g: Geometry) throws {
+        /// `weights`: the layouts forward and backward-data read the weight in (the lanes share one copy of each),
+        /// as another lane chose them; nil: oneDNN's choice.
+        init(_ s: ConvShape, _ g: Geometry, weights: WeightLayouts? = nil) throws {
             stream = try Stream()
             let attributes = try Attributes(userScratchpad: true)
             let passes = Passes(s, g, outChannels: s.outChannels, what: "\(s.kernel)x\(s.kernel)/\(s.stride) \(s.inChannels)→\(s.outChannels)")
             let (srcDims, dstDims) = (passes.srcDims, passes.dstDims)
-            forwardConv = try passes.forward(attributes: attributes)
-            backwardData = try passes.backwardData(hint: forwardConv, attributes: attributes)
+            forwardConv = try passes.forward(weights: weights?.forward, attributes: attributes)
+            backwardData = try passes.backwardData(weights: weights?.data, hint: forwardConv, attributes: attributes)
             backwardWeights = try passes.backwardWeights(hint: forwardConv, attributes: attributes)
 
             let dangling = UnsafeMutableRawPointer(bitPattern: 64)!
