@@ -664,12 +664,12 @@ final class BF16TrainingConvolution: TrainingConvolution {
         var scratchpadSize: Int { steps.joined().map(\.reorder.scratchpadSize).max() ?? 0 }
     }
 
-    /// One lane's primitives and its images' bf16 activations.
     /// The layouts a convolution's forward and backward-data read its bf16 weight in.
     struct WeightLayouts {
         let forward: dnnl_memory_desc_t, data: dnnl_memory_desc_t
     }
 
+    /// One lane's primitives and its images' bf16 activations.
     final class Lane {
         let stream: Stream
         let forwardConv: Primitive, backwardData: Primitive, backwardWeights: Primitive
