@@ -59,7 +59,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["CTIFF", "ResNetFormats", "ResNetModel"], path: "Tests/TestSupport"),
         .testTarget(name: "ResNetModelTests", dependencies: ["ResNetModel", "ResNetFormats", "ResNetSupport", "CKernels", "TestSupport"]),
         .testTarget(name: "ResNetFormatsTests", dependencies: ["ResNetFormats", "ResNetModel", "TestSupport"]),
-        .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "TestSupport", "CTIFF"]),
+        .testTarget(name: "ResNetDataTests", dependencies: ["ResNetData", "ResNetSupport", "TestSupport", "CTIFF"]),
         .testTarget(name: "ResNetDNNLTests", dependencies: ["ResNetDNNL", "ResNetModel", "ResNetFormats", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["ResNetFormats", "ResNetModel", "ResNetData", "ResNetSupport", "TestSupport"]),
     ],

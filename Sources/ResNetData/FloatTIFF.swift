@@ -8,31 +8,24 @@ public enum FloatTIFF {
     public static func write(path: String, width: Int, height: Int, values: [Float]) throws {
         precondition(width > 0 && height > 0 && values.count == width * height)
         _ = TIFFDecoder.globalHandlersSilenced
-        let temp = AtomicFile.temporaryPath(for: path)
-        guard let tif = TIFFOpen(temp, "w") else { throw FileError(path, "cannot create a file in this folder: \(systemErrorMessage())") }
-        func set16(_ tag: Int32, _ value: Int32) { _ = resnetkit_tiff_set_u16(tif, UInt32(tag), UInt16(value)) }
-        func set32(_ tag: Int32, _ value: Int) { _ = resnetkit_tiff_set_u32(tif, UInt32(tag), UInt32(value)) }
-        set32(TIFFTAG_IMAGEWIDTH, width)
-        set32(TIFFTAG_IMAGELENGTH, height)
-        set16(TIFFTAG_BITSPERSAMPLE, 32)
-        set16(TIFFTAG_SAMPLESPERPIXEL, 1)
-        set16(TIFFTAG_SAMPLEFORMAT, SAMPLEFORMAT_IEEEFP)
-        set16(TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK)
-        set16(TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG)
-        set16(TIFFTAG_COMPRESSION, COMPRESSION_NONE)
-        set32(TIFFTAG_ROWSPERSTRIP, height)
-        var data = values
-        let written = TIFFWriteEncodedStrip(tif, 0, &data, tmsize_t(values.count * 4))
-        let closed = TIFFWriteDirectory(tif)
-        TIFFClose(tif)
-        guard written == values.count * 4, closed == 1 else {
-            unlink(temp)
-            throw FileError(path, "write failed: \(systemErrorMessage())")
-        }
-        guard rename(temp, path) == 0 else {
-            let reason = systemErrorMessage()
-            unlink(temp)
-            throw FileError(path, "cannot move the finished file into place: \(reason)")
+        try AtomicFile.write(to: path) { temp in
+            guard let tif = TIFFOpen(temp, "w") else { throw FileError(path, "cannot create a file in this folder: \(systemErrorMessage())") }
+            func set16(_ tag: Int32, _ value: Int32) { _ = resnetkit_tiff_set_u16(tif, UInt32(tag), UInt16(value)) }
+            func set32(_ tag: Int32, _ value: Int) { _ = resnetkit_tiff_set_u32(tif, UInt32(tag), UInt32(value)) }
+            set32(TIFFTAG_IMAGEWIDTH, width)
+            set32(TIFFTAG_IMAGELENGTH, height)
+            set16(TIFFTAG_BITSPERSAMPLE, 32)
+            set16(TIFFTAG_SAMPLESPERPIXEL, 1)
+            set16(TIFFTAG_SAMPLEFORMAT, SAMPLEFORMAT_IEEEFP)
+            set16(TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK)
+            set16(TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG)
+            set16(TIFFTAG_COMPRESSION, COMPRESSION_NONE)
+            set32(TIFFTAG_ROWSPERSTRIP, height)
+            var data = values
+            let written = TIFFWriteEncodedStrip(tif, 0, &data, tmsize_t(values.count * 4))
+            let closed = TIFFWriteDirectory(tif)
+            TIFFClose(tif)
+            guard written == values.count * 4, closed == 1 else { throw FileError(path, "write failed: \(systemErrorMessage())") }
         }
     }
 

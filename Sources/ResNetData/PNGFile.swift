@@ -15,20 +15,13 @@ public enum PNGFile {
         image.width = UInt32(width)
         image.height = UInt32(height)
         image.format = colourFlag | (channels == 4 ? alphaFlag : 0)
-        let temp = AtomicFile.temporaryPath(for: path)
-        let ok = pixels.withUnsafeBytes { raw in
-            png_image_write_to_file(&image, temp, 0, raw.baseAddress, Int32(width * channels), nil)
-        }
-        let message = withUnsafeBytes(of: image.message) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        png_image_free(&image)
-        guard ok != 0 else {
-            unlink(temp)
-            throw FileError(path, "cannot write the PNG: \(message.isEmpty ? systemErrorMessage() : message)")
-        }
-        guard rename(temp, path) == 0 else {
-            let reason = systemErrorMessage()
-            unlink(temp)
-            throw FileError(path, "cannot move the finished file into place: \(reason)")
+        try AtomicFile.write(to: path) { temp in
+            let ok = pixels.withUnsafeBytes { raw in
+                png_image_write_to_file(&image, temp, 0, raw.baseAddress, Int32(width * channels), nil)
+            }
+            let message = withUnsafeBytes(of: image.message) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            png_image_free(&image)
+            guard ok != 0 else { throw FileError(path, "cannot write the PNG: \(message.isEmpty ? systemErrorMessage() : message)") }
         }
     }
 

@@ -30,6 +30,21 @@ public enum AtomicFile {
             if let fileError = error as? FileError { throw fileError }
             throw FileError(path, "write failed: \(error.localizedDescription)")
         }
+        try moveIntoPlace(temp, path)
+    }
+
+    /// Creates the file through `write`, which receives a temporary path beside it (for libraries that open files by
+    /// name, such as libtiff and libpng); renames into place on success, removes the temporary file on failure.
+    public static func write(to path: String, byName write: (String) throws -> Void) throws {
+        let temp = temporaryPath(for: path)
+        do { try write(temp) } catch {
+            unlink(temp)
+            throw error
+        }
+        try moveIntoPlace(temp, path)
+    }
+
+    private static func moveIntoPlace(_ temp: String, _ path: String) throws {
         guard rename(temp, path) == 0 else {
             let message = systemErrorMessage()
             unlink(temp)
