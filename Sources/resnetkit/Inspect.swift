@@ -60,8 +60,12 @@ struct Inspect: ParsableCommand {
     static func history(_ extra: [String: String]) -> [String] {
         var lines: [String] = []
         if let text = extra[FineTune.resumeKey] {
-            let precision = extra[FineTune.precisionKey].map { $0 == "bf16" ? "bf16 (convolutions in bf16, weights stored fp32)" : $0 }
-                ?? "fp32"
+            // Checkpoints from before bf16 training record no precision: they are fp32.
+            let precision = switch extra[FineTune.precisionKey] {
+            case nil, "fp32": "fp32"
+            case "bf16": "bf16 (convolutions in bf16, weights stored fp32)"
+            case let other?: "an unknown arithmetic ('\(Self.printable(other))')"
+            }
             if let run = try? JSONDecoder().decode(FineTune.ResumeState.self, from: Data(text.utf8)) {
                 let progress = run.finished ? "finished after phase \(run.phase + 1) epoch \(run.epoch)"
                     : "stopped after phase \(run.phase + 1) epoch \(run.epoch) (fine-tune --resume continues it)"
@@ -73,7 +77,7 @@ struct Inspect: ParsableCommand {
         if let text = extra[FineTune.monitorKey],
            let record = try? JSONDecoder().decode(FineTune.MonitorRecord.self, from: Data(text.utf8)), record.phase > 0 {
             let value = record.value.map { String(format: ", %@ %.4f", record.monitor.rawValue, $0) } ?? ""
-            lines.append("Weights:       phase \(record.phase) epoch \(record.epoch)\(value) (--keep \(record.keep))")
+            lines.append("Weights:       phase \(record.phase) epoch \(record.epoch)\(value) (--keep \(Self.printable(record.keep)))")
         }
         if let text = extra[FineTune.classWeightsKey] {
             let weights = text.split(separator: ",", omittingEmptySubsequences: false).map { Float($0) }
@@ -83,13 +87,17 @@ struct Inspect: ParsableCommand {
         }
         if let text = extra[ActivationScales.metadataKey] {
             if let scales = try? ActivationScales(json: text) {
-                let method = String(scales.method.unicodeScalars.filter { !CharacterSet.controlCharacters.contains($0) }.prefix(120))
-                lines.append("int8 ranges:   \(scales.maxima.count) layers, \(method) (--precision int8 runs with them)")
+                lines.append("int8 ranges:   \(scales.maxima.count) layers, \(Self.printable(scales.method)) (--precision int8 runs with them)")
             } else {
                 lines.append("int8 ranges:   unreadable (\(ActivationScales.metadataKey)); rerun `resnetkit quantize`")
             }
         }
         return lines
+    }
+
+    /// A string from a file's metadata as one short line: control characters dropped, at most 120 characters.
+    static func printable(_ text: String) -> String {
+        String(String.UnicodeScalarView(text.unicodeScalars.filter { !CharacterSet.controlCharacters.contains($0) }.prefix(120)))
     }
 
     static func table(_ rows: [LayerSummary], architecture: Architecture) -> String {

@@ -41,13 +41,14 @@ final class InspectCommandTests: XCTestCase {
         XCTAssertTrue(shown.stdout.contains("Class weights: 0.5, 2.0 (training loss)\n"), shown.stdout)
 
         checkpoint.extra["resnetkit.fine-tune"] = "{not json"
+        checkpoint.extra["resnetkit.training-precision"] = "fp8\nerror: x"
         checkpoint.extra["int8_activation_ranges"] = "[1, 2]"
         checkpoint.extra["resnetkit.fine-tune.class-weights"] = "0.5,\nerror: x"
         let broken = dir.appendingPathComponent("broken.safetensors").path
         try checkpoint.save(path: broken)
         let named = try CLI.run(["inspect", broken])
         XCTAssertEqual(named.status, 0, named.stderr)
-        XCTAssertTrue(named.stdout.contains("Training:      fine-tune in fp32; its progress record (resnetkit.fine-tune) is unreadable\n"), named.stdout)
+        XCTAssertTrue(named.stdout.contains("Training:      fine-tune in an unknown arithmetic ('fp8error: x'); its progress record (resnetkit.fine-tune) is unreadable\n"), named.stdout)
         XCTAssertTrue(named.stdout.contains("Class weights: unreadable (resnetkit.fine-tune.class-weights)\n"), named.stdout)
         XCTAssertTrue(named.stdout.contains("int8 ranges:   unreadable (int8_activation_ranges); rerun `resnetkit quantize`\n"), named.stdout)
 
