@@ -42,7 +42,10 @@ final class BatchNormLayer {
         input = x
         self.rows = rows
         usedBatchStatistics = batchStatistics
-        let c = channels
+        let c = channels, (momentum, epsilon) = (self.momentum, self.epsilon)
+        // The per-channel loops run on locals: on the layer's stored arrays every element access is a dynamic
+        // exclusivity check, and these loops run on one thread while the other lanes wait.
+        var mean = [Float](repeating: 0, count: c), invStd = mean
         if batchStatistics {
             // One pass of per-channel Σx and Σx² in double precision (no cancellation worth the name at these
             // sizes), split across the lanes.
@@ -50,6 +53,7 @@ final class BatchNormLayer {
                 resnetkit_channel_moments(x + range.lowerBound * c, range.count, c, s, q)
             }
             let unbiasedScale = rows > 1 ? Double(rows) / Double(rows - 1) : 1
+            var runningMean = self.runningMean, runningVar = self.runningVar
             for j in 0..<c {
                 let m = sum[j] / Double(rows)
                 let variance = max(0, squares[j] / Double(rows) - m * m)
@@ -58,18 +62,22 @@ final class BatchNormLayer {
                 runningMean[j] = (1 - momentum) * runningMean[j] + momentum * Float(m)
                 runningVar[j] = (1 - momentum) * runningVar[j] + momentum * Float(variance * unbiasedScale)
             }
+            (self.runningMean, self.runningVar) = (runningMean, runningVar)
             batchesTracked += 1
         } else {
+            let (runningMean, runningVar) = (self.runningMean, self.runningVar)
             for j in 0..<c {
                 mean[j] = runningMean[j]
                 invStd[j] = 1 / (runningVar[j] + epsilon).squareRoot()
             }
         }
+        (self.mean, self.invStd) = (mean, invStd)
         // y = x·scale + shift, scale = γ/σ, shift = β − μ·scale.
         var scale = [Float](repeating: 0, count: c), shift = scale
+        let (gamma, beta) = (weight.value, bias.value)
         for j in 0..<c {
-            scale[j] = weight.value[j] * invStd[j]
-            shift[j] = bias.value[j] - mean[j] * scale[j]
+            scale[j] = gamma[j] * invStd[j]
+            shift[j] = beta[j] - mean[j] * scale[j]
         }
         let y = output.reserve(rows * c)
         let relu = relu
@@ -102,13 +110,14 @@ final class BatchNormLayer {
                     resnetkit_batchnorm_gradient_sums(dyIn + offset, x + offset, y.map { $0 + offset }, m, s, range.count, c,
                                                       sd, sdx)
                 }
-                if weight.requiresGrad { for j in 0..<c { weight.gradient[j] = Float(sumDyXhat[j]) } }
-                if bias.requiresGrad { for j in 0..<c { bias.gradient[j] = Float(sumDy[j]) } }
+                if weight.requiresGrad { let g = weight.gradient; for j in 0..<c { g[j] = Float(sumDyXhat[j]) } }
+                if bias.requiresGrad { let g = bias.gradient; for j in 0..<c { g[j] = Float(sumDy[j]) } }
                 guard needsInputGradient else { return nil }
+                let (gamma, batchStatistics) = (weight.value, usedBatchStatistics)
                 for j in 0..<c {
-                    scale[j] = weight.value[j] * s[j]
-                    meanDy[j] = usedBatchStatistics ? Float(sumDy[j] / Double(rows)) : 0
-                    meanDyXhat[j] = usedBatchStatistics ? Float(sumDyXhat[j] / Double(rows)) : 0
+                    scale[j] = gamma[j] * s[j]
+                    meanDy[j] = batchStatistics ? Float(sumDy[j] / Double(rows)) : 0
+                    meanDyXhat[j] = batchStatistics ? Float(sumDyXhat[j] / Double(rows)) : 0
                 }
                 let dx = inputGradient.reserve(rows * c)
                 scale.withUnsafeBufferPointer { scale in
