@@ -92,8 +92,7 @@ final class BF16ForwardPlan: BF16ForwardOnly {
 
     /// `workSaving` as `DNNLPlan` takes it: Winograd wherever it applies (true), where it pays (nil), never (false).
     init(_ s: ConvShape, _ g: Geometry, workSaving: Bool?) throws {
-        let laneCount = max(1, min(Parallelism.threads, g.batch))
-        let ranges = (0..<laneCount).map { g.batch * $0 / laneCount ..< g.batch * ($0 + 1) / laneCount }
+        let ranges = DNNLPlan.laneRanges(g.batch)
         self.ranges = ranges
         inFloats = g.height * g.width * s.inChannels
         let out = g.output(of: s)
@@ -126,7 +125,7 @@ final class BF16ForwardPlan: BF16ForwardOnly {
         } else {
             let weightDims = [s.outChannels, s.inChannels, s.kernel, s.kernel]
             let user = try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi)
-            conversion = .reorder(try BF16TrainingConvolution.SplitReorder(from: user, to: chosen, weightDims: weightDims, lanes: laneCount,
+            conversion = .reorder(try BF16TrainingConvolution.SplitReorder(from: user, to: chosen, weightDims: weightDims, lanes: ranges.count,
                                                                            sourceBuffer: nil, targetBuffer: weight.data, attributes: attributes))
         }
         let shared: Int

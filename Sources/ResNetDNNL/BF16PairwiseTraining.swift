@@ -36,17 +36,21 @@ final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
     /// The weight generation the lanes' bf16 weights were converted at, plain and packed.
     private var convertedGeneration = -1, packedGeneration = -1
 
-    /// nil for a map of more than `TapGroups.maximumOutputPixels` output pixels.
-    init?(_ s: ConvShape, _ g: Geometry) throws {
+    /// Whether convolution `s` on input `g` runs by taps: a map of at most `TapGroups.maximumOutputPixels` output pixels.
+    static func applies(_ s: ConvShape, _ g: Geometry) -> Bool {
         let out = g.output(of: s)
-        guard out.height * out.width <= TapGroups.maximumOutputPixels else { return nil }
+        return out.height * out.width <= TapGroups.maximumOutputPixels
+    }
+
+    /// nil where it does not apply (`applies`).
+    init?(_ s: ConvShape, _ g: Geometry) throws {
+        guard Self.applies(s, g) else { return nil }
         let tapGroups = TapGroups(s, (g.height, g.width)), stacked = tapGroups.pairs
         self.tapGroups = tapGroups
         (batch, inChannels, pixelsIn) = (g.batch, s.inChannels, g.height * g.width)
         let inputs = s.inputs((g.height, g.width))
         let laneCount = max(1, min(Parallelism.threads, s.outChannels))
-        let imageLanes = max(1, min(laneCount, g.batch))
-        imageRanges = (0..<imageLanes).map { g.batch * $0 / imageLanes ..< g.batch * ($0 + 1) / imageLanes }
+        imageRanges = DNNLPlan.laneRanges(g.batch, lanes: laneCount)
         let x = try Memory(try memoryDesc([g.batch, inputs], dnnl_bf16, dnnl_ab))
         self.x = x
         stackedX = try Memory(try memoryDesc([stacked * g.batch, s.inChannels], dnnl_bf16, dnnl_ab))
@@ -59,7 +63,7 @@ final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
         }
         lanes = try (0..<laneCount).map { lane in
             try Lane(s, g, channels: s.outChannels * lane / laneCount ..< s.outChannels * (lane + 1) / laneCount,
-                     groups: tapGroups.groups, stackedRows: stacked * g.batch)
+                     tapGroups: tapGroups, stackedRows: stacked * g.batch)
         }
     }
 
@@ -158,7 +162,7 @@ final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
             }
         }
 
-        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, groups: [TapGroups.Group], stackedRows: Int) throws {
+        init(_ s: ConvShape, _ g: Geometry, channels: Range<Int>, tapGroups: TapGroups, stackedRows: Int) throws {
             self.channels = channels
             stream = try Stream()
             let out = g.output(of: s)
@@ -181,7 +185,7 @@ final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
             dy = try Memory(dyDesc)
             toDY = try Primitive(reorderFrom: part, to: dyDesc, attributes: attributes)
             stackedDY = try Memory(try memoryDesc([stackedRows, c], dnnl_bf16, dnnl_ab))
-            let widest = (groups.map(\.pixels.count).max() ?? 1) * n
+            let widest = (tapGroups.sizes.max() ?? 1) * n
             products = try Memory(try memoryDesc([widest * max(c, i)], dnnl_f32, dnnl_x))
             dx = try Memory(try memoryDesc([n, pixelsIn * i], dnnl_f32, dnnl_ab))
 
@@ -202,7 +206,7 @@ final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
             }
             var forwardPasses: [Int: Pass] = [:], dataPasses: [Int: Pass] = [:], weightsPasses: [Int: Pass] = [:]
             var packedForwardPasses: [Int: Pass] = [:]
-            for k in Set(groups.map(\.pixels.count)) {
+            for k in tapGroups.sizes {
                 let rows = k * n
                 // Y_t [k·n, C] = X_t [k·n, Cin] · W[C, t, :]ᵀ
                 forwardPasses[k] = try pass(try view([rows, i], [i, 1], dnnl_bf16), try view([i, c], [1, taps * i], dnnl_bf16),
@@ -219,7 +223,7 @@ final class BF16PairwisePlan: BF16Plan, BF16ForwardOnly {
             (self.forwardPasses, self.dataPasses, self.weightsPasses) = (forwardPasses, dataPasses, weightsPasses)
             self.packedForwardPasses = packedForwardPasses
             let taps = s.kernel * s.kernel
-            packedWeights = try groups.map { group in
+            packedWeights = try tapGroups.groups.map { group in
                 let source = try view([i, c], [1, taps * i], dnnl_f32), target = packedForwardPasses[group.pixels.count]!.b.desc
                 return TapWeight(memory: try Memory(target), source: try Memory(source, buffer: dangling),
                                  reorder: try Primitive(reorderFrom: source, to: target, attributes: attributes),

@@ -37,6 +37,15 @@ public enum BF16Training {
     public static func frozenBackbone(workSaving: Bool?) -> (Architecture, StateDict) throws -> any InferenceEngine {
         { architecture, state in try DNNLPlan(architecture: architecture, state: state, precision: .bf16, workSaving: workSaving) }
     }
+
+    /// Sets `model` up to train in bf16: its convolutions on oneDNN, built now for batches of `count` images of
+    /// height x width (a failure is then an error before training, not a trap in it), and its frozen eval-mode
+    /// backbone as bf16 inference; `workSaving` for both, as `DNNLPlan` takes it.
+    public static func setUp(_ model: TrainableResNet, count: Int, height: Int, width: Int, workSaving: Bool?) throws {
+        try model.setConvolutions(convolutions(workSaving: workSaving))
+        try model.prepareConvolutions(count: count, height: height, width: width)
+        model.frozenBackboneEngine = frozenBackbone(workSaving: workSaving)
+    }
 }
 
 /// Runs `body(lane)` on `count` training lanes, each on one OpenMP thread (the count the primitives were created
@@ -113,8 +122,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
     /// The forward-only plan for geometry `g`.
     func forwardPlan(_ g: Geometry) throws -> any BF16ForwardOnly {
         // Maps by taps share the training plan; elsewhere it is not built (evaluation's batch sizes need none).
-        let out = g.output(of: shape)
-        if out.height * out.width <= TapGroups.maximumOutputPixels, let pairwise = try plan(g) as? BF16PairwisePlan {
+        if BF16PairwisePlan.applies(shape, g), let pairwise = try plan(g) as? BF16PairwisePlan {
             return pairwise
         }
         let key = Self.key(g)
@@ -321,8 +329,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
         let scratchpads: [Memory]
 
         init(_ s: ConvShape, _ g: Geometry) throws {
-            let laneCount = max(1, min(Parallelism.threads, g.batch))
-            let ranges = (0..<laneCount).map { g.batch * $0 / laneCount ..< g.batch * ($0 + 1) / laneCount }
+            let ranges = DNNLPlan.laneRanges(g.batch)
             self.ranges = ranges
             // The lanes share the bf16 weights: the lane with the most images picks their layouts (oneDNN may pick
             // another for fewer images), the others read them so.
@@ -346,7 +353,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
             }
             forwardWeight = try Memory(forwardDesc)
             toForwardWeight = try SplitReorder(from: try memoryDesc(weightDims, dnnl_f32, dnnl_ohwi), to: forwardDesc,
-                                               weightDims: weightDims, lanes: laneCount, sourceBuffer: nil,
+                                               weightDims: weightDims, lanes: ranges.count, sourceBuffer: nil,
                                                targetBuffer: forwardWeight.data, attributes: attributes)
             let parts = try? ChannelPart.split(s, g, lanes: lanes, ranges: ranges, forwardWeight: forwardWeight)
             channelParts = parts
@@ -361,7 +368,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
             } else {
                 let weight = try Memory(dataDesc)
                 dataWeight = weight
-                toDataWeight = try SplitReorder(from: forwardDesc, to: dataDesc, weightDims: weightDims, lanes: laneCount,
+                toDataWeight = try SplitReorder(from: forwardDesc, to: dataDesc, weightDims: weightDims, lanes: ranges.count,
                                                 sourceBuffer: forwardWeight.data, targetBuffer: weight.data,
                                                 attributes: attributes)
             }
@@ -380,7 +387,7 @@ final class BF16TrainingConvolution: TrainingConvolution {
                     }
                 }
                 // Each lane adds into its own channels only if every lane's gradient splits alike.
-                let split = try reductions(laneCount)
+                let split = try reductions(ranges.count)
                 gradientReduction = Set(split.map(\.parts.count)).count == 1 ? split : try reductions(1)
             } else {
                 gradientReduction = []

@@ -217,7 +217,7 @@ public final class DNNLPlan: InferenceEngine {
 
     /// Each lane's network for a batch of `count` images.
     private func laneNetworks(_ count: Int, height: Int, width: Int) throws -> [Network] {
-        let ranges = lanes(count)
+        let ranges = Self.laneRanges(count)
         let threads = ranges.count == 1 ? Parallelism.threads : 1
         return try ranges.enumerated().map { lane, range in
             try network(Shape(batch: range.count, height: height, width: width, lane: lane, threads: threads))
@@ -238,9 +238,10 @@ public final class DNNLPlan: InferenceEngine {
         _ = try laneNetworks(batch, height: height, width: width)
     }
 
-    /// Each lane's share of a batch.
-    private func lanes(_ count: Int) -> [Range<Int>] {
-        let laneCount = max(1, min(Parallelism.threads, count))
+    /// Each lane's share of a batch of `count` images, in order: at most `lanes` non-empty ranges, the last the
+    /// largest (shared by the inference plan and the bf16 training plans).
+    static func laneRanges(_ count: Int, lanes: Int = Parallelism.threads) -> [Range<Int>] {
+        let laneCount = max(1, min(lanes, count))
         return (0..<laneCount).map { count * $0 / laneCount ..< count * ($0 + 1) / laneCount }
     }
 
@@ -251,7 +252,7 @@ public final class DNNLPlan: InferenceEngine {
                             output: UnsafeMutablePointer<Float>, head withHead: Bool) throws {
         precondition(count > 0 && height >= ModelConfig.minimumInputSide && width >= ModelConfig.minimumInputSide,
                      "batch of \(count) \(height)x\(width) images")
-        let ranges = lanes(count)
+        let ranges = Self.laneRanges(count)
         let networks = try laneNetworks(count, height: height, width: width)
         let imageFloats = height * width * 3
         // Global average pool of layer4's NHWC fp32 output, then the folded linear layers: in each lane on its own

@@ -141,14 +141,11 @@ struct TrainingOptions: ParsableArguments {
         model.classWeights = lossWeights
         if precision == .bf16 {
             do {
-                let workSaving = try EngineChoice.workSaving()
-                try model.setConvolutions(BF16Training.convolutions(workSaving: workSaving))
-                try model.prepareConvolutions(count: batch, height: side, width: side)
+                try BF16Training.setUp(model, count: batch, height: side, width: side, workSaving: try EngineChoice.workSaving())
                 if Console.debugEnabled {
                     Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa): bf16 training convolutions for batches of \(batch)")
                     for line in try model.describeConvolutions(count: batch, height: side, width: side) { Console.debug("oneDNN \(line)") }
                 }
-                model.frozenBackboneEngine = BF16Training.frozenBackbone(workSaving: workSaving)
             } catch let error as DNNLError {
                 throw UsageError(error.description)
             }

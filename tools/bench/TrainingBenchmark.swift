@@ -29,14 +29,10 @@ func runTrainingBenchmark(batches: [Int] = [16, 64], side: Int = 49, steps: Int 
             model.setBackboneFrozen(phase != .whole)
             model.frozenBatchNorm = phase == .headEval ? .eval : .train
             if precision == .bf16 {
-                do {
-                    try model.setConvolutions(BF16Training.convolutions(workSaving: workSaving))
-                    try model.prepareConvolutions(count: batch, height: side, width: side)
-                } catch {
+                do { try BF16Training.setUp(model, count: batch, height: side, width: side, workSaving: workSaving) } catch {
                     print("bf16: \(error)")
                     continue
                 }
-                model.frozenBackboneEngine = BF16Training.frozenBackbone(workSaving: workSaving)
             }
             let optimizer = AdamW(parameters: model.parameters, lr: 1e-3, weightDecay: 0.05)
             func step() {
