@@ -31,26 +31,28 @@ final class InspectCommandTests: XCTestCase {
     func testInspectShowsTrainingRecords() throws {
         let dir = try CLI.temporaryDirectory(self)
         var checkpoint = try Checkpoint.load(path: CLI.repository.appendingPathComponent("fixtures/digits/model.safetensors").path)
+        /// `inspect`'s output for the checkpoint as it now is, saved as `name`.
+        func inspect(_ name: String) throws -> String {
+            let path = dir.appendingPathComponent(name).path
+            try checkpoint.save(path: path)
+            let result = try CLI.run(["inspect", path])
+            XCTAssertEqual(result.status, 0, result.stderr)
+            return result.stdout
+        }
         checkpoint.extra["resnetkit.fine-tune"] = #"{"epoch":3,"finished":false,"phase":0,"recipe":"seed 0"}"#
         checkpoint.extra["resnetkit.fine-tune.class-weights"] = "0.5,2.0"
-        let partial = dir.appendingPathComponent("partial.safetensors").path
-        try checkpoint.save(path: partial)
-        let shown = try CLI.run(["inspect", partial])
-        XCTAssertEqual(shown.status, 0, shown.stderr)
-        XCTAssertTrue(shown.stdout.contains("Training:      fine-tune in fp32; stopped after phase 1 epoch 3 (fine-tune --resume continues it)\n"), shown.stdout)
-        XCTAssertTrue(shown.stdout.contains("Class weights: 0.5, 2.0 (training loss)\n"), shown.stdout)
+        let shown = try inspect("partial.safetensors")
+        XCTAssertTrue(shown.contains("Training:      fine-tune in fp32; stopped after phase 1 epoch 3 (fine-tune --resume continues it)\n"), shown)
+        XCTAssertTrue(shown.contains("Class weights: 0.5, 2.0 (training loss)\n"), shown)
 
         checkpoint.extra["resnetkit.fine-tune"] = "{not json"
         checkpoint.extra["resnetkit.training-precision"] = "fp8\nerror: x"
         checkpoint.extra["int8_activation_ranges"] = "[1, 2]"
         checkpoint.extra["resnetkit.fine-tune.class-weights"] = "0.5,\nerror: x"
-        let broken = dir.appendingPathComponent("broken.safetensors").path
-        try checkpoint.save(path: broken)
-        let named = try CLI.run(["inspect", broken])
-        XCTAssertEqual(named.status, 0, named.stderr)
-        XCTAssertTrue(named.stdout.contains("Training:      fine-tune in an unknown arithmetic ('fp8error: x'); its progress record (resnetkit.fine-tune) is unreadable\n"), named.stdout)
-        XCTAssertTrue(named.stdout.contains("Class weights: unreadable (resnetkit.fine-tune.class-weights)\n"), named.stdout)
-        XCTAssertTrue(named.stdout.contains("int8 ranges:   unreadable (int8_activation_ranges); rerun `resnetkit quantize`\n"), named.stdout)
+        let named = try inspect("broken.safetensors")
+        XCTAssertTrue(named.contains("Training:      fine-tune in an unknown arithmetic ('fp8error: x'); its progress record (resnetkit.fine-tune) is unreadable\n"), named)
+        XCTAssertTrue(named.contains("Class weights: unreadable (resnetkit.fine-tune.class-weights)\n"), named)
+        XCTAssertTrue(named.contains("int8 ranges:   unreadable (int8_activation_ranges); rerun `resnetkit quantize`\n"), named)
 
         let plain = try CLI.run(["inspect", CLI.reference.appendingPathComponent("resnet18.safetensors").path])
         XCTAssertFalse(plain.stdout.contains("Training:") || plain.stdout.contains("int8 ranges:"), plain.stdout)

@@ -51,19 +51,10 @@ final class BF16TrainingTests: XCTestCase {
             let x = random(g.pixels * shape.inChannels), w = random(shape.outChannels * shape.patchSize)
             let dy = random(out.pixels * shape.outChannels)
             func forward(_ conv: any TrainingConvolution, weightUnchanged: Bool, forBackward: Bool) -> [Float] {
-                // NaN-filled: every output must be written, not added to (nor left alone, as an unread input's dx).
-                var y = [Float](repeating: .nan, count: dy.count)
-                x.withUnsafeBufferPointer { xp in
-                    w.withUnsafeBufferPointer { wp in
-                        y.withUnsafeMutableBufferPointer {
-                            conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: weightUnchanged,
-                                         forBackward: forBackward, $0.baseAddress!)
-                        }
-                    }
-                }
-                return y
+                runForward(conv, shape, g, x: x, w: w, weightUnchanged: weightUnchanged, forBackward: forBackward)
             }
             func backward(_ conv: any TrainingConvolution) -> (dx: [Float], dw: [Float]) {
+                // NaN-filled: every gradient must be written, not added to (nor left alone, as an unread input's dx).
                 var dx = [Float](repeating: .nan, count: x.count), dw = [Float](repeating: .nan, count: w.count)
                 dy.withUnsafeBufferPointer { d in
                     dx.withUnsafeMutableBufferPointer { dxp in
@@ -110,15 +101,7 @@ final class BF16TrainingTests: XCTestCase {
                            (ConvShape(32, 48, kernel: 3, stride: 1, padding: 1), Geometry(batch: 2, height: 7, width: 5))] {
             let x = random(g.pixels * shape.inChannels), w = random(shape.outChannels * shape.patchSize)
             func forward(_ conv: any TrainingConvolution, forBackward: Bool) -> [Float] {
-                var y = [Float](repeating: .nan, count: g.output(of: shape).pixels * shape.outChannels)
-                x.withUnsafeBufferPointer { xp in
-                    w.withUnsafeBufferPointer { wp in
-                        y.withUnsafeMutableBufferPointer {
-                            conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: false, forBackward: forBackward, $0.baseAddress!)
-                        }
-                    }
-                }
-                return y
+                runForward(conv, shape, g, x: x, w: w, forBackward: forBackward)
             }
             let winograd = BF16TrainingConvolution(shape, workSaving: true)
             let y = forward(winograd, forBackward: false)
@@ -151,17 +134,7 @@ final class BF16TrainingTests: XCTestCase {
             let conv = BF16TrainingConvolution(shape, workSaving: true)
             let x = (0..<(g.pixels * shape.inChannels)).map { _ in rng.nextUnitFloat() * 2 - 1 }
             let w = (0..<(shape.outChannels * shape.patchSize)).map { _ in rng.nextUnitFloat() * 2 - 1 }
-            return {
-                var y = [Float](repeating: .nan, count: g.output(of: shape).pixels * shape.outChannels)
-                x.withUnsafeBufferPointer { xp in
-                    w.withUnsafeBufferPointer { wp in
-                        y.withUnsafeMutableBufferPointer {
-                            conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: true, forBackward: false, $0.baseAddress!)
-                        }
-                    }
-                }
-                return y
-            }
+            return { runForward(conv, shape, g, x: x, w: w, weightUnchanged: true, forBackward: false) }
         }
         let small = layer(ConvShape(32, 32, kernel: 3, stride: 1, padding: 1), Geometry(batch: 2, height: 6, width: 6))
         let large = layer(ConvShape(64, 96, kernel: 3, stride: 1, padding: 1), Geometry(batch: 4, height: 20, width: 20))
@@ -341,6 +314,22 @@ final class BF16TrainingTests: XCTestCase {
         XCTAssertLessThan(error, 0.15)
         XCTAssertGreaterThan(error, 1e-5)
     }
+}
+
+/// y = conv(x) with weight w for input geometry g, into a NaN-filled output: every output must be written, not
+/// added to.
+func runForward(_ conv: any TrainingConvolution, _ shape: ConvShape, _ g: Geometry, x: [Float], w: [Float],
+                weightUnchanged: Bool = false, forBackward: Bool) -> [Float] {
+    var y = [Float](repeating: .nan, count: g.output(of: shape).pixels * shape.outChannels)
+    x.withUnsafeBufferPointer { xp in
+        w.withUnsafeBufferPointer { wp in
+            y.withUnsafeMutableBufferPointer {
+                conv.forward(xp.baseAddress!, g, weight: wp.baseAddress!, weightUnchanged: weightUnchanged, forBackward: forBackward,
+                             $0.baseAddress!)
+            }
+        }
+    }
+    return y
 }
 
 /// bf16 arithmetic emulated on the fp32 engine: x, W and dy rounded to bf16 (nearest, ties to even), products
