@@ -26,7 +26,8 @@ struct FineTune: ParsableCommand {
             at inference; nothing in the backbone moves).
             The checkpoint is written atomically after every epoch, with the optimizer state beside it in \
             <out>.resume.safetensors; --resume continues an interrupted run from the last finished epoch (same \
-            options, same seed: same result). Images are decoded once and kept in memory as 8-bit RGB.
+            options, same seed: same result; a different --precision is allowed, said and recorded). Images are \
+            decoded once and kept in memory as 8-bit RGB.
             For two classes the epoch line and the history add val_auc (ROC AUC from P(class 1)).
             --keep best: the checkpoint holds the epoch with the best --monitor figure so far (over both phases), \
             and the next phase starts from those weights (as Keras' restore_best_weights); its metadata \
@@ -132,7 +133,20 @@ struct FineTune: ParsableCommand {
     }
 
     static let resumeKey = "resnetkit.fine-tune"
+    /// The arithmetic the checkpoint's epochs were trained in: `fp32`, `bf16`, or both in order of use (`bf16,fp32`)
+    /// when a --resume changed --precision.
     static let precisionKey = "resnetkit.training-precision"
+
+    /// What `precisionKey` records after this run: the resumed run's record (`extra`, nil for a fresh run; none
+    /// recorded is fp32, from before bf16 training), then `precision` if it differs from the last. A resume may
+    /// change the arithmetic (to move a run to a CPU without AVX-512, say): it is said, and recorded.
+    static func precisions(continuing extra: [String: String]?, in precision: Precision, out: String) -> [String] {
+        guard let extra, extra[resumeKey] != nil else { return [precision.rawValue] }
+        let earlier = (extra[precisionKey] ?? Precision.fp32.rawValue).split(separator: ",").map(String.init)
+        guard let last = earlier.last, last != precision.rawValue else { return earlier.isEmpty ? [precision.rawValue] : earlier }
+        Console.warning("--resume: \(out) was trained in \(last) so far; its remaining epochs run in \(precision.rawValue) (--precision)")
+        return earlier + [precision.rawValue]
+    }
 
     /// The shared options check themselves (`TrainingOptions.validate`).
     func validate() throws {

@@ -33,6 +33,8 @@ final class FineTuneSession {
     /// --keep best: the best weights so far (what the checkpoint holds); within a phase, training goes on from the last.
     var bestState: StateDict?
     var history: HistoryLog
+    /// The arithmetic of the epochs the checkpoint holds, in order of use (`FineTune.precisionKey`).
+    let precisions: [String]
 
     /// Loads the data and builds the model; checks that a resumed run agrees with its checkpoint.
     init(_ options: FineTune, checkpoint: Checkpoint, start: FineTune.ResumeState) throws {
@@ -69,6 +71,7 @@ final class FineTuneSession {
             }
         }
         history = try HistoryLog(path: options.history, resumeAfter: options.resume ? (start.phase, start.epoch) : nil)
+        precisions = FineTune.precisions(continuing: options.resume ? checkpoint.extra : nil, in: options.training.precision, out: options.out)
         model = try options.training.makeModel(architecture: checkpoint.architecture, state: checkpoint.state, lossWeights: lossWeights,
                                                batch: min(options.training.batchSize, train.count), side: side)
     }
@@ -216,7 +219,7 @@ final class FineTuneSession {
             monitor: options.monitor.figure, keep: options.keep.rawValue, earlyStop: options.earlyStop,
             tracker: tracker, phase: held.phase, epoch: held.epoch, value: held.value))
         saved.extra[FineTune.classWeightsKey] = lossWeights.map(FineTune.encode)
-        saved.extra[FineTune.precisionKey] = options.training.precision.rawValue  // the arithmetic it was trained in; the weights are fp32
+        saved.extra[FineTune.precisionKey] = precisions.joined(separator: ",")  // the arithmetic it was trained in; the weights are fp32
         try saved.save(path: options.out)
         if finished {
             for slot in 0..<2 { try? FileManager.default.removeItem(atPath: options.sidecar(slot)) }

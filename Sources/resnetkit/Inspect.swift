@@ -61,10 +61,13 @@ struct Inspect: ParsableCommand {
         var lines: [String] = []
         if let text = extra[FineTune.resumeKey] {
             // Checkpoints from before bf16 training record no precision: they are fp32.
-            let precision = switch extra[FineTune.precisionKey] {
-            case nil, "fp32": "fp32"
-            case "bf16": "bf16 (convolutions in bf16, weights stored fp32)"
-            case let other?: "an unknown arithmetic ('\(Self.printable(other))')"
+            let used = (extra[FineTune.precisionKey] ?? "fp32").split(separator: ",", omittingEmptySubsequences: false)
+            let precision = switch used {
+            case ["fp32"]: "fp32"
+            case ["bf16"]: "bf16 (convolutions in bf16, weights stored fp32)"
+            case _ where used.count > 1 && used.allSatisfy({ $0 == "fp32" || $0 == "bf16" }):
+                "\(used.joined(separator: ", then ")) (--precision changed at a --resume; weights stored fp32)"
+            default: "an unknown arithmetic ('\(Self.printable(extra[FineTune.precisionKey] ?? ""))')"
             }
             if let run = try? JSONDecoder().decode(FineTune.ResumeState.self, from: Data(text.utf8)) {
                 let progress = run.finished ? "finished after phase \(run.phase + 1) epoch \(run.epoch)"

@@ -43,4 +43,41 @@ final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(badValue.stderr, "error: RESNETKIT_WINOGRAD is 'fast': use auto or off\n")
         XCTAssertFalse(FileManager.default.fileExists(atPath: bad.path), "nothing written")
     }
+
+    /// A resume may change --precision (a run moved to another CPU): it says so, and the checkpoint records both
+    /// arithmetics in order; resumed in the same one, the record stays as it was.
+    func testAResumeInAnotherPrecisionIsSaidAndRecorded() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let labels = URL(fileURLWithPath: try writeAlternatingLabels(dir))
+        let out = dir.appendingPathComponent("run.safetensors")
+        func arguments(_ out: URL, finetuneEpochs: Int) -> [String] {
+            ["fine-tune", Self.images.path, "--labels", labels.path, "--from", Self.model, "--out", out.path, "--batch-size", "4",
+             "--valid-fraction", "0.25", "--seed", "3", "--head-epochs", "1", "--finetune-epochs", "\(finetuneEpochs)"]
+        }
+        let first = try CLI.run(arguments(out, finetuneEpochs: 0) + ["--precision", "bf16"])
+        XCTAssertEqual(first.status, 0, first.stderr)
+        // As a run stopped between its phases leaves it: the head phase done, one fine-tune epoch to go.
+        var checkpoint = try Checkpoint.load(path: out.path)
+        let record = try XCTUnwrap(checkpoint.extra["resnetkit.fine-tune"])
+        checkpoint.extra["resnetkit.fine-tune"] = record.replacingOccurrences(of: "\"finished\":true", with: "\"finished\":false")
+            .replacingOccurrences(of: "fine-tune epochs 0", with: "fine-tune epochs 1")
+        XCTAssertNotEqual(checkpoint.extra["resnetkit.fine-tune"], record)
+        try checkpoint.save(path: out.path)
+        let same = dir.appendingPathComponent("same.safetensors")
+        try FileManager.default.copyItem(at: out, to: same)
+
+        let resumed = try CLI.run(arguments(out, finetuneEpochs: 1) + ["--resume", "--precision", "fp32"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stderr.contains("warning: --resume: \(out.path) was trained in bf16 so far; its remaining epochs run in fp32 (--precision)\n"),
+                      resumed.stderr)
+        XCTAssertEqual(try Checkpoint.load(path: out.path).extra["resnetkit.training-precision"], "bf16,fp32")
+        let inspect = try CLI.run(["inspect", out.path])
+        XCTAssertTrue(inspect.stdout.contains("Training:      fine-tune in bf16, then fp32 (--precision changed at a --resume; weights stored fp32); finished after phase 2 epoch 1\n"),
+                      inspect.stdout)
+
+        let kept = try CLI.run(arguments(same, finetuneEpochs: 1) + ["--resume", "--precision", "bf16"])
+        XCTAssertEqual(kept.status, 0, kept.stderr)
+        XCTAssertFalse(kept.stderr.contains("warning"), kept.stderr)
+        XCTAssertEqual(try Checkpoint.load(path: same.path).extra["resnetkit.training-precision"], "bf16")
+    }
 }
