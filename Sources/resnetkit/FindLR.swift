@@ -84,6 +84,7 @@ struct FindLR: ParsableCommand {
         }
         // fine-tune's model: its frozen BatchNorm mode and precision (bf16: convolutions built for this batch now).
         let side = train.inputSide(crop: crop)
+        EngineChoice.warnIfSlow(training.precision)
         let model = try training.makeModel(
             architecture: checkpoint.architecture, state: checkpoint.state,
             lossWeights: try training.classWeights.weights(trainingLabels: train.labels, classNames: classNames), batch: batchSize, side: side)

@@ -72,6 +72,7 @@ final class FineTuneSession {
         }
         history = try HistoryLog(path: options.history, resumeAfter: options.resume ? (start.phase, start.epoch) : nil)
         precisions = FineTune.precisions(continuing: options.resume ? checkpoint.extra : nil, in: options.training.precision, out: options.out)
+        EngineChoice.warnIfSlow(options.training.precision)
         model = try options.training.makeModel(architecture: checkpoint.architecture, state: checkpoint.state, lossWeights: lossWeights,
                                                batch: min(options.training.batchSize, train.count), side: side)
     }

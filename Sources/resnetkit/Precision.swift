@@ -21,6 +21,11 @@ enum EngineChoice {
         }
     }
 
+    /// A warning when `precision` would run slower than fp32 on this CPU (bf16 emulated), before the work starts.
+    static func warnIfSlow(_ precision: Precision) {
+        if precision == .bf16, let note = DNNLRuntime.bf16EmulationNote { Console.warning(note) }
+    }
+
     /// The engine for `checkpoint` (read from `modelPath`) at this precision; `threads` (the lanes, as set in
     /// `Parallelism.threads`) only for the debug line.
     /// Every refusal is one line: int8 without scales, a CPU oneDNN cannot serve.
@@ -34,6 +39,7 @@ enum EngineChoice {
         if precision == .int8 && scales == nil {
             throw FileError(modelPath, "no int8 activation ranges: run `resnetkit quantize \(modelPath) --calibrate DIR` first")
         }
+        warnIfSlow(precision)
         if precision != .fp32 {
             // The plan splits batches into Parallelism.threads lanes of one OpenMP thread each (see DNNLPlan).
             Console.debug("oneDNN \(DNNLRuntime.version), ISA \(DNNLRuntime.isa), \(threads) lanes of one OpenMP thread, \(precision.rawValue)")

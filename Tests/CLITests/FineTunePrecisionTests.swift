@@ -3,7 +3,8 @@ import ResNetFormats
 import XCTest
 
 /// fine-tune --precision: bf16 trains both phases (the whole model's backward through oneDNN's lanes included)
-/// and records its precision; other values are refused in one line.
+/// and records its precision, across a --resume too; other values are refused in one line; where bf16 is emulated,
+/// the commands warn that fp32 is faster.
 final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
     func testBF16TrainsBothPhasesAndRecordsItsPrecision() throws {
         let dir = try CLI.temporaryDirectory(self)
@@ -79,5 +80,27 @@ final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertEqual(kept.status, 0, kept.stderr)
         XCTAssertFalse(kept.stderr.contains("warning"), kept.stderr)
         XCTAssertEqual(try Checkpoint.load(path: same.path).extra["resnetkit.training-precision"], "bf16")
+    }
+
+    /// oneDNN limited to AVX-512 without AVX512_BF16 (Skylake-X, Cascade Lake, Ice Lake): bf16 still runs (emulated)
+    /// but slower than fp32, which a warning says before the work, for inference and for training; not for fp32.
+    func testEmulatedBF16IsNamedSlowerThanFP32() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let avx512 = ["ONEDNN_MAX_CPU_ISA": "AVX512_CORE"]
+        let warning = "warning: bf16 is emulated on this CPU (oneDNN reports avx512_core: no AVX512_BF16 or AMX) and runs at a third to a half of fp32's speed; --precision fp32 is faster here, and exact\n"
+        let inference = try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("p.csv").path,
+                                     "--model", Self.model, "--precision", "bf16", "--quiet"], environment: avx512)
+        XCTAssertEqual(inference.status, 0, inference.stderr)
+        XCTAssertEqual(inference.stderr, warning)
+        let exact = try CLI.run(["batch-infer", Self.images.path, "--out", dir.appendingPathComponent("q.csv").path,
+                                 "--model", Self.model, "--quiet"], environment: avx512)
+        XCTAssertEqual(exact.status, 0, exact.stderr)
+        XCTAssertEqual(exact.stderr, "")
+        let labels = try writeAlternatingLabels(dir)
+        let training = try CLI.run(["fine-tune", Self.images.path, "--labels", labels, "--from", Self.model,
+                                    "--out", dir.appendingPathComponent("t.safetensors").path, "--batch-size", "4", "--head-epochs", "1",
+                                    "--finetune-epochs", "0", "--precision", "bf16", "--quiet"], environment: avx512)
+        XCTAssertEqual(training.status, 0, training.stderr)
+        XCTAssertTrue(training.stderr.contains(warning), training.stderr)
     }
 }
