@@ -199,6 +199,22 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
         }
     }
 
+    /// Found by tools/fuzz.sh hdf5: a damaged datatype on which libhdf5's bit copy (H5T__bit_copy) reads far outside
+    /// its buffer (SIGBUS) when the file's attributes are read, and a dataset address past the end of the file.
+    /// Each command says which in one line, status 1.
+    func testAnotherLibHDF5CrashIsAOneLineError() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let path = Self.fixtures.appendingPathComponent("hdf5/bad_fuzz_bit_copy.h5").path
+        for command in [["inspect", path], ["import-weights", path, "--out", dir.appendingPathComponent("x.safetensors").path]] {
+            let result = try CLI.run(command)
+            XCTAssertEqual(result.status, 1, "\(command): \(result.stderr)")
+            XCTAssertTrue(result.stderr.hasPrefix("error: \(path): "), result.stderr)
+            XCTAssertTrue(result.stderr.hasSuffix("damaged\n") || result.stderr.contains("truncated or damaged"), result.stderr)
+            XCTAssertEqual(result.stderr.filter { $0 == "\n" }.count, 1, result.stderr)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("x.safetensors").path), "nothing written")
+    }
+
     /// Found by tools/fuzz.sh hdf5: a damaged superblock that makes H5Fopen itself allocate and clear gigabytes.
     /// The HDF5 reader runs with a memory limit, so the allocation fails and the file is reported as damaged.
     func testHDF5AllocationsInsideLibHDF5AreBounded() throws {
