@@ -187,32 +187,35 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
         XCTAssertLessThan(usage.ru_maxrss, 1 << 20, "peak RSS of every child so far, KiB: under 1 GiB")
     }
 
+    /// `inspect` and `import-weights` on the damaged HDF5 fixture `name`: status 1, one line each (the file, then
+    /// one of the messages given), nothing written.
+    func assertDamagedHDF5(_ name: String, inspect: [String], importWeights: [String]) throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let path = Self.fixtures.appendingPathComponent("hdf5/\(name)").path, out = dir.appendingPathComponent("x.safetensors").path
+        for (command, messages) in [(["inspect", path], inspect), (["import-weights", path, "--out", out], importWeights)] {
+            let result = try CLI.run(command)
+            XCTAssertEqual(result.status, 1, "\(command): \(result.stderr)")
+            XCTAssertTrue(messages.map { "error: \(path): \($0)\n" }.contains(result.stderr), "\(command): \(result.stderr)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "nothing written")
+    }
+
     /// Found by tools/fuzz.sh hdf5: a damaged group B-tree that makes libhdf5 itself dereference NULL. HDF5 files
     /// are read in a child process, so the command reports it in one line with status 1.
     func testACrashInsideLibHDF5IsAOneLineError() throws {
-        let dir = try CLI.temporaryDirectory(self)
-        let path = Self.fixtures.appendingPathComponent("hdf5/bad_fuzz_libhdf5_crash.h5").path
-        for command in [["inspect", path], ["import-weights", path, "--out", dir.appendingPathComponent("x.safetensors").path]] {
-            let result = try CLI.run(command)
-            XCTAssertEqual(result.status, 1, "\(command): \(result.stderr)")
-            XCTAssertEqual(result.stderr, "error: \(path): the HDF5 library crashed reading this file (signal 11): it is damaged\n")
-        }
+        let crash = ["the HDF5 library crashed reading this file (signal 11): it is damaged"]
+        try assertDamagedHDF5("bad_fuzz_libhdf5_crash.h5", inspect: crash, importWeights: crash)
     }
 
-    /// Found by tools/fuzz.sh hdf5: a damaged datatype on which libhdf5's bit copy (H5T__bit_copy) reads far outside
-    /// its buffer (SIGBUS) when the file's attributes are read, and a dataset address past the end of the file.
-    /// Each command says which in one line, status 1.
-    func testAnotherLibHDF5CrashIsAOneLineError() throws {
-        let dir = try CLI.temporaryDirectory(self)
-        let path = Self.fixtures.appendingPathComponent("hdf5/bad_fuzz_bit_copy.h5").path
-        for command in [["inspect", path], ["import-weights", path, "--out", dir.appendingPathComponent("x.safetensors").path]] {
-            let result = try CLI.run(command)
-            XCTAssertEqual(result.status, 1, "\(command): \(result.stderr)")
-            XCTAssertTrue(result.stderr.hasPrefix("error: \(path): "), result.stderr)
-            XCTAssertTrue(result.stderr.hasSuffix("damaged\n") || result.stderr.contains("truncated or damaged"), result.stderr)
-            XCTAssertEqual(result.stderr.filter { $0 == "\n" }.count, 1, result.stderr)
-        }
-        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("x.safetensors").path), "nothing written")
+    /// Found by tools/fuzz.sh hdf5: a damaged datatype on which libhdf5's bit copy (H5T__bit_copy) reads outside
+    /// its buffer: a bus error (SIGBUS; SIGSEGV would do as well) or, as the memory around it happens to be, a read past
+    /// the end of the file (in 40 runs: 22 and 18).
+    func testABusErrorInsideLibHDF5IsAOneLineError() throws {
+        let messages = ["the HDF5 library crashed reading this file (signal 7): it is damaged",
+                        "the HDF5 library crashed reading this file (signal 11): it is damaged",
+                        "cannot read dataset 'layer2.0.downsample.1.num_batches_tracked': the file is truncated or damaged "
+                            + "(addr overflow, addr = 279216, size = 8, eoa = 234064)"]
+        try assertDamagedHDF5("bad_fuzz_bit_copy.h5", inspect: messages, importWeights: messages)
     }
 
     /// Found by tools/fuzz.sh hdf5: a damaged superblock that makes H5Fopen itself allocate and clear gigabytes.
