@@ -102,5 +102,8 @@ final class FineTunePrecisionTests: XCTestCase, UsesDefaultFixtures {
                                     "--finetune-epochs", "0", "--precision", "bf16", "--quiet"], environment: avx512)
         XCTAssertEqual(training.status, 0, training.stderr)
         XCTAssertTrue(training.stderr.contains(warning), training.stderr)
+        let emulated = "bf16:              emulated, slower than fp32 on this CPU (no AVX512_BF16 or AMX)\n"
+        XCTAssertTrue(try CLI.run(["system"], environment: avx512).stdout.contains(emulated))
+        XCTAssertFalse(try CLI.run(["system"], environment: ["ONEDNN_MAX_CPU_ISA": "AVX2"]).stdout.contains("bf16:"))
     }
 }
