@@ -77,5 +77,7 @@ shift 2
 build --product "$name"
 seed "$name"
 mkdir -p "$scratch/crashes/$name"
+# Swift's own crash handler would take a runtime trap (SIGILL) before libFuzzer, which then saves no crash input.
+export SWIFT_BACKTRACE=enable=no
 exec "$scratch/release/$name" "$scratch/corpus/$name" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 \
     -max_len=1048576 -artifact_prefix="$scratch/crashes/$name/" -print_final_stats=1 "$@"

@@ -1,5 +1,5 @@
 import Foundation
-import ResNetFormats
+@testable import ResNetFormats
 import ResNetModel
 import ResNetSupport
 import TestSupport
@@ -222,5 +222,51 @@ final class PyTorchImporterTests: XCTestCase {
             }
         }
         XCTAssertGreaterThanOrEqual(refused, 21)  // at least every truncation
+    }
+
+    /// Zip records that ZIPFoundation 0.9.20 turns into a trap (an offset of 2^63 through `off_t(offset)`) or would
+    /// read outside the file: refused by `ZipCheck` in one line before ZIPFoundation sees them (found by
+    /// tools/fuzz.sh pickle). torch.save's zips carry a ZIP64 end record beside the plain one.
+    func testZipRecordsThatWouldTrapZIPFoundationAreRefused() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("pth-zip-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let original = try Data(contentsOf: URL(fileURLWithPath: PyTorchFixtures.path("zip_state_dict.pth")))
+        func lastIndex(of signature: [UInt8], in data: Data) throws -> Int {
+            try XCTUnwrap((0...(data.count - 4)).reversed().first { data[$0..<$0 + 4].elementsEqual(signature) })
+        }
+        let end = try lastIndex(of: [0x50, 0x4b, 0x05, 0x06], in: original)
+        let zip64End = try lastIndex(of: [0x50, 0x4b, 0x06, 0x06], in: original)
+        let directory = Int(original[end + 16..<end + 20].enumerated().reduce(0) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) })
+        func patched(_ at: Int, _ value: UInt64, bytes: Int) -> Data {
+            var copy = original
+            for k in 0..<bytes { copy[at + k] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(k))) }
+            return copy
+        }
+        let cases: [(String, Data, String)] = [
+            ("ZIP64 directory offset 2^63", patched(zip64End + 48, 1 << 63, bytes: 8),
+             "its ZIP64 end of central directory disagrees with the end of central directory"),
+            ("ZIP64 entry count 2^40", patched(zip64End + 32, 1 << 40, bytes: 8),
+             "its ZIP64 end of central directory disagrees with the end of central directory"),
+            ("entry's local header offset 0xFFFFFFFF", patched(directory + 42, 0xFFFF_FFFF, bytes: 4),
+             "entry 1 has ZIP64 sizes (4 GB and more)"),
+            ("entry's compressed size past the end", patched(directory + 20, UInt64(original.count), bytes: 4),
+             "entry 1's data lie outside the file"),
+            ("directory offset past the end in both records",
+             { var d = patched(end + 16, UInt64(original.count), bytes: 4)
+               for k in 0..<8 { d[zip64End + 48 + k] = UInt8(truncatingIfNeeded: UInt64(original.count) >> (8 * UInt64(k))) }
+               return d }(),
+             "its central directory lies outside the file"),
+            ("the end record cut off", original.prefix(original.count - 10), "no end of central directory record"),
+        ]
+        for (what, bytes, expected) in cases {
+            let path = folder.appendingPathComponent("damaged.pth").path
+            try bytes.write(to: URL(fileURLWithPath: path))
+            XCTAssertThrowsError(try ModelImporter.load(path: path), what) { error in
+                XCTAssertTrue("\(error)".hasPrefix("\(path): a zip file that cannot be read: \(expected)"), "\(what): \(error)")
+            }
+        }
+        // The untouched file passes the check and loads.
+        XCTAssertNil(ZipCheck.problem(path: PyTorchFixtures.path("zip_state_dict.pth")))
     }
 }

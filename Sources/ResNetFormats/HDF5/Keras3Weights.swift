@@ -120,7 +120,7 @@ enum Keras3Weights {
 /// The `.keras` archive: `config.json` and `model.weights.h5` in a zip.
 enum KerasArchive {
     static func recognises(path: String) -> Bool {
-        guard let archive = try? Archive(url: URL(fileURLWithPath: path), accessMode: .read, pathEncoding: nil) else { return false }
+        guard ZipCheck.problem(path: path) == nil, let archive = try? Archive(url: URL(fileURLWithPath: path), accessMode: .read, pathEncoding: nil) else { return false }
         return archive["config.json"] != nil && archive["model.weights.h5"] != nil
     }
 
@@ -128,6 +128,7 @@ enum KerasArchive {
     static let maxMemberBytes: UInt64 = 1 << 30
 
     static func importModel(path: String, options: ImportOptions) throws -> ImportedModel {
+        if let problem = ZipCheck.problem(path: path) { throw FileError(path, "a zip file that cannot be read: \(problem)") }
         let archive: Archive
         do { archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .read) } catch {
             throw FileError(path, "a zip file that cannot be read (truncated or damaged): \(error)")
