@@ -101,15 +101,18 @@ public enum ModelImporter {
         case .onnx:
             return try validated(ONNXImporter.importModel(path: path, options: options), path: path)
         case .hdf5:
-            if let executable = HDF5Isolation.executable {
-                return try validated(HDF5Isolation.importModel(path: path, options: options, executable: executable), path: path)
-            }
-            return try validated(HDF5Importer.importModel(path: path, options: options), path: path)
+            return try validated(isolated(.hdf5, path: path, options: options), path: path)
         case .pytorch:
             return try validated(PyTorchImporter.importModel(path: path, options: options), path: path)
         case .keras:
-            return try validated(KerasArchive.importModel(path: path, options: options), path: path)
+            return try validated(isolated(.keras, path: path, options: options), path: path)
         }
+    }
+
+    /// What libhdf5 reads (HDF5 files, `.keras` archives), in a child process when the program set one up.
+    static func isolated(_ kind: HDF5Isolation.Kind, path: String, options: ImportOptions) throws -> ImportedModel {
+        guard let executable = HDF5Isolation.executable else { return try kind.importModel(path: path, options: options) }
+        return try HDF5Isolation.importModel(path: path, kind: kind, options: options, executable: executable)
     }
 
     /// Imported values get the checks a checkpoint's get (epsilon, variances, sizes).

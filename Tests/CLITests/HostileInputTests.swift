@@ -207,6 +207,19 @@ final class HostileInputTests: XCTestCase, UsesDefaultFixtures {
         try assertDamagedHDF5("bad_fuzz_libhdf5_crash.h5", inspect: crash, importWeights: crash)
     }
 
+    /// The same crash inside a .keras archive (tools/make_keras_crash_fixture.py): its weights are read by libhdf5
+    /// in the child process too, so the command still answers in one line.
+    func testACrashInsideLibHDF5InAKerasArchiveIsAOneLineError() throws {
+        let dir = try CLI.temporaryDirectory(self)
+        let path = Self.fixtures.appendingPathComponent("keras3/bad_fuzz_libhdf5_crash.keras").path, out = dir.appendingPathComponent("x.safetensors").path
+        for command in [["inspect", path], ["import-weights", path, "--out", out]] {
+            let result = try CLI.run(command)
+            XCTAssertEqual(result.status, 1, "\(command): \(result.stderr)")
+            XCTAssertEqual(result.stderr, "error: \(path): the HDF5 library crashed reading this file (signal 11): it is damaged\n")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "nothing written")
+    }
+
     /// Found by tools/fuzz.sh hdf5: a damaged datatype on which libhdf5's bit copy (H5T__bit_copy) reads outside
     /// its buffer: a bus error (SIGBUS; SIGSEGV would do as well) or, as the memory around it happens to be, a read past
     /// the end of the file (in 40 runs: 22 and 18).

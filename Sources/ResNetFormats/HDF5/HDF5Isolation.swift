@@ -2,16 +2,29 @@ import Foundation
 import ResNetModel
 import ResNetSupport
 
-/// Reads HDF5 files in a child process. libhdf5 (Debian's 1.10) can crash on a damaged file inside its own
-/// B-tree code, where no check of ours can reach; run in a child, such a crash becomes a one-line error of the
-/// command instead of a signal. The command-line program sets `executable` (itself) and calls
-/// `runChildIfRequested()` first thing; library users read in-process as before.
+/// Reads HDF5 files, and `.keras` archives (an HDF5 file inside a zip), in a child process. libhdf5 (Debian's 1.10)
+/// can crash on a damaged file inside its own B-tree code, where no check of ours can reach; run in a child, such a
+/// crash becomes a one-line error of the command instead of a signal. The command-line program sets `executable`
+/// (itself) and calls `runChildIfRequested()` first thing; library users read in-process as before.
 public enum HDF5Isolation {
     public nonisolated(unsafe) static var executable: String?
     static let pathVariable = "RESNETKIT_HDF5_CHILD_INPUT"
     static let outVariable = "RESNETKIT_HDF5_CHILD_OUTPUT"
     static let classesVariable = "RESNETKIT_HDF5_CHILD_CLASSES"
+    static let kindVariable = "RESNETKIT_HDF5_CHILD_KIND"
     static let importKey = "resnetkit.hdf5-import"
+
+    /// What the child reads: an HDF5 file, or a `.keras` archive.
+    enum Kind: String {
+        case hdf5, keras
+
+        func importModel(path: String, options: ImportOptions) throws -> ImportedModel {
+            switch self {
+            case .hdf5: return try HDF5Importer.importModel(path: path, options: options)
+            case .keras: return try KerasArchive.importModel(path: path, options: options)
+            }
+        }
+    }
 
     /// What the importer said besides the weights, carried through the checkpoint's metadata.
     struct Account: Codable {
@@ -29,7 +42,8 @@ public enum HDF5Isolation {
         limitMemory()
         do {
             let classes = try environment[classesVariable].map { try JSONDecoder().decode([String].self, from: Data($0.utf8)) }
-            let imported = try HDF5Importer.importModel(path: path, options: ImportOptions(classNames: classes))
+            let kind = Kind(rawValue: environment[kindVariable] ?? "") ?? .hdf5
+            let imported = try kind.importModel(path: path, options: ImportOptions(classNames: classes))
             var checkpoint = imported.checkpoint
             let account = Account(sourceFormat: imported.sourceFormat, producer: imported.producer,
                                   batchNormFolded: imported.batchNormFolded, notes: imported.notes)
@@ -58,8 +72,8 @@ public enum HDF5Isolation {
         _ = setrlimit(__rlimit_resource_t(RLIMIT_DATA.rawValue), &limit)
     }
 
-    /// Imports `path` in a child process running `executable`.
-    static func importModel(path: String, options: ImportOptions, executable: String) throws -> ImportedModel {
+    /// Imports `path` (of `kind`) in a child process running `executable`.
+    static func importModel(path: String, kind: Kind, options: ImportOptions, executable: String) throws -> ImportedModel {
         let out = (NSTemporaryDirectory() as NSString).appendingPathComponent("resnetkit-hdf5-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).safetensors")
         defer { unlink(out) }
         let process = Process()
@@ -68,6 +82,7 @@ public enum HDF5Isolation {
         var environment = ProcessInfo.processInfo.environment
         environment[pathVariable] = path
         environment[outVariable] = out
+        environment[kindVariable] = kind.rawValue
         environment["SWIFT_BACKTRACE"] = "enable=no"  // a crash is reported here, in one line
         if let names = options.classNames {
             environment[classesVariable] = String(decoding: try JSONEncoder().encode(names), as: UTF8.self)
