@@ -113,7 +113,8 @@ public enum TIFFDecoder {
             throw FileError(path, "not a valid TIFF: no image dimensions")
         }
         guard width > 0, height > 0 else { throw FileError(path, "not a valid TIFF: the image is \(width)x\(height)") }
-        guard width * height <= maxPixels else {
+        // Each side first: two 32-bit sides from the file overflow their product.
+        guard width <= maxPixels, height <= maxPixels, width * height <= maxPixels else {
             throw FileError(path, "absurd dimensions \(width)x\(height) (more than \(maxPixels) pixels)")
         }
         guard width * height <= pixelBudget else {

@@ -78,6 +78,9 @@ final class TIFFDecoderTests: XCTestCase {
         assertFails(Fixtures.tiff("bad_truncated_lzw.tif"), "not a readable TIFF")
         assertFails(Fixtures.tiff("bad_garbage.tif"), "not a readable TIFF")
         assertFails(Fixtures.tiff("bad_huge_dimensions.tif"), "absurd dimensions 2147483648x1")
+        // Found by tools/fuzz.sh tiff: sides of 2^31 + 4 and 2^32 − 1, whose product overflowed (a trap) before
+        // the sides were checked one by one.
+        assertFails(Fixtures.tiff("bad_fuzz_dimension_overflow.tif"), "absurd dimensions 2147483652x4294967295")
         assertFails(Fixtures.tiff("missing.tif"), "no such file")
     }
 
