@@ -202,11 +202,14 @@ public enum DNNLRuntime {
         return "\(v.major).\(v.minor).\(v.patch)"
     }
 
-    /// Why bf16 would be slow on this CPU, or nil: with AVX-512 but neither AVX512_BF16 nor AMX (Skylake-X, Cascade
-    /// Lake, Ice Lake) oneDNN emulates bf16 (measured with oneDNN limited to AVX-512 on Zen 4: inference 0.34–0.42x
-    /// fp32, training 0.45–0.55x).
+    /// Whether oneDNN emulates bf16 here: AVX-512 but neither AVX512_BF16 nor AMX (Skylake-X, Cascade Lake, Ice Lake),
+    /// where bf16 runs slower than fp32 (measured with oneDNN limited to AVX-512 on Zen 4: inference 0.34–0.42x fp32,
+    /// training 0.45–0.55x).
+    public static var bf16Emulated: Bool { atLeast(dnnl_cpu_isa_avx512_core) && !atLeast(dnnl_cpu_isa_avx512_core_bf16) }
+
+    /// Why bf16 would be slow on this CPU, for a warning, or nil (`bf16Emulated`).
     public static var bf16EmulationNote: String? {
-        guard atLeast(dnnl_cpu_isa_avx512_core), !atLeast(dnnl_cpu_isa_avx512_core_bf16) else { return nil }
+        guard bf16Emulated else { return nil }
         return "bf16 is emulated on this CPU (oneDNN reports \(isa): no AVX512_BF16 or AMX) and runs at a third to a half of fp32's speed; --precision fp32 is faster here, and exact"
     }
 

@@ -16,6 +16,11 @@ enum ZipCheck {
         return data.withUnsafeBytes { problem(in: $0) }
     }
 
+    /// Throws, naming `path`, what `problem(path:)` finds.
+    static func check(path: String) throws {
+        if let problem = problem(path: path) { throw FileError(path, "a zip file that cannot be read: \(problem)") }
+    }
+
     static let endSignature: UInt32 = 0x0605_4b50, zip64EndSignature: UInt32 = 0x0606_4b50
     static let zip64LocatorSignature: UInt32 = 0x0706_4b50, entrySignature: UInt32 = 0x0201_4b50
     static let localSignature: UInt32 = 0x0403_4b50

@@ -143,7 +143,8 @@ struct FineTune: ParsableCommand {
     static func precisions(continuing extra: [String: String]?, in precision: Precision, out: String) -> [String] {
         guard let extra, extra[resumeKey] != nil else { return [precision.rawValue] }
         let earlier = (extra[precisionKey] ?? Precision.fp32.rawValue).split(separator: ",").map(String.init)
-        guard let last = earlier.last, last != precision.rawValue else { return earlier.isEmpty ? [precision.rawValue] : earlier }
+        guard let last = earlier.last else { return [precision.rawValue] }
+        guard last != precision.rawValue else { return earlier }
         Console.warning("--resume: \(out) was trained in \(last) so far; its remaining epochs run in \(precision.rawValue) (--precision)")
         return earlier + [precision.rawValue]
     }

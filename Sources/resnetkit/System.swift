@@ -27,7 +27,7 @@ struct System: ParsableCommand {
         print("caches:            L1d \(size(cpu.level1Data)), L2 \(size(cpu.level2)) per core, L3 \(size(cpu.level3))")
         print("OpenBLAS kernel:   \(BLASRuntime.coreName)")
         print("oneDNN:            \(DNNLRuntime.version), ISA \(DNNLRuntime.isa) (--precision bf16 / int8)")
-        if DNNLRuntime.bf16EmulationNote != nil { print("bf16:              emulated, slower than fp32 on this CPU (no AVX512_BF16 or AMX)") }
+        if DNNLRuntime.bf16Emulated { print("bf16:              emulated, slower than fp32 on this CPU (no AVX512_BF16 or AMX)") }
         print("cores available:   \(ProcessInfo.processInfo.activeProcessorCount)")
     }
 }

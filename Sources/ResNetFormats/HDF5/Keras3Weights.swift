@@ -128,7 +128,7 @@ enum KerasArchive {
     static let maxMemberBytes: UInt64 = 1 << 30
 
     static func importModel(path: String, options: ImportOptions) throws -> ImportedModel {
-        if let problem = ZipCheck.problem(path: path) { throw FileError(path, "a zip file that cannot be read: \(problem)") }
+        try ZipCheck.check(path: path)
         let archive: Archive
         do { archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .read) } catch {
             throw FileError(path, "a zip file that cannot be read (truncated or damaged): \(error)")

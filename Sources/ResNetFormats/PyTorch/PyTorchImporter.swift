@@ -70,7 +70,7 @@ public enum PyTorchImporter {
     // MARK: The zip format
 
     static func readZip(path: String, fileSize: Int) throws -> Found {
-        if let problem = ZipCheck.problem(path: path) { throw FileError(path, "a zip file that cannot be read: \(problem)") }
+        try ZipCheck.check(path: path)
         let archive: Archive
         do { archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .read) } catch {
             throw FileError(path, "a zip file that cannot be read (truncated or damaged): \(error)")
